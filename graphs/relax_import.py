@@ -1,0 +1,261 @@
+"""Relax IRModule -> ComputeGraph.
+
+The module is lowered the way TVM itself lowers it before fusion
+(DecomposeOpsForInference -> LegalizeOps -> AnnotateTIROpPattern); every ``call_tir``
+binding of ``main`` becomes one node that remembers its binding index, so a backend can
+later apply a plan to exactly this module.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import tvm
+from tvm import relax, tirx
+
+from .ir import ComputeGraph, Edge, GraphError, OpKind, OpNode, SymbolRange, TensorSpec
+from .tir_cost import count_flops, prim_expr_to_python
+
+
+_CONSTANTS = (tvm.ir.Constant, tvm.ir.GenericConst)
+
+
+class UnsupportedOpError(GraphError):
+    """The model contains an operator the importer cannot turn into a graph node."""
+
+
+def lower_for_fusion(mod: tvm.IRModule) -> tvm.IRModule:
+    """The passes TVM runs before FuseOps: decomposed, legalized to TIR, patterns annotated."""
+    return _legalize(relax.transform.DecomposeOpsForInference()(mod))
+
+
+def _legalize(decomposed: tvm.IRModule) -> tvm.IRModule:
+    return relax.transform.AnnotateTIROpPattern()(relax.transform.LegalizeOps()(decomposed))
+
+
+def from_relax(
+    mod: tvm.IRModule,
+    name: str = "relax_module",
+    dim_names: Mapping[str, str] | None = None,
+    source: Mapping[str, Any] | None = None,
+) -> ComputeGraph:
+    """Import the ``main`` function of ``mod`` (high-level or already legalized Relax).
+
+    ``dim_names`` renames TVM's symbolic vars (e.g. ``{"s77": "batch"}``); unnamed symbolic
+    vars keep their TVM names. The lowered module is kept on ``graph.relax_module``.
+    """
+    if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
+        raise GraphError(f"{name}: the IRModule has no 'main' function to import")
+    decomposed = relax.transform.DecomposeOpsForInference()(mod)
+    op_names = _relax_op_names(decomposed)
+    lowered = _legalize(decomposed)
+    graph = _GraphBuilder(lowered, name, dict(dim_names or {}), op_names).build()
+    graph.source = dict(source or {})
+    graph.relax_module = lowered
+    return graph
+
+
+@dataclass(frozen=True)
+class _NodeOutput:
+    node: int
+    output: int
+
+
+@dataclass(frozen=True)
+class _Opaque:
+    """A value that is not produced by a node: a graph input or a constant."""
+
+    spec: TensorSpec
+
+
+def _relax_op_names(mod: tvm.IRModule) -> dict[int, tuple[str, dict]]:
+    """Binding index -> (op name, attrs) of high-level Relax calls, before legalization.
+
+    LegalizeOps rewrites each call in place, so binding indices carry over.
+    """
+    names: dict[int, tuple[str, dict]] = {}
+    for index, binding in enumerate(_main_bindings(mod)):
+        value = binding.value
+        if isinstance(value, relax.Call) and isinstance(value.op, tvm.ir.Op):
+            op_name = str(value.op.name)
+            if op_name.startswith("relax.") and op_name != "relax.call_tir":
+                names[index] = (op_name.rsplit(".", 1)[-1], _attrs_dict(value.attrs))
+    return names
+
+
+def _main_bindings(mod: tvm.IRModule) -> list:
+    body = mod["main"].body
+    return [binding for block in body.blocks for binding in block.bindings]
+
+
+def _attrs_dict(attrs) -> dict:
+    if attrs is None:
+        return {}
+    result = {}
+    for key in dir(attrs):
+        if key.startswith("_") or key in {"id_", "is_", "same_as", "get_int", "get_int_tuple", "get_str"}:
+            continue
+        value = getattr(attrs, key)
+        if callable(value):
+            continue
+        converted = _json_value(value)
+        if converted is not None:
+            result[key] = converted
+    return result
+
+
+def _json_value(value):
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tirx.IntImm, tirx.FloatImm)):
+        return value.value
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "Array":
+        items = [_json_value(v) for v in value]
+        return items if all(v is not None for v in items) else None
+    if value is None:
+        return None
+    text = str(value)
+    return text if len(text) < 64 else None
+
+
+class _GraphBuilder:
+    """Walks the bindings of a lowered ``main`` once, in order."""
+
+    def __init__(self, mod: tvm.IRModule, name: str, dim_names: dict[str, str],
+                 op_names: dict[int, tuple[str, dict]]) -> None:
+        self.mod = mod
+        self.name = name
+        self.dim_names = dim_names
+        self.op_names = op_names
+        self.values: dict[Any, Any] = {}   # relax Var -> _NodeOutput | _Opaque | tuple
+        self.nodes: list[OpNode] = []
+        self.edges: list[Edge] = []
+        self.flops_cache: dict[str, Any] = {}
+        self.function_names = {gv.name_hint for gv in mod.get_global_vars()}
+        self.seen_dims: set[str] = set()   # dim names that appear in some shape
+
+    # ------------------------------------------------------------------ entry
+    def build(self) -> ComputeGraph:
+        main = self.mod["main"]
+        for param in main.params:
+            self.values[param] = _Opaque(self._spec(param.ty))
+        for index, binding in enumerate(_main_bindings(self.mod)):
+            self._bind(index, binding)
+        outputs = [(v.node, v.output) for v in self._flatten(self._resolve(main.body.body))
+                   if isinstance(v, _NodeOutput)]
+        if not self.nodes:
+            raise GraphError(f"{self.name}: main has no operators (no call_tir after legalization)")
+        return ComputeGraph(self.nodes, self.edges, outputs, name=self.name, symbols=self._symbols(main))
+
+    def _symbols(self, main) -> list[SymbolRange]:
+        """Every dim a shape mentions, with the bounds TVM recorded for it."""
+        attrs = main.attrs or {}
+        lower = {str(k): int(v) for k, v in dict(attrs.get("tir_var_lower_bound", {})).items()}
+        upper = {str(k): int(v) for k, v in dict(attrs.get("tir_var_upper_bound", {})).items()}
+        tvm_names = {self.dim_names.get(n, n): n for n in set(lower) | set(upper)}
+        return [SymbolRange(dim, lower.get(tvm_names.get(dim, dim), 1), upper.get(tvm_names.get(dim, dim), 2**31 - 1))
+                for dim in sorted(self.seen_dims)]
+
+    # --------------------------------------------------------------- bindings
+    def _bind(self, index: int, binding) -> None:
+        value = binding.value
+        var = binding.var
+        if isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.call_tir"):
+            self.values[var] = self._add_node(index, var, value)
+        elif isinstance(value, relax.Tuple):
+            self.values[var] = tuple(self._resolve(field) for field in value.fields)
+        elif isinstance(value, relax.TupleGetItem):
+            self.values[var] = self._resolve(value.tuple_value)[value.index]
+        elif isinstance(value, (tvm.ir.Var, *_CONSTANTS)):
+            self.values[var] = self._resolve(value)
+        else:
+            op = value.op.name if isinstance(value, relax.Call) and hasattr(value.op, "name") else type(value).__name__
+            raise UnsupportedOpError(
+                f"{self.name}: unsupported operator {op} at binding {index} ({var.name}) of main: "
+                f"only operators that TVM's LegalizeOps lowers to TIR can be fused. Fix: replace the "
+                f"op in the model or register a legalization for it (tvm.relax.transform.LegalizeOps)."
+            )
+
+    def _resolve(self, expr):
+        if isinstance(expr, _CONSTANTS):
+            return _Opaque(self._spec(expr.ty, is_param=True))
+        if isinstance(expr, relax.Tuple):
+            return tuple(self._resolve(field) for field in expr.fields)
+        if expr in self.values:
+            return self.values[expr]
+        raise GraphError(f"{self.name}: {expr} is used before it is defined")
+
+    @staticmethod
+    def _flatten(value) -> list:
+        if isinstance(value, tuple):
+            return [leaf for item in value for leaf in _GraphBuilder._flatten(item)]
+        return [value]
+
+    # ------------------------------------------------------------------ nodes
+    def _add_node(self, index: int, var, call: relax.Call):
+        callee = call.args[0]
+        args = list(call.args[1].fields)
+        node_id = len(self.nodes)
+        sources = tuple(self._resolve(arg) for arg in args)
+        inputs: list[TensorSpec] = []
+        in_edges: dict[Edge, None] = {}  # ordered set: a tensor read twice is one edge
+        for leaf in self._flatten(sources):
+            if isinstance(leaf, _NodeOutput):
+                inputs.append(self.nodes[leaf.node].outputs[leaf.output])
+                in_edges[Edge(leaf.node, node_id, leaf.output)] = None
+            else:
+                inputs.append(leaf.spec)
+        self.edges.extend(in_edges)
+        out_types = list(var.ty.fields) if isinstance(var.ty, relax.TupleType) else [var.ty]
+        outputs = tuple(self._spec(ty) for ty in out_types)
+        op, attrs = self.op_names.get(index, (self._callee_op_name(callee.name_hint), {}))
+        func = self.mod[callee]
+        kind = int(func.attrs["op_pattern"]) if func.attrs and "op_pattern" in func.attrs else int(OpKind.OPAQUE)
+        self.nodes.append(OpNode(
+            id=node_id, op=op, kind=OpKind(kind) if kind in OpKind._value2member_map_ else OpKind.OPAQUE,
+            inputs=tuple(inputs), outputs=outputs, flops=self._flops(callee, func, args, out_types),
+            attrs={**attrs, "callee": callee.name_hint}, binding=index,
+        ))
+        if len(outputs) == 1:
+            return _NodeOutput(node_id, 0)
+        return tuple(_NodeOutput(node_id, i) for i in range(len(outputs)))
+
+    def _callee_op_name(self, callee: str) -> str:
+        """``add1`` -> ``add`` when ``add`` exists too (BlockBuilder's de-duplicated names)."""
+        base = callee.rstrip("0123456789")
+        return base if base != callee and base in self.function_names else callee
+
+    def _flops(self, callee, func, args, out_types):
+        """FLOPs of one call, with the PrimFunc's shape vars bound to this call's shapes."""
+        flops = count_flops(func)
+        if isinstance(flops, tirx.IntImm):
+            return int(flops.value)
+        binding = {}
+        shapes = [arg.ty.shape.values for arg in args if isinstance(arg.ty, relax.TensorType)]
+        shapes += [ty.shape.values for ty in out_types]
+        for param, shape in zip(func.params, shapes):
+            for buffer_dim, call_dim in zip(getattr(param, "shape", None) or (), shape):
+                if isinstance(buffer_dim, tirx.Var) and buffer_dim.name not in binding:
+                    binding[buffer_dim.name] = self._dim(call_dim)
+        return prim_expr_to_python(flops, lambda v: self._bound_name(v, binding))
+
+    def _bound_name(self, var, binding: dict[str, Any]) -> str:
+        if var.name not in binding:
+            return self._var_name(var)
+        bound = binding[var.name]
+        return f"({bound})" if isinstance(bound, str) else str(bound)
+
+    # ----------------------------------------------------------------- shapes
+    def _var_name(self, var) -> str:
+        name = self.dim_names.get(var.name, var.name)
+        self.seen_dims.add(name)
+        return name
+
+    def _dim(self, dim):
+        return prim_expr_to_python(dim, self._var_name)
+
+    def _spec(self, ty, is_param: bool = False) -> TensorSpec:
+        if not isinstance(ty, relax.TensorType) or ty.shape is None:
+            raise UnsupportedOpError(f"{self.name}: a value of type {ty} is not a tensor of known rank")
+        return TensorSpec(tuple(self._dim(d) for d in ty.shape.values), str(ty.dtype), is_param)

@@ -1,0 +1,88 @@
+"""PyTorch nn.Module -> ComputeGraph through torch.export and TVM's own Relax frontend."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import torch
+
+from .ir import ComputeGraph, GraphError
+from .relax_import import UnsupportedOpError, from_relax
+
+
+class ModelExportError(GraphError):
+    """torch.export or TVM's frontend could not capture the model."""
+
+
+def from_torch(
+    module: torch.nn.Module,
+    example_inputs: Sequence[torch.Tensor],
+    dynamic_shapes: Mapping | Sequence | None = None,
+    name: str | None = None,
+    source: Mapping[str, Any] | None = None,
+) -> ComputeGraph:
+    """Import ``module`` once; dims given as ``torch.export.Dim`` stay symbolic.
+
+    The result is a template when ``dynamic_shapes`` is given: call
+    ``graph.instantiate({"batch": 8})`` for concrete shapes, without re-exporting.
+    """
+    name = name or type(module).__name__
+    program = _export(module, tuple(example_inputs), dynamic_shapes, name)
+    mod = _to_relax(program, name)
+    try:
+        return from_relax(mod, name=name, dim_names=_dim_names(program, dynamic_shapes), source=source)
+    except UnsupportedOpError as error:
+        raise UnsupportedOpError(f"{error} (model {name}, imported from torch via torch.export)") from None
+
+
+def _export(module, example_inputs, dynamic_shapes, name: str):
+    try:
+        return torch.export.export(module.eval(), example_inputs, dynamic_shapes=dynamic_shapes)
+    except Exception as error:  # torch raises many types here; all mean "cannot capture"
+        reason = _first_line(error)
+        raise ModelExportError(
+            f"torch.export could not export {name}: {reason}. Hint: make control flow "
+            f"independent of tensor values, give example inputs ≥ 2 along dynamic dims, and "
+            f"check the Dim ranges in dynamic_shapes."
+        ) from error
+
+
+def _to_relax(program, name: str):
+    from tvm.relax.frontend.torch import from_exported_program
+
+    try:
+        return from_exported_program(program)
+    except Exception as error:  # AssertionError/ValueError/TVMError from the frontend
+        raise UnsupportedOpError(
+            f"TVM's torch frontend could not import {name}: {_first_line(error)}. Fix: rewrite the "
+            f"named op with operators TVM supports (tvm.relax.frontend.torch)."
+        ) from error
+
+
+def _first_line(error: Exception, limit: int = 300) -> str:
+    text = str(error).strip().splitlines()
+    line = text[0] if text else type(error).__name__
+    return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _dim_names(program, dynamic_shapes) -> dict[str, str]:
+    """TVM symbol name (``s77``) -> user Dim name (``batch``), via the exported placeholders."""
+    if dynamic_shapes is None:
+        return {}
+    user_inputs = list(program.graph_signature.user_inputs)
+    placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    names: dict[str, str] = {}
+    for position, input_name in enumerate(user_inputs):
+        spec = (dynamic_shapes.get(input_name) if isinstance(dynamic_shapes, Mapping)
+                else dynamic_shapes[position] if position < len(dynamic_shapes) else None)
+        if not spec:
+            continue
+        axes = spec.items() if isinstance(spec, Mapping) else enumerate(spec)
+        fake = placeholders[input_name].meta["val"]
+        for axis, dim in axes:
+            if dim is None or not hasattr(dim, "__name__"):
+                continue
+            symbol = fake.shape[axis]
+            if isinstance(symbol, torch.SymInt):
+                names[str(symbol.node.expr)] = dim.__name__
+    return names

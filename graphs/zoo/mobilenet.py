@@ -1,0 +1,115 @@
+"""MobileNetV2 (torchvision layout), plain PyTorch.
+
+Depthwise convs and inverted residuals give the zoo memory-bound, fusion-friendly
+conv chains that ResNet lacks. The full variant is width 1.0 at 3.5 M params and
+0.30 GMACs at 224x224 (as torchvision); the classifier's dropout is left out because
+it is the identity at inference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .models import ZooModel
+from .resnet import cnn_zoo_model, global_avg_pool
+
+# (expansion t, output channels c, repeats n, first stride s), from the MobileNetV2 paper.
+PAPER_SETTINGS: tuple[tuple[int, int, int, int], ...] = (
+    (1, 16, 1, 1),
+    (6, 24, 2, 2),
+    (6, 32, 3, 2),
+    (6, 64, 4, 2),
+    (6, 96, 3, 1),
+    (6, 160, 3, 2),
+    (6, 320, 1, 1),
+)
+
+
+@dataclass(frozen=True)
+class MobileNetV2Config:
+    """Architecture of one MobileNetV2 variant."""
+
+    width_mult: float
+    settings: tuple[tuple[int, int, int, int], ...]
+    last_channel: int
+    num_classes: int
+
+
+MOBILENET_V2 = {
+    "full": MobileNetV2Config(width_mult=1.0, settings=PAPER_SETTINGS, last_channel=1280, num_classes=1000),
+    # Every stage once (keeps all five stride-2 steps), a quarter of the channels.
+    "small": MobileNetV2Config(
+        width_mult=0.25,
+        settings=tuple((t, c, 1, s) for t, c, _, s in PAPER_SETTINGS),
+        last_channel=64,
+        num_classes=10,
+    ),
+}
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round a scaled channel count to a multiple of 8 without losing more than 10 %, as torchvision."""
+    rounded = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return rounded + divisor if rounded < 0.9 * value else rounded
+
+
+def conv_bn_relu6(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
+    """Conv, batch norm, ReLU6: the basic MobileNet unit."""
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU6(),
+    )
+
+
+class InvertedResidual(nn.Module):
+    """1x1 expand, 3x3 depthwise, linear 1x1 project; residual when shapes allow."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int) -> None:
+        super().__init__()
+        hidden = cin * expansion
+        layers: list[nn.Module] = []
+        if expansion != 1:
+            layers.append(conv_bn_relu6(cin, hidden, 1))
+        layers += [
+            conv_bn_relu6(hidden, hidden, 3, stride=stride, groups=hidden),
+            nn.Conv2d(hidden, cout, 1, bias=False),
+            nn.BatchNorm2d(cout),
+        ]
+        self.body = nn.Sequential(*layers)
+        self.residual = stride == 1 and cin == cout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.body(x)
+        return x + y if self.residual else y
+
+
+class MobileNetV2(nn.Module):
+    """Stem conv, inverted-residual stages, 1x1 head conv, global average pool, classifier."""
+
+    def __init__(self, cfg: MobileNetV2Config) -> None:
+        super().__init__()
+        cin = make_divisible(32 * cfg.width_mult)
+        last = make_divisible(cfg.last_channel * max(1.0, cfg.width_mult))
+        layers: list[nn.Module] = [conv_bn_relu6(3, cin, 3, stride=2)]
+        for t, c, n, s in cfg.settings:
+            cout = make_divisible(c * cfg.width_mult)
+            for i in range(n):
+                layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+                cin = cout
+        layers.append(conv_bn_relu6(cin, last, 1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(last, cfg.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(global_avg_pool(self.features(x)))
+
+
+def build_mobilenet_v2(variant: str) -> ZooModel:
+    """MobileNetV2 (full: width 1.0, 3.5 M params, 0.30 GMACs at 224x224)."""
+    torch.manual_seed(0)
+    module = MobileNetV2(MOBILENET_V2[variant]).eval()
+    return cnn_zoo_model("mobilenet_v2", variant, module, "MobileNetV2 image classifier (inverted residuals, depthwise convs)")
