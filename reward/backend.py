@@ -1,0 +1,132 @@
+"""The latency-backend protocol and the registry behind ``get_backend(name)``.
+
+A backend answers one question: how long does this group of operators take as one kernel
+with this schedule on this device? ``latency(graph, plan)`` sums the groups and remembers
+every group it has seen, so re-evaluating a plan after one merge only costs the new group.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+from fusiongym.graphs import ComputeGraph
+
+from .plan import Plan, require_legal
+
+ORIGINS = ("measured", "cached", "estimated")
+
+
+@dataclass(frozen=True)
+class GroupLatency:
+    """Latency of one group: where the number comes from and how noisy it is."""
+
+    us: float
+    origin: str          # "measured" (timed now), "cached" (from the store), "estimated" (model)
+    spread: float = 0.0  # coefficient of variation of the repeats; 0 for estimates
+
+
+@dataclass
+class LatencyReport:
+    """Latency of a whole plan, group by group."""
+
+    total_us: float
+    group_us: list[float]
+    origins: list[str]
+    spreads: list[float]
+    backend: str
+    device: str
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def spread(self) -> float:
+        """Coefficient of variation of the total, assuming independent group noise."""
+        variance = sum((us * cv) ** 2 for us, cv in zip(self.group_us, self.spreads))
+        return variance ** 0.5 / self.total_us if self.total_us else 0.0
+
+    def to_dict(self) -> dict:
+        return {"total_us": self.total_us, "group_us": self.group_us, "origins": self.origins,
+                "spreads": self.spreads, "backend": self.backend, "device": self.device, "meta": self.meta}
+
+
+class LatencyBackend(ABC):
+    """Base class: subclasses define the schedule menu and ``group_latency``."""
+
+    name: str = "abstract"
+    deterministic: bool = True   # same plan -> same number, always
+    platform_dependent: bool = False
+    schedules: tuple[str, ...] = ("default",)
+    device: str = "unknown"
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[str, tuple[int, ...], str], GroupLatency] = {}
+
+    @abstractmethod
+    def group_latency(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> GroupLatency:
+        """Latency of ``nodes`` (sorted node ids, one convex group) fused into one kernel."""
+
+    def group_constraint(self, graph: ComputeGraph, nodes: Sequence[int]) -> str | None:
+        """Why this backend cannot compile ``nodes`` as one kernel, or None when it can."""
+        return None
+
+    def version(self) -> str:
+        return "0"
+
+    def describe(self) -> dict:
+        return {"backend": self.name, "device": self.device, "version": self.version(),
+                "deterministic": self.deterministic, "schedules": list(self.schedules)}
+
+    def latency(self, graph: ComputeGraph, plan: Plan, check: bool = True) -> LatencyReport:
+        """Total latency of ``plan``; groups seen before on this graph are not re-evaluated."""
+        if check:
+            require_legal(graph, plan, self)
+        results = [self.cached_group_latency(graph, group, schedule)
+                   for group, schedule in zip(plan.groups, plan.schedules)]
+        return LatencyReport(
+            total_us=sum(r.us for r in results), group_us=[r.us for r in results],
+            origins=[r.origin for r in results], spreads=[r.spread for r in results],
+            backend=self.name, device=self.device,
+        )
+
+    def cached_group_latency(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> GroupLatency:
+        key = (graph.hash, tuple(nodes), schedule)
+        result = self._memo.get(key)
+        if result is None:
+            result = self.group_latency(graph, nodes, schedule)
+            self._memo[key] = result
+        return result
+
+
+_REGISTRY: dict[str, Callable[..., LatencyBackend]] = {}
+
+
+def register_backend(name: str, factory: Callable[..., LatencyBackend]) -> None:
+    _REGISTRY[name] = factory
+
+
+def backend_names() -> list[str]:
+    _load_builtin_backends()
+    return sorted(_REGISTRY)
+
+
+def get_backend(name: str, **options) -> LatencyBackend:
+    """A backend by name: ``analytical``, ``tvm`` (and others that register themselves)."""
+    _load_builtin_backends()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown backend {name!r}; choose one of {sorted(_REGISTRY)}")
+    return _REGISTRY[name](**options)
+
+
+def _load_builtin_backends() -> None:
+    """Import the built-in backends lazily: the tvm one imports TVM (seconds)."""
+    if "analytical" not in _REGISTRY:
+        from . import analytical  # noqa: F401  (registers itself)
+    if "tvm" not in _REGISTRY:
+        register_backend("tvm", _tvm_factory)
+
+
+def _tvm_factory(**options) -> LatencyBackend:
+    from .tvm_backend import TVMBackend
+
+    return TVMBackend(**options)

@@ -1,0 +1,185 @@
+"""Plan: how a graph is cut into fused kernels and how each kernel is scheduled.
+
+A plan is legal when it partitions the graph's nodes, every group is convex (no path leaves
+a group and comes back, i.e. the graph of groups is acyclic) and the backend can compile
+every group with its schedule.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+import numpy as np
+
+from fusiongym.graphs import ComputeGraph
+
+if TYPE_CHECKING:
+    from .backend import LatencyBackend
+
+DEFAULT_SCHEDULE = "default"
+
+
+class IllegalPlanError(ValueError):
+    """A plan that no backend may run; the message says which rule it breaks."""
+
+
+@dataclass
+class Plan:
+    """Groups of node ids (each one kernel) and one schedule name per group."""
+
+    groups: list[list[int]]
+    schedules: list[str]
+    graph_hash: str
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.groups = [sorted(int(n) for n in group) for group in self.groups]
+        if len(self.schedules) != len(self.groups):
+            raise IllegalPlanError(f"{len(self.groups)} groups but {len(self.schedules)} schedules")
+
+    @staticmethod
+    def singletons(graph: ComputeGraph, schedule: str = DEFAULT_SCHEDULE) -> "Plan":
+        """Every operator its own kernel: the unfused baseline."""
+        return Plan([[n] for n in range(graph.num_nodes)], [schedule] * graph.num_nodes, graph.hash)
+
+    @staticmethod
+    def from_assignment(graph: ComputeGraph, group_of: Sequence[int],
+                        schedules: dict[int, str] | None = None) -> "Plan":
+        """Build a plan from a group label per node (labels need not be contiguous)."""
+        if len(group_of) != graph.num_nodes:
+            raise IllegalPlanError(f"assignment has {len(group_of)} labels for {graph.num_nodes} nodes")
+        members: dict[int, list[int]] = {}
+        for node, label in enumerate(group_of):
+            members.setdefault(int(label), []).append(node)
+        labels = sorted(members, key=lambda label: members[label][0])
+        schedules = schedules or {}
+        return Plan([members[label] for label in labels],
+                    [schedules.get(label, DEFAULT_SCHEDULE) for label in labels], graph.hash)
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.groups)
+
+    def group_of(self, num_nodes: int) -> np.ndarray:
+        """[num_nodes] int32: the index of each node's group (-1 for nodes in no group)."""
+        labels = np.full(num_nodes, -1, dtype=np.int32)
+        for index, group in enumerate(self.groups):
+            labels[group] = index
+        return labels
+
+    def canonical(self) -> tuple:
+        """Order-free identity: equal plans give equal tuples."""
+        return tuple(sorted((tuple(g), s) for g, s in zip(self.groups, self.schedules)))
+
+    def to_json(self) -> str:
+        return json.dumps({"format": "fusiongym.Plan/1", "graph_hash": self.graph_hash,
+                           "groups": self.groups, "schedules": self.schedules, "meta": self.meta},
+                          sort_keys=True)
+
+    @staticmethod
+    def from_json(text: str) -> "Plan":
+        data = json.loads(text)
+        if data.get("format") != "fusiongym.Plan/1":
+            raise IllegalPlanError(f"not a fusiongym plan (format={data.get('format')!r})")
+        return Plan(data["groups"], data["schedules"], data["graph_hash"], data.get("meta", {}))
+
+
+@dataclass(frozen=True)
+class Legality:
+    """The verdict of ``is_legal``: ``reason`` says why not; ``cycle`` lists the groups."""
+
+    ok: bool
+    reason: str = ""
+    cycle: tuple[int, ...] = ()
+
+    def __bool__(self) -> bool:
+        return self.ok
+
+
+def is_legal(graph: ComputeGraph, plan: Plan, backend: "LatencyBackend | None" = None) -> Legality:
+    """Check partition, convexity and (when given) the backend's own constraints."""
+    if plan.graph_hash != graph.hash:
+        return Legality(False, f"plan is for graph {plan.graph_hash}, not {graph.hash} ({graph.name})")
+    verdict = _check_partition(graph, plan)
+    if verdict.ok:
+        verdict = _check_convex(graph, plan)
+    if verdict.ok and backend is not None:
+        verdict = _check_backend(graph, plan, backend)
+    return verdict
+
+
+def require_legal(graph: ComputeGraph, plan: Plan, backend: "LatencyBackend | None" = None) -> None:
+    """Raise IllegalPlanError with the reason when the plan is not legal."""
+    verdict = is_legal(graph, plan, backend)
+    if not verdict:
+        raise IllegalPlanError(verdict.reason)
+
+
+def _check_partition(graph: ComputeGraph, plan: Plan) -> Legality:
+    seen = np.zeros(graph.num_nodes, dtype=np.int32)
+    for index, group in enumerate(plan.groups):
+        if not group:
+            return Legality(False, f"group {index} is empty")
+        if group[0] < 0 or group[-1] >= graph.num_nodes:
+            return Legality(False, f"group {index} names node ids outside 0..{graph.num_nodes - 1}")
+        seen[group] += 1
+    if (seen > 1).any():
+        return Legality(False, f"nodes {np.flatnonzero(seen > 1)[:8].tolist()} are in more than one group")
+    if (seen == 0).any():
+        return Legality(False, f"nodes {np.flatnonzero(seen == 0)[:8].tolist()} are in no group")
+    return Legality(True)
+
+
+def _check_convex(graph: ComputeGraph, plan: Plan) -> Legality:
+    """The contracted graph of groups must be a DAG; report one cycle when it is not."""
+    group_of = plan.group_of(graph.num_nodes)
+    successors: list[set[int]] = [set() for _ in plan.groups]
+    for edge in graph.edges:
+        a, b = int(group_of[edge.src]), int(group_of[edge.dst])
+        if a != b:
+            successors[a].add(b)
+    cycle = _find_cycle(successors)
+    if cycle:
+        path = " -> ".join(f"group {g} {plan.groups[g][:6]}" for g in cycle + [cycle[0]])
+        return Legality(False, f"non-convex plan: a path leaves a group and re-enters it ({path})",
+                        tuple(cycle))
+    return Legality(True)
+
+
+def _find_cycle(successors: list[set[int]]) -> list[int]:
+    """One cycle of a directed graph as a list of vertices ([] if acyclic), iterative DFS."""
+    state = [0] * len(successors)  # 0 new, 1 on stack, 2 done
+    parent = [-1] * len(successors)
+    for root in range(len(successors)):
+        if state[root]:
+            continue
+        stack = [(root, iter(successors[root]))]
+        state[root] = 1
+        while stack:
+            vertex, children = stack[-1]
+            child = next(children, None)
+            if child is None:
+                state[vertex] = 2
+                stack.pop()
+            elif state[child] == 1:
+                cycle = [vertex]
+                while cycle[-1] != child:
+                    cycle.append(parent[cycle[-1]])
+                return cycle[::-1]
+            elif state[child] == 0:
+                state[child], parent[child] = 1, vertex
+                stack.append((child, iter(successors[child])))
+    return []
+
+
+def _check_backend(graph: ComputeGraph, plan: Plan, backend: "LatencyBackend") -> Legality:
+    for index, (group, schedule) in enumerate(zip(plan.groups, plan.schedules)):
+        if schedule not in backend.schedules:
+            return Legality(False, f"group {index}: schedule {schedule!r} is not offered by backend "
+                                   f"{backend.name} (choices: {list(backend.schedules)})")
+        reason = backend.group_constraint(graph, group)
+        if reason:
+            return Legality(False, f"group {index} {group[:6]}: {reason}")
+    return Legality(True)
