@@ -4,7 +4,10 @@ TVM is imported lazily (``import tvm`` costs seconds): only ``from_torch`` and
 ``from_relax`` need it.
 """
 
+from . import zoo
 from .ir import ComputeGraph, Edge, GraphError, OpKind, OpNode, SymbolRange, TensorSpec
+from .synthetic import synthetic
+from .workloads import DimRange, LoadRange, Routing, Workload, get_workload, load_suite, suite_names
 
 
 def from_torch(*args, **kwargs):
@@ -24,5 +27,6 @@ def from_relax(*args, **kwargs):
 
 from_relax.__doc__ = "See fusiongym.graphs.relax_import.from_relax."
 
-__all__ = ["ComputeGraph", "Edge", "GraphError", "OpKind", "OpNode", "SymbolRange", "TensorSpec",
-           "from_torch", "from_relax"]
+__all__ = ["ComputeGraph", "DimRange", "Edge", "GraphError", "LoadRange", "OpKind", "OpNode", "Routing",
+           "SymbolRange", "TensorSpec", "Workload", "from_relax", "from_torch", "get_workload", "load_suite",
+           "suite_names", "synthetic", "zoo"]

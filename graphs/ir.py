@@ -310,11 +310,11 @@ class ComputeGraph:
         )
         graph.relax_module = self.relax_module
         graph.source = {**self.source, "template_hash": self.hash}
-        return graph.without_empty_nodes()
+        return graph.without_dead_nodes()
 
-    def without_empty_nodes(self) -> "ComputeGraph":
-        """Drop nodes whose outputs are all empty, then nodes left with no consumer."""
-        keep = [any(t.numel > 0 for t in node.outputs) for node in self.nodes]
+    def without_dead_nodes(self) -> "ComputeGraph":
+        """Drop nodes whose outputs are all empty, then nodes whose results nobody uses."""
+        keep = [not all(0 in t.shape for t in node.outputs) for node in self.nodes]
         consumers = [0] * self.num_nodes
         for edge in self.edges:
             if keep[edge.src] and keep[edge.dst]:

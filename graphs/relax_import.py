@@ -26,12 +26,22 @@ class UnsupportedOpError(GraphError):
 
 
 def lower_for_fusion(mod: tvm.IRModule) -> tvm.IRModule:
-    """The passes TVM runs before FuseOps: decomposed, legalized to TIR, patterns annotated."""
-    return _legalize(relax.transform.DecomposeOpsForInference()(mod))
+    """The passes TVM runs before FuseOps: decomposed, legalized to TIR, patterns annotated,
+    and weight preprocessing lifted out of ``main``."""
+    return _lift_weight_transforms(_legalize(relax.transform.DecomposeOpsForInference()(mod)))
 
 
 def _legalize(decomposed: tvm.IRModule) -> tvm.IRModule:
     return relax.transform.AnnotateTIROpPattern()(relax.transform.LegalizeOps()(decomposed))
+
+
+def _lift_weight_transforms(mod: tvm.IRModule) -> tvm.IRModule:
+    """Move ops that depend only on weights (batch-norm statistics, bias reshapes) into
+    ``main_transform_params``, as TVM deployments do: they run once, not per inference."""
+    attrs = mod["main"].attrs
+    if attrs is None or "num_input" not in attrs:
+        return mod  # weights are constants; nothing to lift
+    return relax.transform.LiftTransformParams()(mod)
 
 
 def from_relax(
@@ -48,9 +58,10 @@ def from_relax(
     if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
         raise GraphError(f"{name}: the IRModule has no 'main' function to import")
     decomposed = relax.transform.DecomposeOpsForInference()(mod)
-    op_names = _relax_op_names(decomposed)
-    lowered = _legalize(decomposed)
-    graph = _GraphBuilder(lowered, name, dict(dim_names or {}), op_names).build()
+    legalized = _legalize(decomposed)
+    lowered = _lift_weight_transforms(legalized)
+    op_names = _align_op_names(_relax_op_names(decomposed), _main_bindings(legalized), _main_bindings(lowered))
+    graph = _GraphBuilder(lowered, name, dict(dim_names or {}), op_names).build().without_dead_nodes()
     graph.source = dict(source or {})
     graph.relax_module = lowered
     return graph
@@ -82,6 +93,31 @@ def _relax_op_names(mod: tvm.IRModule) -> dict[int, tuple[str, dict]]:
             if op_name.startswith("relax.") and op_name != "relax.call_tir":
                 names[index] = (op_name.rsplit(".", 1)[-1], _attrs_dict(value.attrs))
     return names
+
+
+def _align_op_names(names: dict[int, tuple[str, dict]], before: list, after: list) -> dict[int, tuple[str, dict]]:
+    """Carry op names across LiftTransformParams, whose bindings are a subsequence of the
+    input's (it creates new Var objects, so match on var name and callee in order)."""
+    aligned: dict[int, tuple[str, dict]] = {}
+    position = 0
+    for index, binding in enumerate(after):
+        while position < len(before) and not _same_binding(before[position], binding):
+            position += 1
+        if position == len(before):
+            return aligned
+        if position in names:
+            aligned[index] = names[position]
+        position += 1
+    return aligned
+
+
+def _same_binding(a, b) -> bool:
+    if a.var.name != b.var.name:
+        return False
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    a_tir = isinstance(a.value, relax.Call) and a.value.op == call_tir
+    b_tir = isinstance(b.value, relax.Call) and b.value.op == call_tir
+    return a_tir == b_tir and (not a_tir or a.value.args[0].name_hint == b.value.args[0].name_hint)
 
 
 def _main_bindings(mod: tvm.IRModule) -> list:
@@ -138,8 +174,9 @@ class _GraphBuilder:
     # ------------------------------------------------------------------ entry
     def build(self) -> ComputeGraph:
         main = self.mod["main"]
-        for param in main.params:
-            self.values[param] = _Opaque(self._spec(param.ty))
+        num_inputs = int(main.attrs["num_input"]) if main.attrs and "num_input" in main.attrs else len(main.params)
+        for position, param in enumerate(main.params):
+            self.values[param] = _Opaque(self._spec(param.ty, is_param=position >= num_inputs))
         for index, binding in enumerate(_main_bindings(self.mod)):
             self._bind(index, binding)
         outputs = [(v.node, v.output) for v in self._flatten(self._resolve(main.body.body))
@@ -184,6 +221,8 @@ class _GraphBuilder:
             return tuple(self._resolve(field) for field in expr.fields)
         if expr in self.values:
             return self.values[expr]
+        if not isinstance(getattr(expr, "ty", None), (relax.TensorType, relax.TupleType)):
+            return ()  # symbolic shape values and prim values carry no tensor
         raise GraphError(f"{self.name}: {expr} is used before it is defined")
 
     @staticmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Mapping, Sequence
 
 import torch
@@ -29,15 +30,30 @@ def from_torch(
     name = name or type(module).__name__
     program = _export(module, tuple(example_inputs), dynamic_shapes, name)
     mod = _to_relax(program, name)
+    dim_names = _dim_names(program, dynamic_shapes)
+    source = {**(source or {}), "tvm_dims": {user: tvm for tvm, user in dim_names.items()}}
     try:
-        return from_relax(mod, name=name, dim_names=_dim_names(program, dynamic_shapes), source=source)
+        return from_relax(mod, name=name, dim_names=dim_names, source=source)
     except UnsupportedOpError as error:
         raise UnsupportedOpError(f"{error} (model {name}, imported from torch via torch.export)") from None
 
 
+def _buffers_as_weights(module: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``module`` whose floating-point buffers (batch-norm statistics, RoPE tables)
+    are frozen parameters, so TVM lifts the ops on them out of ``main`` like any weight
+    preprocessing instead of leaving constant-only kernels in the graph."""
+    module = copy.deepcopy(module).eval()
+    for submodule in module.modules():
+        for buffer_name, buffer in list(submodule._buffers.items()):
+            if buffer is not None and buffer.is_floating_point():
+                del submodule._buffers[buffer_name]
+                submodule.register_parameter(buffer_name, torch.nn.Parameter(buffer, requires_grad=False))
+    return module
+
+
 def _export(module, example_inputs, dynamic_shapes, name: str):
     try:
-        return torch.export.export(module.eval(), example_inputs, dynamic_shapes=dynamic_shapes)
+        return torch.export.export(_buffers_as_weights(module), example_inputs, dynamic_shapes=dynamic_shapes)
     except Exception as error:  # torch raises many types here; all mean "cannot capture"
         reason = _first_line(error)
         raise ModelExportError(
@@ -51,7 +67,7 @@ def _to_relax(program, name: str):
     from tvm.relax.frontend.torch import from_exported_program
 
     try:
-        return from_exported_program(program)
+        return from_exported_program(program, keep_params_as_input=True)
     except Exception as error:  # AssertionError/ValueError/TVMError from the frontend
         raise UnsupportedOpError(
             f"TVM's torch frontend could not import {name}: {_first_line(error)}. Fix: rewrite the "
