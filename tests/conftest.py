@@ -1,0 +1,20 @@
+"""Test-session defaults: caches inside the repo, a fresh measurement store per session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Zoo templates are cached between test runs (keyed by code and library versions), never in
+# the user's ~/.cache; each session measures into its own store.
+os.environ.setdefault("FUSIONGYM_CACHE", str(REPO / ".pytest_cache" / "fusiongym"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _session_store(tmp_path_factory: pytest.TempPathFactory) -> None:
+    os.environ["FUSIONGYM_STORE"] = str(tmp_path_factory.mktemp("store") / "measurements.db")
+    os.environ.setdefault("WANDB_MODE", "offline")
