@@ -1,0 +1,222 @@
+"""Measure fusiongym's speed on this machine; write BENCHMARKS.md and BENCHMARKS.json.
+
+Every figure names its goal (from the issues) and whether this machine met it. Timings are
+medians of several runs; where noise matters the figure is a ratio of two measurements
+taken back to back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from tqdm import tqdm
+
+
+@dataclass
+class BenchFigure:
+    section: str
+    name: str
+    value: float
+    unit: str
+    goal: str = ""           # e.g. "≤ 10 s"; empty when the figure is informative only
+    met: bool | None = None
+    command: str = ""        # what was measured, reproducibly
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sections", default=",".join(SECTIONS),
+                        help=f"comma-separated subset of {','.join(SECTIONS)}")
+    parser.add_argument("--out", default=".", help="folder for BENCHMARKS.md and BENCHMARKS.json")
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (for smoke runs)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from fusiongym.reward.fingerprint import describe_machine
+
+    names = [name.strip() for name in args.sections.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(SECTIONS))
+    if unknown:
+        raise ValueError(f"unknown bench sections {unknown}; choose from {list(SECTIONS)}")
+    figures: list[BenchFigure] = []
+    for name in tqdm(names, desc="bench", unit="section"):
+        figures.extend(SECTIONS[name](args.quick))
+    machine = describe_machine()
+    write_report(Path(args.out), figures, machine)
+    for figure in figures:
+        print(_figure_line(figure))
+    return 0
+
+
+# ------------------------------------------------------------------- sections
+def bench_graphs(quick: bool) -> list[BenchFigure]:
+    """ResNet-50 import (torch.export + TVM, no cache) and template instantiation."""
+    from fusiongym.graphs import from_torch, zoo
+
+    model = zoo.build("resnet50", "full")
+    started = time.perf_counter()
+    template = from_torch(model.module, model.example_inputs, model.dynamic_shapes, name="resnet50")
+    import_s = time.perf_counter() - started
+    instantiate_ms = _median_ms(lambda: template.instantiate({"batch": 8, "image": 256}), 5 if quick else 30)
+    return [
+        BenchFigure("graphs", "ResNet-50 import (export + Relax + legalize)", import_s, "s", "≤ 10 s",
+                    import_s <= 10, "from_torch(resnet50 full, dynamic batch and image)"),
+        BenchFigure("graphs", "ResNet-50 instantiate(batch=8, image=256)", instantiate_ms, "ms", "≤ 20 ms",
+                    instantiate_ms <= 20, f"template with {template.num_nodes} nodes"),
+    ]
+
+
+def bench_analytical(quick: bool) -> list[BenchFigure]:
+    """Group evaluations per second on ResNet-50, vectorized, and one scalar group call."""
+    from fusiongym.graphs import zoo
+    from fusiongym.reward import Plan, get_backend
+
+    graph = zoo.load("resnet50", "full", batch=8, image=224)
+    backend = get_backend("analytical", device="cpu")
+    rng = np.random.default_rng(0)
+    group_of = rng.integers(0, graph.num_nodes // 3, size=graph.num_nodes)
+    num_groups = int(group_of.max()) + 1
+    schedules = rng.integers(0, len(backend.schedules), size=num_groups)
+    backend.evaluate(graph, group_of, schedules)  # warm the per-graph tables
+    seconds = _median_ms(lambda: backend.evaluate(graph, group_of, schedules), 20 if quick else 200) / 1e3
+    plan = Plan.singletons(graph)
+    single_us = _median_ms(lambda: backend.group_latency(graph, plan.groups[5] + plan.groups[6], "parallel"),
+                           200 if quick else 2000) * 1e3
+    rate = num_groups / seconds
+    return [
+        BenchFigure("reward", "analytical group evaluations/s (vectorized)", rate, "groups/s", "≥ 1,000,000",
+                    rate >= 1e6, f"evaluate() on resnet50 batch 8, {num_groups} groups per call"),
+        BenchFigure("reward", "analytical group_latency (one 2-node group)", single_us, "µs",
+                    command="scalar path used by the env after every merge"),
+    ]
+
+
+def bench_tvm(quick: bool) -> list[BenchFigure]:
+    """Real TVM: compile+measure per new group, noise, cache hits, sum-of-groups vs end-to-end."""
+    import tempfile
+
+    from fusiongym.graphs import zoo
+    from fusiongym.reward import Plan, get_backend
+    from fusiongym.reward.tvm_default import tvm_default_plan
+
+    graph = zoo.load("resnet18", "small", batch=4)
+    with tempfile.TemporaryDirectory() as folder:
+        backend = get_backend("tvm", target="llvm", store=os.path.join(folder, "bench.db"))
+        plan = tvm_default_plan(graph)
+        groups = plan.groups[: 8 if quick else 24]
+        seconds, spreads = [], []
+        for group in tqdm(groups, desc="tvm groups", unit="group", leave=False):
+            started = time.perf_counter()
+            result = backend.group_latency(graph, group, "default")
+            seconds.append(time.perf_counter() - started)
+            spreads.append(result.spread)
+        for group in groups:  # second pass: every group must come from the store
+            backend.cached_group_latency(graph, group, "default")
+        hit_rate = backend.store.stats.hit_rate
+        total = backend.latency(graph, plan).total_us
+        end_to_end = backend.end_to_end_latency_us(graph, plan)
+    median_s = statistics.median(seconds)
+    return [
+        BenchFigure("reward", "TVM compile+measure per new group (median)", median_s, "s", "≤ 0.3 s",
+                    median_s <= 0.3, f"{len(groups)} TVM-default groups of resnet18 small, llvm"),
+        BenchFigure("reward", "measurement CV (median over groups)", statistics.median(spreads), "CV",
+                    command="noise protocol: warm-up, min time, median of ≥5 repeats"),
+        BenchFigure("reward", "store hit rate on re-evaluation", hit_rate, "share", "1.0 on the second pass",
+                    hit_rate > 0, "same groups evaluated twice"),
+        BenchFigure("reward", "sum of groups / end-to-end latency", total / end_to_end, "ratio",
+                    command="TVM default plan of resnet18 small, whole fused module run by the VM"),
+    ]
+
+
+def bench_env(quick: bool) -> list[BenchFigure]:
+    """FusionEnv steps/s with fuse actions on ResNet-50 (analytical, one core) and reset time."""
+    from fusiongym.envs.fusion_env import FusionEnv
+    from fusiongym.graphs import zoo
+
+    graph = zoo.load("resnet50", "full", batch=8, image=224)
+    env = FusionEnv(workloads=[graph], backend="analytical", max_nodes=1024, max_edges=2048)
+    rng = np.random.default_rng(0)
+    steps, elapsed = 0, 0.0
+    for episode in range(2 if quick else 5):
+        env.reset(seed=episode)
+        while True:
+            fuse = np.flatnonzero(env.action_masks()[: env.max_edges])
+            if fuse.size == 0:
+                break
+            action = int(fuse[rng.integers(fuse.size)])
+            started = time.perf_counter()
+            _, _, terminated, truncated, _ = env.step(action)
+            elapsed += time.perf_counter() - started
+            steps += 1
+            if terminated or truncated:
+                break
+    reset_ms = _median_ms(lambda: env.reset(seed=1), 10 if quick else 50)
+    rate = steps / elapsed
+    return [
+        BenchFigure("envs", "env steps/s (fuse actions, ResNet-50, analytical)", rate, "steps/s",
+                    "≥ 20,000", rate >= 20_000, f"{steps} random legal fuse steps, step() time only"),
+        BenchFigure("envs", "env reset (cached workload)", reset_ms, "ms", "≤ 5 ms", reset_ms <= 5,
+                    "reset(seed) on a fixed ResNet-50 graph"),
+    ]
+
+
+SECTIONS: dict[str, Callable[[bool], list[BenchFigure]]] = {
+    "graphs": bench_graphs,
+    "analytical": bench_analytical,
+    "env": bench_env,
+    "tvm": bench_tvm,
+}
+
+
+# -------------------------------------------------------------------- report
+def _median_ms(function: Callable[[], object], repeats: int) -> float:
+    samples = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        samples.append(time.perf_counter() - started)
+    return statistics.median(samples) * 1e3
+
+
+def _figure_line(figure: BenchFigure) -> str:
+    verdict = "" if figure.met is None else (" ✓" if figure.met else " ✗")
+    goal = f"  (goal {figure.goal}{verdict})" if figure.goal else ""
+    return f"[{figure.section}] {figure.name}: {_format(figure.value)} {figure.unit}{goal}"
+
+
+def _format(value: float) -> str:
+    if value >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def write_report(folder: Path, figures: list[BenchFigure], machine: dict) -> None:
+    """BENCHMARKS.json (all figures + machine) and BENCHMARKS.md, each written atomically."""
+    folder.mkdir(parents=True, exist_ok=True)
+    payload = {"machine": machine, "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+               "figures": [asdict(f) for f in figures]}
+    _write(folder / "BENCHMARKS.json", json.dumps(payload, indent=2, ensure_ascii=False))
+    lines = ["# fusiongym benchmarks", "",
+             f"Measured by `fusiongym bench` on **{machine.get('cpu_model', '?')}** "
+             f"({machine.get('cpu_cores', '?')} cores, {machine.get('memory_gib', '?')} GiB, {machine.get('os', '')}), "
+             f"{payload['date']}. Machine: `{machine.get('cpu_fingerprint', '')}`; versions: python "
+             f"{machine.get('python')}, torch {machine.get('torch')}, tvm {machine.get('tvm')}, "
+             f"fusiongym {machine.get('fusiongym')}.", "",
+             "| section | figure | value | goal | met | what was measured |", "|---|---|---|---|---|---|"]
+    for f in figures:
+        met = "" if f.met is None else ("yes" if f.met else "**no**")
+        lines.append(f"| {f.section} | {f.name} | {_format(f.value)} {f.unit} | {f.goal} | {met} | {f.command} |")
+    _write(folder / "BENCHMARKS.md", "\n".join(lines) + "\n")
+
+
+def _write(path: Path, text: str) -> None:
+    temporary = path.with_suffix(path.suffix + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
