@@ -1,0 +1,592 @@
+"""The analytical latency backend: a roofline per fused group, microseconds per evaluation.
+
+A group (one fused kernel) costs ``max(compute_us, memory_us) * wave_factor + overhead_us``:
+
+- ``compute_us``: each node's FLOPs at the schedule's peak for its op kind (conv/matmul reach
+  more of the peak than reductions or opaque calls; tensor cores only for half precision);
+- ``memory_us``: only the bytes the kernel really moves: inputs that do not come from inside
+  the group (edges from other groups, graph inputs, parameters) and outputs consumed outside
+  the group or leaving the graph. Fusion removes exactly the intermediate tensors;
+- ``wave_factor`` (≥ 1): the group's output is cut into tiles (CPU chunks, GPU thread
+  blocks); the last wave of tiles leaves compute units idle, and a co-running workload
+  holding a share of the device leaves fewer units for the waves;
+- ``overhead_us``: kernel launch (plus thread-pool fork/join for parallel CPU schedules).
+
+Two entry points share one per-graph precomputation (cached by graph hash): the scalar
+``group_latency`` (a few µs, called by the environment after every merge) and the
+vectorized ``evaluate`` (whole plans, or batches of plans, without a Python loop over groups).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from fusiongym.graphs import ComputeGraph, GraphError, OpKind, TensorSpec
+from fusiongym.graphs.ir import dtype_bytes
+
+from .backend import GroupLatency, LatencyBackend, LatencyReport, register_backend
+from .devices import DeviceProfile, get_profile
+from .plan import Plan, require_legal
+
+MODEL_VERSION = "1"
+
+# Share of a schedule's peak FLOP/s an op of each kind reaches. Elementwise code issues one
+# multiply or add per element (no FMA pairing), reductions carry a serial dependency,
+# conv/matmul are what compilers tile best, opaque calls (sort, scatter, ...) defeat both.
+KIND_COMPUTE_EFFICIENCY = {
+    OpKind.ELEMWISE: 0.5, OpKind.BROADCAST: 0.5, OpKind.INJECTIVE: 0.5, OpKind.COMM_REDUCE: 0.35,
+    OpKind.OUT_ELEMWISE_FUSABLE: 0.75, OpKind.TUPLE: 1.0, OpKind.OPAQUE: 0.25,
+}
+# Share of the bandwidth an op's accesses reach: streaming elementwise access is best,
+# transposes (injective) and reductions stride, opaque ops gather and scatter.
+KIND_BANDWIDTH_EFFICIENCY = {
+    OpKind.ELEMWISE: 0.9, OpKind.BROADCAST: 0.9, OpKind.INJECTIVE: 0.7, OpKind.COMM_REDUCE: 0.65,
+    OpKind.OUT_ELEMWISE_FUSABLE: 0.8, OpKind.TUPLE: 1.0, OpKind.OPAQUE: 0.45,
+}
+# One CPU core alone draws this share of a small machine's DRAM bandwidth (two saturate it).
+UNIT_BANDWIDTH_SHARE = 0.6
+# Scalar loops keep too few cache misses in flight to saturate DRAM.
+SCALAR_BANDWIDTH_SHARE = 0.5
+# A cache-blocking tile that does not fit its core's cache share re-reads operands from DRAM.
+TILE_SPILL_BANDWIDTH = 0.3
+# Device-load shares above this would make a kernel arbitrarily slow; the environment samples ≤ 0.9.
+MAX_LOAD_SHARE = 0.9
+COST_CACHE_SIZE = 128
+
+
+@dataclass(frozen=True)
+class ScheduleModel:
+    """How one schedule changes the roofline: parallelism, SIMD, tiling, efficiencies.
+
+    ``heavy_*`` multiply the efficiencies of compute-heavy ops (OUT_ELEMWISE_FUSABLE:
+    conv, matmul, pooling), ``other_*`` those of all other ops. ``tile_elems`` output
+    elements form one parallel work item; a compute unit runs ``slots_per_unit`` at once.
+    ``cache_tile`` is N of an N×N cache-blocking tile (0: none): when the working set of a
+    heavy op's tile fits its core's cache share, operands are reused from cache and the
+    effective bandwidth exceeds DRAM's (``heavy_bandwidth`` > 1); otherwise it spills.
+    """
+
+    name: str
+    all_units: bool
+    vectorized: bool
+    tensor_cores: bool
+    tile_elems: int
+    slots_per_unit: int
+    heavy_compute: float
+    heavy_bandwidth: float
+    other_compute: float
+    other_bandwidth: float
+    cache_tile: int = 0
+
+
+# Without cache blocking a conv/matmul re-reads its operands: DRAM traffic about twice the
+# minimal bytes, hence heavy_bandwidth 0.5. Tiling costs other ops a little loop overhead.
+CPU_SCHEDULE_MODELS = {m.name: m for m in (
+    ScheduleModel("default", False, False, False, 1, 1, 1.0, 0.5, 1.0, 1.0),
+    ScheduleModel("parallel", True, False, False, 1024, 1, 1.0, 0.5, 1.0, 1.0),
+    ScheduleModel("parallel_vectorize", True, True, False, 1024, 1, 1.0, 0.5, 1.0, 1.0),
+    ScheduleModel("tiled_16", True, True, False, 16 * 16, 1, 1.1, 2.0, 0.95, 0.95, cache_tile=16),
+    ScheduleModel("tiled_32", True, True, False, 32 * 32, 1, 1.2, 2.0, 0.95, 0.95, cache_tile=32),
+    ScheduleModel("tiled_64", True, True, False, 64 * 64, 1, 1.25, 2.0, 0.95, 0.95, cache_tile=64),
+)}
+# dlight's default: Fallback binds 1024 threads per block (2 resident per SM of 2048 threads)
+# and Matmul rules use shared-memory tiling and tensor cores. The fixed thread-count variants
+# are plain elementwise-style schedules: fine for memory-bound ops, poor for conv/matmul.
+# Resident blocks per SM: min(32, 2048 / threads).
+GPU_SCHEDULE_MODELS = {m.name: m for m in (
+    ScheduleModel("default", True, True, True, 1024, 2, 1.0, 1.0, 1.0, 0.92),
+    ScheduleModel("threads_64", True, True, False, 64, 32, 0.25, 0.5, 0.9, 0.85),
+    ScheduleModel("threads_128", True, True, False, 128, 16, 0.3, 0.5, 1.0, 0.95),
+    ScheduleModel("threads_512", True, True, False, 512, 4, 0.3, 0.5, 1.0, 1.0),
+)}
+
+
+def schedule_models(profile: DeviceProfile) -> dict[str, ScheduleModel]:
+    """The schedule models of ``profile``'s device kind, keyed by schedule name."""
+    return CPU_SCHEDULE_MODELS if profile.kind == "cpu" else GPU_SCHEDULE_MODELS
+
+
+@dataclass(frozen=True)
+class DeviceLoad:
+    """Shares of the device's compute units and bandwidth taken by co-running work."""
+
+    compute: float = 0.0
+    bandwidth: float = 0.0
+
+    def __post_init__(self) -> None:
+        for name, share in (("compute", self.compute), ("bandwidth", self.bandwidth)):
+            if not 0.0 <= share <= MAX_LOAD_SHARE:
+                raise ValueError(f"device load {name} share must be in [0, {MAX_LOAD_SHARE}], got {share}")
+
+    @staticmethod
+    def parse(value: "float | Mapping[str, float] | DeviceLoad | None") -> "DeviceLoad":
+        """A float means the same share of both; a dict names ``compute`` and/or ``bandwidth``."""
+        if value is None:
+            return DeviceLoad()
+        if isinstance(value, DeviceLoad):
+            return value
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"compute", "bandwidth"}
+            if unknown:
+                raise ValueError(f"device load keys must be 'compute'/'bandwidth', got {sorted(unknown)}")
+            return DeviceLoad(float(value.get("compute", 0.0)), float(value.get("bandwidth", 0.0)))
+        return DeviceLoad(float(value), float(value))
+
+
+@dataclass(frozen=True)
+class GroupTerms:
+    """The roofline of one group, term by term (µs); ``total_us`` is what the backend reports."""
+
+    compute_us: float   # FLOP time at the schedule's effective peak, before wave quantization
+    memory_us: float    # external bytes at the effective bandwidth (bandwidth load included)
+    wave_factor: float  # ≥ 1: work-item slots paid for / slots used
+    overhead_us: float  # launch (+ fork/join)
+
+    @property
+    def total_us(self) -> float:
+        return max(self.compute_us, self.memory_us) * self.wave_factor + self.overhead_us
+
+    @property
+    def bound(self) -> str:
+        return "compute" if self.compute_us >= self.memory_us else "memory"
+
+
+@dataclass(frozen=True)
+class _GraphCosts:
+    """Everything a group evaluation needs, precomputed once per graph (S schedules).
+
+    Numpy arrays serve ``evaluate``; the ``*_rows`` / per-node lists serve the scalar path,
+    where indexing Python lists is several times faster than indexing numpy arrays.
+    """
+
+    num_nodes: int
+    node_index: np.ndarray          # [N] intp, 0..N-1
+    compute_us: np.ndarray          # [S*N] µs of node n's FLOPs under schedule s at index s*N+n
+    us_per_byte: np.ndarray         # [S*N] µs per byte moved by node n under schedule s
+    own_read_bytes: np.ndarray      # [N] input bytes not carried by an edge (params, graph inputs)
+    edge_src: np.ndarray            # [E] intp
+    edge_dst: np.ndarray            # [E] intp
+    edge_read_bytes: np.ndarray     # [E] bytes dst reads through the edge when src is outside
+    edge_tensor: np.ndarray         # [E] intp, the tensor the edge carries
+    tensor_node: np.ndarray         # [T] intp, producer of each tensor
+    tensor_bytes: np.ndarray        # [T]
+    tensor_elems: np.ndarray        # [T]
+    tensor_always_written: np.ndarray  # [T] bool: graph outputs and tensors nobody consumes
+    one_tensor_per_node: bool       # tensor t is node t's only output (most graphs)
+    schedule_table: np.ndarray      # [S, 4] columns as in ``schedule_rows``
+    schedule_rows: list[tuple[float, float, float, float]]  # [S] (tile elems, slots left under
+                                    # load, wave scale = unloaded slots / time share, overhead µs)
+    compute_rows: list[list[float]]        # [S][N]
+    byte_rows: list[list[float]]           # [S][N]
+    own_read_list: list[float]             # [N]
+    in_edges: list[tuple[tuple[int, float], ...]]                    # [N] (src, read bytes)
+    fixed_out: list[tuple[float, float]]                             # [N] (bytes, elems) always written
+    shared_out: list[tuple[tuple[float, float, tuple[int, ...]], ...]]  # [N] (bytes, elems, consumers)
+    neighbors: list[frozenset[int]]                                  # [N] producers and consumers
+
+
+class AnalyticalBackend(LatencyBackend):
+    """Roofline latency of fused groups on a device profile; deterministic, microseconds.
+
+    ``device``: a profile name (``cpu``, ``h100_sxm``, ``a100``, ``l4``) or a DeviceProfile.
+    ``load``: device load applied to every graph, overriding ``graph.context["device_load"]``
+    (a float share of both compute and bandwidth, or ``{"compute": c, "bandwidth": b}``);
+    None reads each graph's context. ``max_group_size``: larger groups are not compiled.
+    """
+
+    name = "analytical"
+    deterministic = True
+    platform_dependent = False
+
+    def __init__(self, device: str | DeviceProfile = "cpu",
+                 load: float | Mapping[str, float] | None = None, max_group_size: int = 64) -> None:
+        super().__init__()
+        self.profile = device if isinstance(device, DeviceProfile) else get_profile(device)
+        self.device = self.profile.name
+        self.schedules = self.profile.schedules
+        self.load_override = None if load is None else DeviceLoad.parse(load)
+        if max_group_size < 1:
+            raise ValueError(f"max_group_size must be ≥ 1, got {max_group_size}")
+        self.max_group_size = max_group_size
+        models = schedule_models(self.profile)
+        self._models = tuple(models[s] for s in self.schedules)
+        self._schedule_ids = {s: i for i, s in enumerate(self.schedules)}
+        self._costs_cache: OrderedDict[str, _GraphCosts] = OrderedDict()
+
+    # ------------------------------------------------------------------ protocol
+    def version(self) -> str:
+        return f"{MODEL_VERSION}+{self.profile.digest()}"
+
+    def describe(self) -> dict:
+        return {**super().describe(), "profile": self.profile.to_dict(),
+                "max_group_size": self.max_group_size}
+
+    def group_latency(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> GroupLatency:
+        compute_us, memory_us, wave_factor, overhead_us = self._group_terms(graph, nodes, schedule)
+        return GroupLatency(max(compute_us, memory_us) * wave_factor + overhead_us, "estimated")
+
+    def group_terms(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> GroupTerms:
+        """The roofline terms of one group, for explanations and calibration."""
+        return GroupTerms(*self._group_terms(graph, nodes, schedule))
+
+    def group_constraint(self, graph: ComputeGraph, nodes: Sequence[int]) -> str | None:
+        """Groups above ``max_group_size`` and groups that are not weakly connected are refused."""
+        if len(nodes) > self.max_group_size:
+            return f"group of {len(nodes)} nodes exceeds max_group_size={self.max_group_size}"
+        if not self._is_weakly_connected(self._costs(graph), nodes):
+            return "group is not weakly connected (its nodes share no producer-consumer path)"
+        return None
+
+    def latency(self, graph: ComputeGraph, plan: Plan, check: bool = True) -> LatencyReport:
+        """Total latency of ``plan``, all groups in one vectorized ``evaluate`` call."""
+        if check:
+            require_legal(graph, plan, self)
+        group_us = self.evaluate(graph, plan.group_of(graph.num_nodes), self.schedule_ids(plan.schedules))
+        count = plan.num_groups
+        return LatencyReport(total_us=float(group_us.sum()), group_us=group_us.tolist(),
+                             origins=["estimated"] * count, spreads=[0.0] * count,
+                             backend=self.name, device=self.device)
+
+    # ---------------------------------------------------------------- vectorized
+    def schedule_ids(self, schedules: Sequence[str]) -> np.ndarray:
+        """[len(schedules)] int: positions in ``self.schedules``, the ids ``evaluate`` takes."""
+        return np.array([self._schedule_id(s) for s in schedules], dtype=np.intp)
+
+    def evaluate(self, graph: ComputeGraph, group_of: np.ndarray,
+                 schedule_of_group: np.ndarray) -> np.ndarray:
+        """Latency (µs) of every group of a plan, or of a batch of plans, with no loop over groups.
+
+        ``group_of``: [N] group label per node, labels 0..G-1 (every label used);
+        ``schedule_of_group``: [G] schedule ids (positions in ``self.schedules``). Returns [G].
+        Batched: ``group_of`` [B, N] and ``schedule_of_group`` [B, G] (plans padded to a
+        common G; a label with no nodes costs only the overhead) return [B, G].
+        Convexity and group constraints are not checked here (``latency`` checks them).
+        """
+        costs = self._costs(graph)
+        labels = np.asarray(group_of)
+        schedules = np.asarray(schedule_of_group)
+        batched = labels.ndim == 2
+        labels, schedules = np.atleast_2d(labels), np.atleast_2d(schedules)
+        batch, num_nodes = labels.shape
+        groups = schedules.shape[1]
+        if num_nodes != costs.num_nodes or schedules.shape[0] != batch or labels.ndim != 2:
+            raise ValueError(f"evaluate needs group_of [N={costs.num_nodes}] or [B, N] and schedule_of_group "
+                             f"[G] or [B, G]; got {np.shape(group_of)} and {np.shape(schedule_of_group)}")
+        if labels.min() < 0 or labels.max() >= groups:
+            raise ValueError(f"group labels must lie in 0..{groups - 1} "
+                             f"(schedule_of_group has {groups} entries)")
+        cells, num_tensors = batch * groups, costs.tensor_node.shape[0]
+        # [B, N] group ids made unique across the batch: 0..B*G-1
+        flat_group = labels if batch == 1 else labels + (np.arange(batch) * groups)[:, None]
+        flat_schedule = schedules.ravel()                                               # [B*G]
+        cell = flat_schedule[flat_group] * num_nodes + costs.node_index                 # [B, N] into [S*N]
+        crossing = flat_group[:, costs.edge_src] != flat_group[:, costs.edge_dst]       # [B, E]
+        crossed = np.bincount(_per_plan(costs.edge_tensor, num_tensors, batch), weights=crossing.ravel(),
+                              minlength=batch * num_tensors)                            # [B*T]
+        written = (crossed > 0).reshape(batch, num_tensors) | costs.tensor_always_written  # [B, T]
+        written_bytes, written_elems = _per_node(costs, written * costs.tensor_bytes,
+                                                 written * costs.tensor_elems)          # [B, N] each
+        read_in_bytes = np.bincount(_per_plan(costs.edge_dst, num_nodes, batch), minlength=batch * num_nodes,
+                                    weights=(crossing * costs.edge_read_bytes).ravel())  # [B*N]
+        moved_bytes = costs.own_read_bytes + read_in_bytes.reshape(batch, num_nodes) + written_bytes  # [B, N]
+        node_group = flat_group.ravel()                                                 # [B*N]
+        memory_us = np.bincount(node_group, weights=(moved_bytes * costs.us_per_byte[cell]).ravel(),
+                                minlength=cells)                                        # [B*G]
+        compute_us = np.bincount(node_group, weights=costs.compute_us[cell].ravel(), minlength=cells)
+        elems = np.bincount(node_group, weights=written_elems.ravel(), minlength=cells)
+        tile_elems, slots_left, wave_scale, overhead_us = costs.schedule_table[flat_schedule].T  # 4 x [B*G]
+        tiles = np.maximum(1.0, np.ceil(elems / tile_elems))
+        wave_factor = np.ceil(tiles / slots_left) * wave_scale / tiles
+        group_us = np.maximum(compute_us, memory_us) * wave_factor + overhead_us
+        return group_us.reshape(batch, groups) if batched else group_us
+
+    # -------------------------------------------------------------------- scalar
+    def _group_terms(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str
+                     ) -> tuple[float, float, float, float]:
+        """(compute µs, memory µs, wave factor, overhead µs) of one group: a loop over its
+        nodes and their edges on Python lists, the few µs the environment pays per merge."""
+        costs = self._costs(graph)
+        s = self._schedule_id(schedule)
+        compute_row, byte_row = costs.compute_rows[s], costs.byte_rows[s]
+        own_read, in_edges, fixed_out, shared_out = (
+            costs.own_read_list, costs.in_edges, costs.fixed_out, costs.shared_out)
+        members = set(nodes)
+        compute_us = memory_us = elems = 0.0
+        for n in nodes:
+            read = own_read[n]
+            for src, read_bytes in in_edges[n]:
+                if src not in members:
+                    read += read_bytes
+            written, out_elems = fixed_out[n]
+            for tensor_bytes, tensor_elems, consumers in shared_out[n]:
+                for consumer in consumers:
+                    if consumer not in members:
+                        written += tensor_bytes
+                        out_elems += tensor_elems
+                        break
+            memory_us += (read + written) * byte_row[n]
+            compute_us += compute_row[n]
+            elems += out_elems
+        tile_elems, slots_left, wave_scale, overhead_us = costs.schedule_rows[s]
+        tiles = max(1.0, math.ceil(elems / tile_elems))
+        return compute_us, memory_us, math.ceil(tiles / slots_left) * wave_scale / tiles, overhead_us
+
+    def _schedule_id(self, schedule: str) -> int:
+        try:
+            return self._schedule_ids[schedule]
+        except KeyError:
+            raise ValueError(f"schedule {schedule!r} is not offered by backend {self.name} on "
+                             f"{self.device} (choices: {list(self.schedules)})") from None
+
+    @staticmethod
+    def _is_weakly_connected(costs: _GraphCosts, nodes: Sequence[int]) -> bool:
+        members = set(nodes)
+        if not members:
+            return True
+        start = next(iter(members))
+        seen, frontier = {start}, [start]
+        while frontier:
+            for neighbor in costs.neighbors[frontier.pop()]:
+                if neighbor in members and neighbor not in seen:
+                    seen.add(neighbor)
+                    frontier.append(neighbor)
+        return len(seen) == len(members)
+
+    # -------------------------------------------------------------- precompute
+    def _costs(self, graph: ComputeGraph) -> _GraphCosts:
+        key = graph.hash
+        costs = self._costs_cache.get(key)
+        if costs is None:
+            load = self.load_override if self.load_override is not None else load_of(graph.context)
+            costs = build_graph_costs(graph, self.profile, self._models, load)
+            self._costs_cache[key] = costs
+            if len(self._costs_cache) > COST_CACHE_SIZE:
+                self._costs_cache.popitem(last=False)
+        else:
+            self._costs_cache.move_to_end(key)
+        return costs
+
+
+def _per_plan(index: np.ndarray, width: int, batch: int) -> np.ndarray:
+    """[B*len(index)] ``index`` shifted by ``width`` per plan of a batch, for one bincount over all."""
+    return index if batch == 1 else (index + (np.arange(batch) * width)[:, None]).ravel()
+
+
+def _per_node(costs: _GraphCosts, *per_tensor: np.ndarray) -> list[np.ndarray]:
+    """[B, T] tensor quantities summed onto their producers: [B, N] each."""
+    if costs.one_tensor_per_node:
+        return list(per_tensor)
+    batch, num_nodes = per_tensor[0].shape[0], costs.num_nodes
+    index = _per_plan(costs.tensor_node, num_nodes, batch)
+    return [np.bincount(index, weights=values.ravel(), minlength=batch * num_nodes).reshape(batch, num_nodes)
+            for values in per_tensor]
+
+
+# ------------------------------------------------------------------ precomputation
+@dataclass(frozen=True)
+class _NodeFacts:
+    """Per-node numbers the schedule models need ([N] arrays)."""
+
+    flops: np.ndarray            # [N]
+    compute_eff: np.ndarray      # [N] kind's share of peak
+    bandwidth_eff: np.ndarray    # [N] kind's share of bandwidth
+    heavy: np.ndarray            # [N] bool, OUT_ELEMWISE_FUSABLE
+    half: np.ndarray             # [N] bool, fp16/bf16 output
+    reduction_len: np.ndarray    # [N] FLOPs per output element / 2 (K of a matmul)
+    elem_bytes: np.ndarray       # [N] bytes per output element
+
+
+def _node_facts(graph: ComputeGraph, tensors: "_TensorTable") -> _NodeFacts:
+    nodes = graph.nodes
+    out_elems = np.maximum(1.0, np.bincount(tensors.node, weights=tensors.elems, minlength=len(nodes)))
+    flops = graph.arrays.flops
+    first_dtype = [n.outputs[0].dtype if n.outputs else "float32" for n in nodes]
+    return _NodeFacts(
+        flops=flops,
+        compute_eff=np.array([KIND_COMPUTE_EFFICIENCY[n.kind] for n in nodes]),
+        bandwidth_eff=np.array([KIND_BANDWIDTH_EFFICIENCY[n.kind] for n in nodes]),
+        heavy=np.array([n.kind == OpKind.OUT_ELEMWISE_FUSABLE for n in nodes], dtype=bool),
+        half=np.array([d in ("float16", "bfloat16") for d in first_dtype], dtype=bool),
+        reduction_len=np.maximum(1.0, flops / (2.0 * out_elems)),
+        elem_bytes=np.array([dtype_bytes(d) for d in first_dtype], dtype=np.float64),
+    )
+
+
+def _schedule_rates(profile: DeviceProfile, model: ScheduleModel, facts: _NodeFacts,
+                    load: DeviceLoad) -> tuple[np.ndarray, np.ndarray]:
+    """[N] effective FLOP/s and [N] effective bytes/s of each node under ``model``."""
+    units_used = profile.compute_units if model.all_units else 1
+    lane_share = 1.0 if model.vectorized else 1.0 / profile.vector_width
+    unit_share = units_used / profile.compute_units
+    use_half = model.tensor_cores and profile.half_flops_per_s is not None
+    peak_flops_per_s = np.where(use_half & facts.heavy & facts.half,
+                                profile.half_flops_per_s or 0.0, profile.fp32_flops_per_s)
+    peak_flops_per_s = peak_flops_per_s * lane_share * unit_share
+    bandwidth_bytes_per_s = (profile.memory_bandwidth_bytes_per_s
+                             * min(1.0, units_used * UNIT_BANDWIDTH_SHARE)
+                             * (1.0 if model.vectorized else SCALAR_BANDWIDTH_SHARE))
+    compute_mult = np.where(facts.heavy, model.heavy_compute, model.other_compute)
+    bandwidth_mult = np.where(facts.heavy, model.heavy_bandwidth, model.other_bandwidth)
+    if model.cache_tile:
+        bandwidth_mult = np.where(facts.heavy & ~_tile_fits_cache(profile, model.cache_tile, facts),
+                                  bandwidth_mult * TILE_SPILL_BANDWIDTH, bandwidth_mult)
+    efficiency = profile.efficiency_of(model.name)
+    flops_per_s = peak_flops_per_s * facts.compute_eff * compute_mult * efficiency
+    bytes_per_s = (bandwidth_bytes_per_s * facts.bandwidth_eff * bandwidth_mult * efficiency
+                   * (1.0 - load.bandwidth))
+    return flops_per_s, bytes_per_s
+
+
+def _tile_fits_cache(profile: DeviceProfile, tile: int, facts: _NodeFacts) -> np.ndarray:
+    """[N] bool: an N×N output tile with its two K-long operand panels fits one core's cache share."""
+    working_set_bytes = (2.0 * tile * facts.reduction_len + tile * tile) * facts.elem_bytes
+    return working_set_bytes <= profile.cache_bytes / profile.compute_units
+
+
+def _wave_constants(profile: DeviceProfile, model: ScheduleModel, load: DeviceLoad) -> tuple[float, float]:
+    """(slots left to the schedule under load, wave scale) for ``wave_factor = waves * scale / tiles``.
+
+    Co-running work holds ``load.compute`` of the units: the waves run on the whole units
+    left; with less than one unit left the kernel also time-slices that unit. Unloaded and
+    with a multiple of the slots in tiles, the factor is exactly 1.
+    """
+    units_used = profile.compute_units if model.all_units else 1
+    available_units = min(float(units_used), profile.compute_units * (1.0 - load.compute))
+    whole_units = max(1, math.floor(available_units + 1e-9))
+    time_share = min(1.0, available_units)
+    return float(whole_units * model.slots_per_unit), units_used * model.slots_per_unit / time_share
+
+
+def build_graph_costs(graph: ComputeGraph, profile: DeviceProfile, models: Sequence[ScheduleModel],
+                      load: DeviceLoad) -> _GraphCosts:
+    """Precompute per-node, per-edge and per-tensor costs of ``graph`` under every schedule."""
+    if graph.is_template:
+        raise GraphError(f"{graph.name} is a template over {sorted(graph.symbols)}; instantiate it first")
+    tensors = _tensor_table(graph)
+    edges = _edge_table(graph, tensors)
+    facts = _node_facts(graph, tensors)
+    rates = [_schedule_rates(profile, model, facts, load) for model in models]
+    compute_us = np.stack([facts.flops / f * 1e6 for f, _ in rates])                                  # [S, N]
+    us_per_byte = np.stack([1e6 / b for _, b in rates])                                              # [S, N]
+    schedule_rows = [(float(model.tile_elems), *_wave_constants(profile, model, load),
+                      profile.launch_overhead_us + (profile.parallel_launch_us if model.all_units else 0.0))
+                     for model in models]
+    num_nodes = graph.num_nodes
+    consumers = _consumers_per_tensor(graph, tensors.offset, len(tensors.node))
+    own_read = np.maximum(0.0, graph.arrays.bytes_read
+                          - np.bincount(edges.dst, weights=edges.read_bytes, minlength=num_nodes))
+    in_edges: list[list[tuple[int, float]]] = [[] for _ in range(num_nodes)]
+    for src, dst, read_bytes in zip(edges.src.tolist(), edges.dst.tolist(), edges.read_bytes.tolist()):
+        in_edges[dst].append((src, read_bytes))
+    fixed_out = [[0.0, 0.0] for _ in range(num_nodes)]
+    shared_out: list[list[tuple[float, float, tuple[int, ...]]]] = [[] for _ in range(num_nodes)]
+    for t, node in enumerate(tensors.node.tolist()):
+        if tensors.always_written[t]:
+            fixed_out[node][0] += float(tensors.bytes[t])
+            fixed_out[node][1] += float(tensors.elems[t])
+        else:
+            shared_out[node].append((float(tensors.bytes[t]), float(tensors.elems[t]), consumers[t]))
+    neighbors: list[set[int]] = [set() for _ in range(num_nodes)]
+    for edge in graph.edges:
+        neighbors[edge.src].add(edge.dst)
+        neighbors[edge.dst].add(edge.src)
+    return _GraphCosts(
+        num_nodes=num_nodes, node_index=np.arange(num_nodes, dtype=np.intp),
+        compute_us=compute_us.ravel(), us_per_byte=us_per_byte.ravel(), own_read_bytes=own_read,
+        edge_src=edges.src, edge_dst=edges.dst, edge_read_bytes=edges.read_bytes, edge_tensor=edges.tensor,
+        tensor_node=tensors.node, tensor_bytes=tensors.bytes, tensor_elems=tensors.elems,
+        tensor_always_written=tensors.always_written,
+        one_tensor_per_node=bool(len(tensors.node) == num_nodes
+                                 and (tensors.node == np.arange(num_nodes)).all()),
+        schedule_table=np.array(schedule_rows, dtype=np.float64).reshape(len(models), 4),
+        schedule_rows=schedule_rows,
+        compute_rows=compute_us.tolist(), byte_rows=us_per_byte.tolist(), own_read_list=own_read.tolist(),
+        in_edges=[tuple(e) for e in in_edges], fixed_out=[(b, e) for b, e in fixed_out],
+        shared_out=[tuple(s) for s in shared_out], neighbors=[frozenset(n) for n in neighbors],
+    )
+
+
+@dataclass(frozen=True)
+class _TensorTable:
+    offset: list[int]            # [N] id of node n's first output tensor
+    node: np.ndarray             # [T] intp
+    bytes: np.ndarray            # [T]
+    elems: np.ndarray            # [T]
+    always_written: np.ndarray   # [T] bool
+
+
+def _tensor_table(graph: ComputeGraph) -> _TensorTable:
+    """Every node output as one tensor; graph outputs and unconsumed tensors are always written."""
+    offset, node, size_bytes, elems = [], [], [], []
+    for n in graph.nodes:
+        offset.append(len(node))
+        for spec in n.outputs:
+            numel = spec.numel
+            node.append(n.id)
+            size_bytes.append(float(numel * dtype_bytes(spec.dtype)))
+            elems.append(float(numel))
+    consumed = np.zeros(len(node), dtype=bool)
+    for edge in graph.edges:
+        consumed[offset[edge.src] + edge.src_output] = True
+    is_output = np.zeros(len(node), dtype=bool)
+    for n, output in graph.outputs:
+        is_output[offset[n] + output] = True
+    return _TensorTable(offset, np.array(node, dtype=np.intp), np.array(size_bytes), np.array(elems),
+                        is_output | ~consumed)
+
+
+@dataclass(frozen=True)
+class _EdgeTable:
+    src: np.ndarray         # [E] intp
+    dst: np.ndarray         # [E] intp
+    tensor: np.ndarray      # [E] intp
+    read_bytes: np.ndarray  # [E]
+
+
+def _edge_table(graph: ComputeGraph, tensors: _TensorTable) -> _EdgeTable:
+    """Edges with the bytes their consumer reads through them.
+
+    An edge is stored once even when its consumer reads the tensor twice (``x * x``), while
+    the consumer's ``inputs`` list it twice: the edge carries as many copies as the
+    consumer has non-parameter inputs of that shape and dtype, shared among its in-edges of
+    that shape and dtype, so fusing ``x`` into ``x * x`` removes both reads.
+    """
+    keys = [_spec_key(graph.nodes[e.src].outputs[e.src_output]) for e in graph.edges]
+    edges_alike = Counter(zip((e.dst for e in graph.edges), keys))
+    inputs_alike: dict[int, Counter] = {}
+    for dst in {e.dst for e in graph.edges}:
+        inputs_alike[dst] = Counter(_spec_key(t) for t in graph.nodes[dst].inputs if not t.is_param)
+    tensor = np.array([tensors.offset[e.src] + e.src_output for e in graph.edges], dtype=np.intp)
+    copies = [max(1.0, inputs_alike[e.dst][key] / edges_alike[e.dst, key])
+              for e, key in zip(graph.edges, keys)]
+    return _EdgeTable(
+        src=np.array([e.src for e in graph.edges], dtype=np.intp),
+        dst=np.array([e.dst for e in graph.edges], dtype=np.intp),
+        tensor=tensor,
+        read_bytes=tensors.bytes[tensor] * np.array(copies, dtype=np.float64),
+    )
+
+
+def _spec_key(spec: TensorSpec) -> tuple:
+    return spec.shape, spec.dtype
+
+
+def _consumers_per_tensor(graph: ComputeGraph, tensor_offset: list[int], num_tensors: int
+                          ) -> list[tuple[int, ...]]:
+    consumers: list[list[int]] = [[] for _ in range(num_tensors)]
+    for edge in graph.edges:
+        consumers[tensor_offset[edge.src] + edge.src_output].append(edge.dst)
+    return [tuple(c) for c in consumers]
+
+
+def load_of(context: Mapping[str, Any]) -> DeviceLoad:
+    """The device load a graph's context names (none: an idle device)."""
+    return DeviceLoad.parse(context.get("device_load"))
+
+
+register_backend("analytical", AnalyticalBackend)

@@ -1,0 +1,356 @@
+"""Fit the analytical model's CPU profile to measured group latencies.
+
+``collect_samples`` draws a seeded set of legal groups (singletons and small connected
+convex groups) and times each with a real backend (``get_backend("tvm")``);
+``fit_cpu_profile`` then fits peak FLOP/s, bandwidth, the two overheads and one time scale
+per schedule by least squares on log latency, so that small and large kernels weigh alike.
+
+The fit is exact in structure: with the base profile's terms ``c`` (compute µs), ``m``
+(memory µs, wave factor folded in) the analytical model predicts
+
+    t = max(c / alpha, m / beta) / e[schedule] + launch_us + parallel * parallel_launch_us
+
+for a profile whose peak is ``alpha`` times and bandwidth ``beta`` times the base's, so
+Levenberg-Marquardt on the log-parameters recovers a profile the backend then reproduces.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from fusiongym.graphs import ComputeGraph
+
+from .analytical import AnalyticalBackend, schedule_models
+from .backend import LatencyBackend
+from .devices import DeviceProfile, get_profile
+
+LM_MAX_ITERATIONS = 300
+LM_TOLERANCE = 1e-14
+# Starting points of alpha and beta (multiples of the base profile): the roofline's max()
+# makes the loss piecewise, so one start can settle with every group on the wrong side.
+START_SCALES = (0.25, 1.0, 4.0)
+KENDALL_CHUNK_ROWS = 512
+# Log-parameters stay within e^±30 of the base profile: a wild trial step then only fails.
+LOG_PARAMETER_BOUND = 30.0
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One measured group: the kernel ``nodes`` of ``graph`` with ``schedule`` took ``measured_us``."""
+
+    graph: ComputeGraph
+    nodes: tuple[int, ...]
+    schedule: str
+    measured_us: float
+
+
+@dataclass(frozen=True)
+class CalibrationReport:
+    """How well the base and the fitted profile rank and predict the measurements."""
+
+    num_samples: int
+    kendall_tau_before: float
+    kendall_tau_after: float
+    mape_before: float
+    mape_after: float
+    rms_log_error_before: float
+    rms_log_error_after: float
+    parameters: dict
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+# ------------------------------------------------------------------------- sampling
+def collect_samples(graphs: Sequence[ComputeGraph], backend: LatencyBackend, max_groups: int, seed: int,
+                    max_group_nodes: int = 4, singleton_share: float = 0.5) -> list[Sample]:
+    """Measure up to ``max_groups`` distinct (group, schedule) pairs drawn with ``seed``.
+
+    A draw picks a graph, then either a single node (``singleton_share`` of draws) or a
+    connected convex group grown from a random node to 2..``max_group_nodes`` nodes that
+    the backend accepts (``group_constraint``), and a schedule from the backend's menu.
+    Stops early when draws keep repeating (small graphs have few distinct groups).
+    """
+    if not graphs:
+        raise ValueError("collect_samples needs at least one graph")
+    rng = np.random.default_rng(seed)
+    adjacency = [_Adjacency.of(graph) for graph in graphs]
+    seen: set[tuple[str, tuple[int, ...], str]] = set()
+    samples: list[Sample] = []
+    for _ in range(20 * max_groups):
+        if len(samples) >= max_groups:
+            break
+        index = int(rng.integers(len(graphs)))
+        graph = graphs[index]
+        if rng.random() < singleton_share:
+            nodes = (int(rng.integers(graph.num_nodes)),)
+        else:
+            size = int(rng.integers(2, max_group_nodes + 1))
+            nodes = _grow_group(adjacency[index], graph, backend, rng, size)
+        schedule = backend.schedules[int(rng.integers(len(backend.schedules)))]
+        key = (graph.hash, nodes, schedule)
+        if key in seen:
+            continue
+        seen.add(key)
+        samples.append(Sample(graph, nodes, schedule, backend.group_latency(graph, list(nodes), schedule).us))
+    return samples
+
+
+@dataclass(frozen=True)
+class _Adjacency:
+    predecessors: list[list[int]]   # [N] producers of each node
+    neighbors: list[list[int]]      # [N] producers and consumers
+
+    @staticmethod
+    def of(graph: ComputeGraph) -> "_Adjacency":
+        predecessors: list[list[int]] = [[] for _ in range(graph.num_nodes)]
+        neighbors: list[list[int]] = [[] for _ in range(graph.num_nodes)]
+        for edge in graph.edges:
+            predecessors[edge.dst].append(edge.src)
+            neighbors[edge.src].append(edge.dst)
+            neighbors[edge.dst].append(edge.src)
+        return _Adjacency(predecessors, neighbors)
+
+
+def _grow_group(adjacency: _Adjacency, graph: ComputeGraph, backend: LatencyBackend,
+                rng: np.random.Generator, size: int) -> tuple[int, ...]:
+    """Grow a convex, backend-legal group from a random node by adding random neighbors."""
+    group = {int(rng.integers(graph.num_nodes))}
+    for _ in range(4 * size):
+        if len(group) >= size:
+            break
+        frontier = sorted({n for member in group for n in adjacency.neighbors[member]} - group)
+        if not frontier:
+            break
+        candidate = group | {frontier[int(rng.integers(len(frontier)))]}
+        if _is_convex(adjacency, candidate) and backend.group_constraint(graph, sorted(candidate)) is None:
+            group = candidate
+    return tuple(sorted(group))
+
+
+def _is_convex(adjacency: _Adjacency, group: set[int]) -> bool:
+    """No path leaves ``group`` and re-enters it. Nodes are topologically numbered, so such
+    a path only runs through ids between the group's smallest and largest."""
+    reached_outside: set[int] = set()
+    for node in range(min(group) + 1, max(group) + 1):
+        from_group = any(p in group or p in reached_outside for p in adjacency.predecessors[node])
+        if node in group:
+            if any(p in reached_outside for p in adjacency.predecessors[node]):
+                return False
+        elif from_group:
+            reached_outside.add(node)
+    return True
+
+
+# -------------------------------------------------------------------------- fitting
+@dataclass(frozen=True)
+class _Design:
+    """The samples as arrays under the base profile ([n] each)."""
+
+    compute_us: np.ndarray     # compute term x wave factor
+    memory_us: np.ndarray      # memory term x wave factor
+    schedule: np.ndarray       # index into the base profile's schedule menu
+    parallel: np.ndarray       # 1.0 where the schedule pays the thread-pool fork/join
+    measured_us: np.ndarray
+
+
+def _design(samples: Sequence[Sample], base: DeviceProfile) -> _Design:
+    backend = AnalyticalBackend(base)
+    models = schedule_models(base)
+    ids = {s: i for i, s in enumerate(base.schedules)}
+    terms = [backend.group_terms(s.graph, s.nodes, s.schedule) for s in samples]
+    measured = np.array([s.measured_us for s in samples], dtype=np.float64)
+    if not (measured > 0).all():
+        raise ValueError("every measured latency must be > 0 µs")
+    return _Design(
+        compute_us=np.array([t.compute_us * t.wave_factor for t in terms]),
+        memory_us=np.array([t.memory_us * t.wave_factor for t in terms]),
+        schedule=np.array([ids[s.schedule] for s in samples], dtype=np.intp),
+        parallel=np.array([float(models[s.schedule].all_units) for s in samples]),
+        measured_us=measured,
+    )
+
+
+@dataclass(frozen=True)
+class _Parameters:
+    """The fit's parameters in log space; alpha and beta scale the base peak and bandwidth."""
+
+    log_alpha: float
+    log_beta: float
+    log_launch_us: float
+    log_parallel_launch_us: float | None  # None: no sample ran a parallel schedule
+    log_efficiency: np.ndarray  # [S] relative to the base profile; fixed entries stay 0
+
+    def vector(self, free_schedules: np.ndarray, fit_parallel: bool) -> np.ndarray:
+        head = [self.log_alpha, self.log_beta, self.log_launch_us]
+        if fit_parallel and self.log_parallel_launch_us is not None:
+            head.append(self.log_parallel_launch_us)
+        return np.concatenate([head, self.log_efficiency[free_schedules]])
+
+
+class _LogLatencyModel:
+    """log t(theta) for the design, with its Jacobian; theta = [log alpha, log beta,
+    log launch, (log parallel launch), log efficiency of each free schedule]."""
+
+    def __init__(self, design: _Design, base: DeviceProfile) -> None:
+        self.design = design
+        self.base = base
+        present = np.unique(design.schedule)
+        reference = 0 if 0 in present else int(present[0])  # "default" when measured
+        self.free_schedules = present[present != reference]
+        self.fit_parallel = bool(design.parallel.any())
+        self.log_measured = np.log(design.measured_us)
+
+    def unpack(self, theta: np.ndarray) -> _Parameters:
+        efficiency = np.zeros(len(self.base.schedules))
+        offset = 4 if self.fit_parallel else 3
+        efficiency[self.free_schedules] = theta[offset:]
+        return _Parameters(theta[0], theta[1], theta[2], theta[3] if self.fit_parallel else None, efficiency)
+
+    def predict(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(t [n], roofline part [n], compute-bound mask [n])."""
+        p, d = self.unpack(theta), self.design
+        compute = d.compute_us * math.exp(-p.log_alpha)
+        memory = d.memory_us * math.exp(-p.log_beta)
+        roofline = np.maximum(compute, memory) * np.exp(-p.log_efficiency[d.schedule])
+        overhead = math.exp(p.log_launch_us)
+        if p.log_parallel_launch_us is not None:
+            overhead = overhead + d.parallel * math.exp(p.log_parallel_launch_us)
+        return roofline + overhead, roofline, compute >= memory
+
+    def residual_and_jacobian(self, theta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t, roofline, compute_bound = self.predict(theta)
+        p, d = self.unpack(theta), self.design
+        share = roofline / t
+        columns = [-share * compute_bound, -share * ~compute_bound, math.exp(p.log_launch_us) / t]
+        if self.fit_parallel:
+            columns.append(d.parallel * math.exp(p.log_parallel_launch_us) / t)
+        columns += [-share * (d.schedule == s) for s in self.free_schedules]
+        return np.log(t) - self.log_measured, np.stack(columns, axis=1)
+
+    def starts(self) -> list[np.ndarray]:
+        at_base = _Parameters(0.0, 0.0, math.log(max(self.base.launch_overhead_us, 1e-3)),
+                              math.log(max(self.base.parallel_launch_us, 1e-3)),
+                              np.zeros(len(self.base.schedules)))
+        return [replace(at_base, log_alpha=math.log(a), log_beta=math.log(b)).vector(
+                    self.free_schedules, self.fit_parallel)
+                for a in START_SCALES for b in START_SCALES]
+
+
+def _levenberg_marquardt(model: _LogLatencyModel, theta: np.ndarray) -> tuple[np.ndarray, float]:
+    """Minimize the sum of squared log residuals from ``theta``; returns (theta, loss)."""
+    residual, jacobian = model.residual_and_jacobian(theta)
+    loss, damping = float(residual @ residual), 1e-3
+    for _ in range(LM_MAX_ITERATIONS):
+        normal = jacobian.T @ jacobian
+        gradient = jacobian.T @ residual
+        step = np.linalg.solve(normal + damping * (np.diag(np.diag(normal)) + 1e-12 * np.eye(len(theta))),
+                               -gradient)
+        candidate = np.clip(theta + step, -LOG_PARAMETER_BOUND, LOG_PARAMETER_BOUND)
+        new_residual, new_jacobian = model.residual_and_jacobian(candidate)
+        new_loss = float(new_residual @ new_residual)
+        if new_loss < loss:
+            converged = loss - new_loss <= LM_TOLERANCE * max(loss, 1e-300)
+            theta, residual, jacobian, loss = candidate, new_residual, new_jacobian, new_loss
+            damping = max(damping / 3.0, 1e-12)
+            if converged:
+                break
+        else:
+            damping *= 4.0
+            if damping > 1e12:
+                break
+    return theta, loss
+
+
+def fit_cpu_profile(samples: Iterable[Sample | tuple], base: DeviceProfile | None = None
+                    ) -> tuple[DeviceProfile, CalibrationReport]:
+    """Fit ``base`` (default: the generic, uncalibrated ``cpu`` profile) to measured samples.
+
+    Samples are :class:`Sample` records or ``(graph, nodes, schedule, measured_us)`` tuples.
+    Cores, vector width and cache size stay those of ``base`` (facts of the machine); peak
+    FLOP/s, bandwidth, launch and fork/join overheads and per-schedule efficiencies are
+    fitted (the efficiency of ``default``, or of the first measured schedule, is held fixed
+    since it is interchangeable with peak and bandwidth).
+    """
+    base = base or get_profile("cpu", use_calibrated=False)
+    records = [s if isinstance(s, Sample) else Sample(s[0], tuple(s[1]), s[2], float(s[3])) for s in samples]
+    design = _design(records, base)
+    model = _LogLatencyModel(design, base)
+    unknowns = len(model.starts()[0])
+    if len(records) <= unknowns:
+        raise ValueError(f"{len(records)} samples cannot determine {unknowns} parameters; "
+                         f"measure more groups")
+    theta, _ = min((_levenberg_marquardt(model, start) for start in model.starts()), key=lambda fit: fit[1])
+    fitted = _fitted_profile(base, model.unpack(theta), len(records))
+    before = _base_prediction(design, base)
+    after = model.predict(theta)[0]
+    report = CalibrationReport(
+        num_samples=len(records),
+        kendall_tau_before=kendall_tau(before, design.measured_us),
+        kendall_tau_after=kendall_tau(after, design.measured_us),
+        mape_before=mape(before, design.measured_us), mape_after=mape(after, design.measured_us),
+        rms_log_error_before=_rms_log_error(before, design.measured_us),
+        rms_log_error_after=_rms_log_error(after, design.measured_us),
+        parameters={k: v for k, v in fitted.to_dict().items()
+                    if k in ("fp32_flops_per_s", "memory_bandwidth_bytes_per_s", "launch_overhead_us",
+                             "parallel_launch_us", "schedule_efficiency")},
+    )
+    return replace(fitted, source=f"{fitted.source}; Kendall tau {report.kendall_tau_before:.3f} -> "
+                                  f"{report.kendall_tau_after:.3f}"), report
+
+
+def _base_prediction(design: _Design, base: DeviceProfile) -> np.ndarray:
+    """[n] µs the base profile itself predicts (its efficiencies are inside the terms)."""
+    return (np.maximum(design.compute_us, design.memory_us) + base.launch_overhead_us
+            + design.parallel * base.parallel_launch_us)
+
+
+def _fitted_profile(base: DeviceProfile, params: _Parameters, num_samples: int) -> DeviceProfile:
+    efficiency = tuple((s, base.efficiency_of(s) * math.exp(params.log_efficiency[i]))
+                       for i, s in enumerate(base.schedules))
+    return replace(
+        base,
+        fp32_flops_per_s=base.fp32_flops_per_s * math.exp(params.log_alpha),
+        memory_bandwidth_bytes_per_s=base.memory_bandwidth_bytes_per_s * math.exp(params.log_beta),
+        launch_overhead_us=math.exp(params.log_launch_us),
+        parallel_launch_us=(base.parallel_launch_us if params.log_parallel_launch_us is None
+                            else math.exp(params.log_parallel_launch_us)),
+        schedule_efficiency=efficiency,
+        source=f"fitted by fusiongym.reward.calibrate to {num_samples} measured groups (base: {base.source})",
+    )
+
+
+# -------------------------------------------------------------------------- metrics
+def kendall_tau(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> float:
+    """Kendall's tau-b (ties handled) of two equally long sequences; NaN when one is constant.
+
+    O(n^2) in row chunks of the pair matrix: a few thousand points take well under a second.
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1 or len(x) < 2:
+        raise ValueError(f"kendall_tau needs two 1-D sequences of equal length ≥ 2, "
+                         f"got {x.shape} and {y.shape}")
+    concordance = ties_free_x = ties_free_y = 0.0
+    for start in range(0, len(x), KENDALL_CHUNK_ROWS):
+        sign_x = np.sign(x[start:start + KENDALL_CHUNK_ROWS, None] - x[None, :])   # [rows, n]
+        sign_y = np.sign(y[start:start + KENDALL_CHUNK_ROWS, None] - y[None, :])   # [rows, n]
+        concordance += float((sign_x * sign_y).sum())
+        ties_free_x += float(np.abs(sign_x).sum())
+        ties_free_y += float(np.abs(sign_y).sum())
+    if ties_free_x == 0 or ties_free_y == 0:
+        return float("nan")
+    return concordance / math.sqrt(ties_free_x * ties_free_y)
+
+
+def mape(predicted: np.ndarray, measured: np.ndarray) -> float:
+    """Mean absolute percentage error, as a fraction (0.1 = 10 %)."""
+    predicted, measured = np.asarray(predicted, dtype=np.float64), np.asarray(measured, dtype=np.float64)
+    return float(np.mean(np.abs(predicted - measured) / measured))
+
+
+def _rms_log_error(predicted: np.ndarray, measured: np.ndarray) -> float:
+    return float(np.sqrt(np.mean((np.log(predicted) - np.log(measured)) ** 2)))
