@@ -242,6 +242,13 @@ class AnalyticalBackend(LatencyBackend):
             return "group is not weakly connected (its nodes share no producer-consumer path)"
         return None
 
+    def merge_constraint(self, graph: ComputeGraph, group_a: Sequence[int], group_b: Sequence[int]) -> str | None:
+        """Only the size limit: two connected groups joined by an edge stay connected."""
+        size = len(group_a) + len(group_b)
+        if size > self.max_group_size:
+            return f"group of {size} nodes exceeds max_group_size={self.max_group_size}"
+        return None
+
     def latency(self, graph: ComputeGraph, plan: Plan, check: bool = True) -> LatencyReport:
         """Total latency of ``plan``, all groups in one vectorized ``evaluate`` call."""
         if check:

@@ -70,6 +70,14 @@ class LatencyBackend(ABC):
         """Why this backend cannot compile ``nodes`` as one kernel, or None when it can."""
         return None
 
+    def merge_constraint(self, graph: ComputeGraph, group_a: Sequence[int], group_b: Sequence[int]) -> str | None:
+        """Why two compilable groups joined by an edge cannot become one kernel, or None.
+
+        The environment asks this after every candidate merge; backends may skip checks
+        such a union always passes (it is weakly connected by construction).
+        """
+        return self.group_constraint(graph, sorted({*group_a, *group_b}))
+
     def version(self) -> str:
         return "0"
 
