@@ -8,11 +8,11 @@ import sys
 
 # subcommand -> (module in fusiongym.scripts, one-line help)
 COMMANDS = {
-    "demo": ("demo", "the main job on embedded defaults: env episodes, baselines, real TVM latency"),
     "bench": ("bench", "measure speed on this machine and write BENCHMARKS.md + BENCHMARKS.json"),
     "validate": ("validate", "re-measure saved results and report any that do not reproduce"),
     "profile": ("profile", "measure groups on a real backend into the store; --calibrate fits the CPU profile"),
     "graph": ("graph", "import a zoo model or a workload and print its summary"),
+    "leaderboard": ("leaderboard", "measure baselines, policies and submitted plans on fixed cases; write LEADERBOARD.md"),
 }
 
 
