@@ -1,0 +1,144 @@
+"""The timing protocol (TVM and Python callables) and the real device load."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import statistics
+import time
+
+import numpy as np
+import pytest
+
+from fusiongym.reward.device_load import DeviceLoad, LoadShare
+from fusiongym.reward.timing import (Timing, TimingProtocol, _best_attempt, coefficient_of_variation,
+                                     measure)
+
+
+@pytest.fixture(scope="module")
+def tvm_matmul():
+    """A 128^3 matmul built for llvm, with its arguments (a few hundred microseconds)."""
+    tvm = pytest.importorskip("tvm")
+    from tvm import te
+
+    a = te.placeholder((128, 128), name="A")
+    b = te.placeholder((128, 128), name="B")
+    k = te.reduce_axis((0, 128), name="k")
+    c = te.compute((128, 128), lambda i, j: te.sum(a[i, k] * b[k, j], axis=k), name="C")
+    func = te.create_prim_func([a, b, c])
+    executable = tvm.compile(func, target=tvm.target.Target({"kind": "llvm", "num-cores": 2}))
+    rng = np.random.default_rng(0)
+    args = [tvm.runtime.tensor(rng.random((128, 128), dtype="float32")) for _ in range(3)]
+    return executable, args
+
+
+def test_coefficient_of_variation():
+    assert coefficient_of_variation([2.0, 2.0, 2.0]) == 0.0
+    assert coefficient_of_variation([1.0]) == 0.0
+    assert coefficient_of_variation([1.0, 3.0]) == pytest.approx(statistics.stdev([1.0, 3.0]) / 2.0)
+
+
+def test_protocol_rejects_too_few_repeats():
+    with pytest.raises(ValueError, match="at least 5"):
+        TimingProtocol(repeats=3)
+    with pytest.raises(ValueError, match="num_threads"):
+        TimingProtocol(num_threads=0)
+
+
+def test_measure_a_tvm_function(tvm_matmul):
+    executable, args = tvm_matmul
+    timing = measure(executable, args, TimingProtocol(min_repeat_ms=2))
+    assert isinstance(timing, Timing)
+    assert timing.repeats >= 5 and len(timing.samples_us) == timing.repeats
+    assert min(timing.samples_us) <= timing.median_us <= max(timing.samples_us)
+    assert timing.spread == pytest.approx(coefficient_of_variation(timing.samples_us))
+    assert timing.number * timing.median_us >= 0.5 * 2000, "each repeat lasts about min_repeat_ms"
+
+
+def test_measure_pins_tvm_threads_and_restores_them(tvm_matmul):
+    import tvm
+
+    executable, args = tvm_matmul
+    before = tvm.runtime.num_threads()
+    timing = measure(executable, args, TimingProtocol(min_repeat_ms=1, num_threads=1))
+    assert timing.num_threads == 1
+    assert tvm.runtime.num_threads() == before
+
+
+def test_high_spread_is_remeasured(tvm_matmul):
+    executable, args = tvm_matmul
+    timing = measure(executable, args, TimingProtocol(min_repeat_ms=1, max_spread=1e-9, max_remeasure=2))
+    assert timing.remeasured == 2
+
+
+def test_the_steadiest_attempt_is_kept():
+    attempts = iter([[1.0, 2.0, 3.0, 4.0, 5.0], [2.0, 2.1, 2.0, 2.1, 2.0], [1.0, 1.5, 2.0, 2.5, 3.0]])
+    timing = _best_attempt(lambda: next(attempts), TimingProtocol(max_spread=1e-9, max_remeasure=2),
+                           number=1, threads=None)
+    assert timing.samples_us == (2.0, 2.1, 2.0, 2.1, 2.0) and timing.remeasured == 2
+    assert timing.median_us == 2.0
+
+
+def test_measure_a_python_callable():
+    data = np.random.default_rng(0).random(100_000)
+    timing = measure(np.sort, [data], TimingProtocol(min_repeat_ms=2))
+    assert timing.repeats == 5 and timing.median_us > 0 and timing.number >= 1
+
+
+def test_measure_rejects_what_it_cannot_time():
+    with pytest.raises(TypeError, match="cannot time"):
+        measure(42, [])
+
+
+def test_load_shares_parse():
+    assert LoadShare.parse(0.5) == LoadShare(0.5, 0.5)
+    assert LoadShare.parse({"bandwidth": 0.8}) == LoadShare(0.0, 0.8)
+    with pytest.raises(ValueError):
+        LoadShare.parse({"memory": 0.5})
+    with pytest.raises(ValueError):
+        LoadShare(compute=1.5)
+
+
+def test_zero_load_starts_nothing():
+    with DeviceLoad(0.0) as load:
+        assert not load.running and load.pids == []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _median_copy_ms(source: np.ndarray, target: np.ndarray, repeats: int = 9) -> float:
+    samples = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        np.copyto(target, source)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e3
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="checks worker processes through /proc")
+def test_bandwidth_load_is_real_and_leaves_no_process_behind():
+    source = np.ones(8 << 20)            # 64 MiB: larger than the last-level cache
+    target = np.empty_like(source)
+    idle_ms = _median_copy_ms(source, target)
+    with DeviceLoad({"bandwidth": 0.8}) as load:
+        pids = load.pids
+        assert len(pids) >= 1 and all(_alive(pid) for pid in pids)
+        loaded_ms = _median_copy_ms(source, target)
+    assert loaded_ms / idle_ms > 1.1, f"copy {idle_ms:.2f} ms idle, {loaded_ms:.2f} ms under load"
+    assert not any(_alive(pid) for pid in pids)
+    assert not multiprocessing.active_children()
+
+
+def test_workers_stop_when_the_block_raises():
+    with pytest.raises(RuntimeError, match="inside"):
+        with DeviceLoad({"compute": 0.3}, workers=1) as load:
+            pids = load.pids
+            raise RuntimeError("inside the load")
+    assert not any(_alive(pid) for pid in pids)
+    assert not load.running
