@@ -47,6 +47,7 @@ def _buffers_as_weights(module: torch.nn.Module) -> torch.nn.Module:
         for buffer_name, buffer in list(submodule._buffers.items()):
             if buffer is not None and buffer.is_floating_point():
                 del submodule._buffers[buffer_name]
+                submodule._non_persistent_buffers_set.discard(buffer_name)
                 submodule.register_parameter(buffer_name, torch.nn.Parameter(buffer, requires_grad=False))
     return module
 
@@ -67,7 +68,7 @@ def _to_relax(program, name: str):
     from tvm.relax.frontend.torch import from_exported_program
 
     try:
-        return from_exported_program(program, keep_params_as_input=True)
+        return from_exported_program(program, keep_params_as_input=True, run_ep_decomposition=False)
     except Exception as error:  # AssertionError/ValueError/TVMError from the frontend
         raise UnsupportedOpError(
             f"TVM's torch frontend could not import {name}: {_first_line(error)}. Fix: rewrite the "

@@ -13,6 +13,7 @@ import importlib
 import importlib.metadata
 import inspect
 import os
+import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -30,12 +31,8 @@ def load(name: str, variant: str = "full", **dims: int) -> ComputeGraph:
 
 
 def default_dims(name: str, variant: str = "full") -> dict[str, int]:
-    return {dim.name: dim.default for dim in _model_dims(name, variant)}
-
-
-@lru_cache(maxsize=None)
-def _model_dims(name: str, variant: str) -> tuple[DynamicDim, ...]:
-    return build(name, variant).dims
+    """The dims of the model's example inputs (recorded in the template, no model build)."""
+    return dict(template(name, variant).source["default_dims"])
 
 
 @lru_cache(maxsize=None)
@@ -72,7 +69,8 @@ def _import(name: str, variant: str) -> ComputeGraph:
 
     model = build(name, variant)
     graph = from_torch(model.module, model.example_inputs, model.dynamic_shapes, name=name,
-                       source={"kind": "zoo", "model": name, "variant": variant})
+                       source={"kind": "zoo", "model": name, "variant": variant,
+                               "default_dims": {dim.name: dim.default for dim in model.dims}})
     return graph
 
 
@@ -87,7 +85,8 @@ def _cache_key(name: str) -> str:
     from . import models
 
     builder_module = importlib.import_module(f"{__name__}.{models._registry()[name][0]}")
-    parts = [inspect.getsource(m) for m in (builder_module, models, relax_import, tir_cost, torch_import)]
+    this_module = sys.modules[__name__]
+    parts = [inspect.getsource(m) for m in (builder_module, models, relax_import, tir_cost, torch_import, this_module)]
     parts += [importlib.metadata.version(p) for p in ("torch", "apache-tvm")]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 

@@ -40,10 +40,10 @@ class MobileNetV2Config:
 
 MOBILENET_V2 = {
     "full": MobileNetV2Config(width_mult=1.0, settings=PAPER_SETTINGS, last_channel=1280, num_classes=1000),
-    # Every stage once (keeps all five stride-2 steps), a quarter of the channels.
+    # The five stride-2 stages (total stride 32), one residual block, a quarter of the channels.
     "small": MobileNetV2Config(
         width_mult=0.25,
-        settings=tuple((t, c, 1, s) for t, c, _, s in PAPER_SETTINGS),
+        settings=((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 1, 2), (6, 64, 1, 2), (6, 160, 1, 2)),
         last_channel=64,
         num_classes=10,
     ),

@@ -14,9 +14,11 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch.export import Dim
+if TYPE_CHECKING:  # torch is imported only when a model is built
+    import torch
+    from torch.export import Dim
 
 __all__ = [
     "DynamicDim",
@@ -49,6 +51,8 @@ class DynamicDim:
 
     def export_dim(self) -> Dim:
         """The ``torch.export.Dim`` for this dimension (same name and range)."""
+        from torch.export import Dim
+
         return Dim(self.name, min=self.min, max=self.max)
 
 

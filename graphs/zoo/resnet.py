@@ -107,19 +107,20 @@ class ResNet(nn.Module):
 
 
 def global_avg_pool(x: torch.Tensor) -> torch.Tensor:
-    """Mean over H and W: AdaptiveAvgPool2d(1) without its size-1 special case.
-
-    ``adaptive_avg_pool2d`` guards on the input being larger than 1x1, which torch.export
-    rejects for an image dim whose range reaches 32 (a 1x1 final feature map).
-    """
+    """Mean over H and W, flattened: AdaptiveAvgPool2d(1) + flatten in one reduction op."""
     return x.mean(dim=(2, 3))
 
 
 def image_dims(variant: str) -> tuple[DynamicDim, DynamicDim]:
-    """Batch and square image size shared by the CNNs (any size >= 32 works: total stride 32)."""
+    """Batch and square image size shared by the CNNs.
+
+    Any image size works numerically, but with the total stride of 32 an image of at most
+    32 pixels ends in a 1x1 feature map, and torch.export refuses a symbolic size that may
+    become 1 (broadcasting and reductions guard on it). Hence the minimum of 64 (2x2).
+    """
     return (
         DynamicDim("batch", min=1, max=64, default=2),
-        DynamicDim("image", min=32, max=512, default=224 if variant == "full" else 64),
+        DynamicDim("image", min=64, max=512, default=224 if variant == "full" else 64),
     )
 
 
