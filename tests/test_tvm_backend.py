@@ -1,0 +1,115 @@
+"""The real TVM backend: signatures, the measurement store, CUDA builds without a GPU."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import tvm
+
+from fusiongym.graphs import ComputeGraph, from_torch
+from fusiongym.reward import get_backend
+from fusiongym.reward.signature import group_signature
+from fusiongym.reward.store import MeasurementStore
+from fusiongym.reward.timing import TimingProtocol
+from fusiongym.reward.tvm_backend import TVMBackend, TVMBackendError
+from fusiongym.reward.tvm_default import tvm_default_plan
+
+FAST = TimingProtocol(warmup=1, min_repeat_ms=1.0, repeats=5, max_remeasure=0)
+
+
+class TwinBlocks(torch.nn.Module):
+    """A stem conv and two identical residual blocks (different weights, same kernels)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.blocks = torch.nn.ModuleList(
+            torch.nn.Sequential(torch.nn.Conv2d(8, 8, 3, padding=1), torch.nn.ReLU()) for _ in range(2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            x = x + block(x)
+        return x
+
+
+@pytest.fixture(scope="module")
+def twins_template() -> ComputeGraph:
+    batch = torch.export.Dim("batch", min=1, max=16)
+    return from_torch(TwinBlocks(), (torch.randn(2, 3, 8, 8),), dynamic_shapes={"x": {0: batch}})
+
+
+@pytest.fixture(scope="module")
+def twins(twins_template: ComputeGraph) -> ComputeGraph:
+    return twins_template.instantiate({"batch": 2})
+
+
+def block_groups(graph: ComputeGraph) -> list[list[int]]:
+    """The nodes of each residual block: from a conv after the stem to the residual add (the
+    first add that also reads a tensor from before the block)."""
+    groups = []
+    for start in [n.id for n in graph.nodes if n.op == "conv2d"][1:]:
+        end = next(n.id for n in graph.nodes[start + 1:]
+                   if n.op == "add" and any(e.dst == n.id and e.src < start for e in graph.edges))
+        groups.append(list(range(start, end + 1)))
+    return groups
+
+
+def test_identical_blocks_have_one_signature(twins: ComputeGraph, twins_template: ComputeGraph) -> None:
+    first, second = block_groups(twins)
+    assert first != second
+    assert group_signature(twins, first) == group_signature(twins, second)
+    assert group_signature(twins, first) != group_signature(twins, first[:-1])
+    assert group_signature(twins, first, "parallel") != group_signature(twins, first, "default")
+    assert group_signature(twins_template.instantiate({"batch": 4}), first) != group_signature(twins, first)
+
+
+def test_cached_group_is_not_recompiled(twins: ComputeGraph, tmp_path: Path) -> None:
+    backend = TVMBackend(store=tmp_path / "store.db", protocol=FAST)
+    first, second = block_groups(twins)
+    measured = backend.group_latency(twins, first, "parallel")
+    assert measured.origin == "measured" and measured.us > 0
+    compiles = backend.stats.compiles
+    assert compiles == 1
+    again = backend.group_latency(twins, first, "parallel")
+    assert (again.origin, again.us) == ("cached", measured.us)
+    twin = backend.group_latency(twins, second, "parallel")  # the other block: same kernel
+    assert twin.origin == "cached"
+    fresh = TVMBackend(store=MeasurementStore(tmp_path / "store.db"), protocol=FAST)  # another process
+    assert fresh.group_latency(twins, first, "parallel").origin == "cached"
+    assert backend.stats.compiles == compiles and fresh.stats.compiles == 0
+
+
+def test_plan_latency_and_end_to_end(twins: ComputeGraph, tmp_path: Path) -> None:
+    backend = get_backend("tvm", store=tmp_path / "store.db", protocol=FAST)
+    assert isinstance(backend, TVMBackend) and backend.name == "tvm" and not backend.deterministic
+    plan = tvm_default_plan(twins)
+    report = backend.latency(twins, plan)
+    assert report.total_us > 0 and set(report.origins) <= {"measured", "cached"}
+    assert backend.end_to_end_latency_us(twins, plan) > 0
+
+
+def test_load_level_is_quantized_and_measured_under_load(twins: ComputeGraph, tmp_path: Path) -> None:
+    backend = TVMBackend(store=tmp_path / "store.db", protocol=FAST)
+    loaded = ComputeGraph.from_json(twins.to_json())
+    loaded.relax_module = twins.relax_module
+    loaded.context["device_load"] = {"compute": 0.23, "bandwidth": 0.41}
+    assert backend.load_level(loaded) == 0.5
+    assert backend.load_level(twins) == 0.0
+    assert TVMBackend(store=tmp_path / "store.db", measure_load=False).load_level(loaded) == 0.0
+    group = block_groups(twins)[0]
+    assert backend.group_latency(loaded, group, "default").origin == "measured"
+    assert [m.key.load_level for m in backend.store.iter_all()] == [0.5]
+
+
+def test_cuda_source_builds_without_a_gpu(twins: ComputeGraph, tmp_path: Path) -> None:
+    backend = TVMBackend(target="cuda", store=tmp_path / "store.db")
+    assert backend.schedules[0] == "default" and "threads_128" in backend.schedules
+    group = block_groups(twins)[0]
+    assert "__global__" in backend.cuda_source(twins, group, "threads_128")
+    if not tvm.cuda(0).exist:
+        with pytest.raises(TVMBackendError, match="target='llvm'"):
+            backend.group_latency(twins, group, "default")
