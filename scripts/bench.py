@@ -108,7 +108,8 @@ def bench_tvm(quick: bool) -> list[BenchFigure]:
 
     graph = zoo.load("resnet18", "small", batch=4)
     with tempfile.TemporaryDirectory() as folder:
-        backend = get_backend("tvm", target="llvm", store=os.path.join(folder, "bench.db"))
+        store_path = os.path.join(folder, "bench.db")
+        backend = get_backend("tvm", target="llvm", store=store_path)
         plan = tvm_default_plan(graph)
         groups = plan.groups[: 8 if quick else 24]
         seconds, spreads = [], []
@@ -117,9 +118,10 @@ def bench_tvm(quick: bool) -> list[BenchFigure]:
             result = backend.group_latency(graph, group, "default")
             seconds.append(time.perf_counter() - started)
             spreads.append(result.spread)
-        for group in groups:  # second pass: every group must come from the store
-            backend.cached_group_latency(graph, group, "default")
-        hit_rate = backend.store.stats.hit_rate
+        second = get_backend("tvm", target="llvm", store=store_path)  # a new process would do the same
+        for group in groups:
+            second.group_latency(graph, group, "default")
+        hit_rate, recompiles = second.store.stats.hit_rate, second.stats.compiles
         total = backend.latency(graph, plan).total_us
         end_to_end = backend.end_to_end_latency_us(graph, plan)
     median_s = statistics.median(seconds)
@@ -128,8 +130,8 @@ def bench_tvm(quick: bool) -> list[BenchFigure]:
                     median_s <= 0.3, f"{len(groups)} TVM-default groups of resnet18 small, llvm"),
         BenchFigure("reward", "measurement CV (median over groups)", statistics.median(spreads), "CV",
                     command="noise protocol: warm-up, min time, median of ≥5 repeats"),
-        BenchFigure("reward", "store hit rate on re-evaluation", hit_rate, "share", "1.0 on the second pass",
-                    hit_rate > 0, "same groups evaluated twice"),
+        BenchFigure("reward", "store hit rate, second backend on the same store", hit_rate, "share", "1.0",
+                    hit_rate == 1.0 and recompiles == 0, f"same {len(groups)} groups; {recompiles} re-compiles"),
         BenchFigure("reward", "sum of groups / end-to-end latency", total / end_to_end, "ratio",
                     command="TVM default plan of resnet18 small, whole fused module run by the VM"),
     ]
