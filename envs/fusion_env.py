@@ -4,7 +4,7 @@ An episode draws a workload, samples the context it meets at run time (input sha
 routing, device load) and hands the agent the concrete graph with every operator in its
 own kernel (or TVM's default plan). Each step fuses two groups along an edge, picks the
 schedule of a group, or stops; the reward comes from the latency backend. Action layout:
-``fusiongym.envs.actions``; observation keys and features: ``envs/OBSERVATION.md``.
+``fusiongym.envs.actions``; observation keys and features: the README.
 
 Everything that walks the graph happens in ``reset`` and is cached per graph, so ``step``
 touches only the merged group and its neighbours (``fusiongym.envs.partition``).

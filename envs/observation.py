@@ -5,7 +5,7 @@ the rollout buffer, and sb3-contrib stores the action mask as float32. At max_no
 max_edges=4096 with six schedules, 2048 steps x 4 envs, the mask alone takes 537 MB; the
 observation gets the rest of a 1 GiB budget (62 KiB per step), hence an op id instead of a
 one-hot, float16 features, uint16 indices, and the edge mask and "inside a group" flag
-folded into one uint8 ``edge_state``. ``OBSERVATION.md`` documents every key and feature.
+folded into one uint8 ``edge_state``. The README (section FusionEnv-v0) documents every key and feature.
 """
 
 from __future__ import annotations

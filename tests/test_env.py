@@ -338,7 +338,7 @@ def test_observation_dtypes_shapes_and_documentation(small_graph):
     merge = edge_id(small_graph, small_graph.edges[0].src, small_graph.edges[0].dst)
     obs2, *_ = env.step(merge)
     assert obs2["edge_state"][merge] == 2 and obs["edge_state"][merge] == 1   # copies, not views
-    doc = (ROOT / "envs" / "OBSERVATION.md").read_text()
+    doc = (ROOT / "README.md").read_text()
     for key in expected:
         assert f"| `{key}` |" in doc
     for name in GLOBAL_FEATURES:
