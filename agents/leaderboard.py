@@ -664,7 +664,7 @@ def write_report(out: Path) -> Path:
         "TVM for small graphs, checked numerically against the unfused model. Speedups are latency ratios "
         "per case; the summary gives their geometric mean over the cases where the plan is valid. Search "
         "baselines plan on the analytical model unless the section says otherwise. Regenerate with "
-        "`fusiongym leaderboard` (see the README, section "Baselines and the leaderboard").", "", *sections])
+        "`fusiongym leaderboard` (see the README, section 'Baselines and the leaderboard').", "", *sections])
     _write_text(markdown, text + "\n")
     return markdown
 
