@@ -69,16 +69,44 @@ class LoadRange:
         return {"compute": round(float(compute), 3), "bandwidth": round(float(bandwidth), 3)}
 
 
-def normalize_load(load: float | Mapping[str, float] | None) -> dict[str, float]:
-    """``0.4`` -> ``{"compute": 0.4, "bandwidth": 0.4}``; shares must lie in [0, 0.9]."""
-    if load is None:
-        load = 0.0
-    shares = {"compute": float(load), "bandwidth": float(load)} if isinstance(load, (int, float)) \
-        else {"compute": float(load.get("compute", 0.0)), "bandwidth": float(load.get("bandwidth", 0.0))}
-    for kind, share in shares.items():
-        if not 0.0 <= share <= 0.9:
-            raise GraphError(f"device load {kind}={share} outside [0, 0.9]")
-    return shares
+MAX_LOAD_SHARE = 0.9  # beyond this, co-running work would make any kernel arbitrarily slow
+
+
+@dataclass(frozen=True)
+class LoadShare:
+    """Shares of the device's compute units and memory bandwidth taken by co-running work.
+
+    The one representation of ``graph.context["device_load"]`` that every backend reads.
+    """
+
+    compute: float = 0.0
+    bandwidth: float = 0.0
+
+    def __post_init__(self) -> None:
+        for kind, share in (("compute", self.compute), ("bandwidth", self.bandwidth)):
+            if not 0.0 <= share <= MAX_LOAD_SHARE:
+                raise GraphError(f"device load {kind}={share} outside [0, {MAX_LOAD_SHARE}]")
+
+    @property
+    def idle(self) -> bool:
+        return self.compute == 0.0 and self.bandwidth == 0.0
+
+    @staticmethod
+    def parse(value: "float | Mapping[str, float] | LoadShare | None") -> "LoadShare":
+        """``0.4`` -> both shares 0.4; a mapping names ``compute`` and/or ``bandwidth``."""
+        if value is None:
+            return LoadShare()
+        if isinstance(value, LoadShare):
+            return value
+        if isinstance(value, Mapping):
+            unknown = set(value) - {"compute", "bandwidth"}
+            if unknown:
+                raise GraphError(f"device load keys must be 'compute'/'bandwidth', got {sorted(unknown)}")
+            return LoadShare(float(value.get("compute", 0.0)), float(value.get("bandwidth", 0.0)))
+        return LoadShare(float(value), float(value))
+
+    def to_dict(self) -> dict[str, float]:
+        return {"compute": self.compute, "bandwidth": self.bandwidth}
 
 
 @dataclass
@@ -115,7 +143,7 @@ class Workload:
                       else self.routing.sample(rng, values["tokens"], self.num_experts))
             values.update(self._expert_dims(counts, values["tokens"]))
             context["routing"] = counts
-        load = self.device_load.sample(rng) if device_load is None else normalize_load(device_load)
+        load = self.device_load.sample(rng) if device_load is None else LoadShare.parse(device_load).to_dict()
         context["device_load"] = load
         return self.template().instantiate(values, context)
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from fusiongym.graphs import ComputeGraph, GraphError, OpKind, TensorSpec
 from fusiongym.graphs.ir import dtype_bytes
+from fusiongym.graphs.workloads import LoadShare
 
 from .backend import GroupLatency, LatencyBackend, LatencyReport, register_backend
 from .devices import DeviceProfile, get_profile
@@ -54,8 +55,6 @@ UNIT_BANDWIDTH_SHARE = 0.6
 SCALAR_BANDWIDTH_SHARE = 0.5
 # A cache-blocking tile that does not fit its core's cache share re-reads operands from DRAM.
 TILE_SPILL_BANDWIDTH = 0.3
-# Device-load shares above this would make a kernel arbitrarily slow; the environment samples ≤ 0.9.
-MAX_LOAD_SHARE = 0.9
 COST_CACHE_SIZE = 128
 
 
@@ -109,33 +108,6 @@ GPU_SCHEDULE_MODELS = {m.name: m for m in (
 def schedule_models(profile: DeviceProfile) -> dict[str, ScheduleModel]:
     """The schedule models of ``profile``'s device kind, keyed by schedule name."""
     return CPU_SCHEDULE_MODELS if profile.kind == "cpu" else GPU_SCHEDULE_MODELS
-
-
-@dataclass(frozen=True)
-class DeviceLoad:
-    """Shares of the device's compute units and bandwidth taken by co-running work."""
-
-    compute: float = 0.0
-    bandwidth: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name, share in (("compute", self.compute), ("bandwidth", self.bandwidth)):
-            if not 0.0 <= share <= MAX_LOAD_SHARE:
-                raise ValueError(f"device load {name} share must be in [0, {MAX_LOAD_SHARE}], got {share}")
-
-    @staticmethod
-    def parse(value: "float | Mapping[str, float] | DeviceLoad | None") -> "DeviceLoad":
-        """A float means the same share of both; a dict names ``compute`` and/or ``bandwidth``."""
-        if value is None:
-            return DeviceLoad()
-        if isinstance(value, DeviceLoad):
-            return value
-        if isinstance(value, Mapping):
-            unknown = set(value) - {"compute", "bandwidth"}
-            if unknown:
-                raise ValueError(f"device load keys must be 'compute'/'bandwidth', got {sorted(unknown)}")
-            return DeviceLoad(float(value.get("compute", 0.0)), float(value.get("bandwidth", 0.0)))
-        return DeviceLoad(float(value), float(value))
 
 
 @dataclass(frozen=True)
@@ -209,7 +181,7 @@ class AnalyticalBackend(LatencyBackend):
         self.profile = device if isinstance(device, DeviceProfile) else get_profile(device)
         self.device = self.profile.name
         self.schedules = self.profile.schedules
-        self.load_override = None if load is None else DeviceLoad.parse(load)
+        self.load_override = None if load is None else LoadShare.parse(load)
         if max_group_size < 1:
             raise ValueError(f"max_group_size must be ≥ 1, got {max_group_size}")
         self.max_group_size = max_group_size
@@ -425,7 +397,7 @@ def _node_facts(graph: ComputeGraph, tensors: "_TensorTable") -> _NodeFacts:
 
 
 def _schedule_rates(profile: DeviceProfile, model: ScheduleModel, facts: _NodeFacts,
-                    load: DeviceLoad) -> tuple[np.ndarray, np.ndarray]:
+                    load: LoadShare) -> tuple[np.ndarray, np.ndarray]:
     """[N] effective FLOP/s and [N] effective bytes/s of each node under ``model``."""
     units_used = profile.compute_units if model.all_units else 1
     lane_share = 1.0 if model.vectorized else 1.0 / profile.vector_width
@@ -455,7 +427,7 @@ def _tile_fits_cache(profile: DeviceProfile, tile: int, facts: _NodeFacts) -> np
     return working_set_bytes <= profile.cache_bytes / profile.compute_units
 
 
-def _wave_constants(profile: DeviceProfile, model: ScheduleModel, load: DeviceLoad) -> tuple[float, float]:
+def _wave_constants(profile: DeviceProfile, model: ScheduleModel, load: LoadShare) -> tuple[float, float]:
     """(slots left to the schedule under load, wave scale) for ``wave_factor = waves * scale / tiles``.
 
     Co-running work holds ``load.compute`` of the units: the waves run on the whole units
@@ -470,7 +442,7 @@ def _wave_constants(profile: DeviceProfile, model: ScheduleModel, load: DeviceLo
 
 
 def build_graph_costs(graph: ComputeGraph, profile: DeviceProfile, models: Sequence[ScheduleModel],
-                      load: DeviceLoad) -> _GraphCosts:
+                      load: LoadShare) -> _GraphCosts:
     """Precompute per-node, per-edge and per-tensor costs of ``graph`` under every schedule."""
     if graph.is_template:
         raise GraphError(f"{graph.name} is a template over {sorted(graph.symbols)}; instantiate it first")
@@ -591,9 +563,9 @@ def _consumers_per_tensor(graph: ComputeGraph, tensor_offset: list[int], num_ten
     return [tuple(c) for c in consumers]
 
 
-def load_of(context: Mapping[str, Any]) -> DeviceLoad:
+def load_of(context: Mapping[str, Any]) -> LoadShare:
     """The device load a graph's context names (none: an idle device)."""
-    return DeviceLoad.parse(context.get("device_load"))
+    return LoadShare.parse(context.get("device_load"))
 
 
 register_backend("analytical", AnalyticalBackend)

@@ -22,12 +22,13 @@ import multiprocessing
 import os
 import time
 import weakref
-from dataclasses import dataclass
 from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+
+from fusiongym.graphs.workloads import LoadShare
 
 from .timing import AVAILABLE_CORES
 
@@ -44,36 +45,6 @@ _FALLBACK_LLC_BYTES = 32 << 20
 _START_METHOD = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
 
 _ACTIVE: "weakref.WeakSet[DeviceLoad]" = weakref.WeakSet()
-
-
-@dataclass(frozen=True)
-class LoadShare:
-    """Shares in [0, 1] of the cores' time and of the memory bandwidth taken by co-running work."""
-
-    compute: float = 0.0
-    bandwidth: float = 0.0
-
-    def __post_init__(self) -> None:
-        for name in ("compute", "bandwidth"):
-            value = getattr(self, name)
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} share must be in [0, 1], got {value}")
-
-    @property
-    def idle(self) -> bool:
-        return self.compute == 0.0 and self.bandwidth == 0.0
-
-    @staticmethod
-    def parse(share: "float | Mapping[str, float] | LoadShare") -> "LoadShare":
-        """A float takes that share of both; a mapping names "compute" and/or "bandwidth"."""
-        if isinstance(share, LoadShare):
-            return share
-        if isinstance(share, Mapping):
-            unknown = set(share) - {"compute", "bandwidth"}
-            if unknown:
-                raise ValueError(f"unknown load keys {sorted(unknown)}; use 'compute', 'bandwidth'")
-            return LoadShare(float(share.get("compute", 0.0)), float(share.get("bandwidth", 0.0)))
-        return LoadShare(float(share), float(share))
 
 
 class DeviceLoad:

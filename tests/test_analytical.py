@@ -10,8 +10,9 @@ import pytest
 
 from fusiongym.graphs import ComputeGraph, Edge, OpKind, OpNode, TensorSpec
 from fusiongym.reward import Plan, get_backend
+from fusiongym.graphs.workloads import LoadShare
 from fusiongym.reward.analytical import (CPU_SCHEDULE_MODELS, GPU_SCHEDULE_MODELS, KIND_BANDWIDTH_EFFICIENCY,
-                                         KIND_COMPUTE_EFFICIENCY, AnalyticalBackend, DeviceLoad)
+                                         KIND_COMPUTE_EFFICIENCY, AnalyticalBackend)
 from fusiongym.reward.calibrate import Sample, collect_samples, fit_cpu_profile, kendall_tau, mape
 from fusiongym.reward.devices import (CPU_SCHEDULES, GPU_SCHEDULES, DeviceProfile, ProfileError, get_profile,
                                       load_profile, save_profile)
@@ -280,10 +281,10 @@ def test_backend_load_overrides_the_graph_context():
     overridden = AnalyticalBackend(TOY_CPU, load={"bandwidth": 0.75})
     loaded = overridden.group_terms(graph, [0, 1, 2], "parallel_vectorize")
     assert loaded.memory_us == pytest.approx(4 * plain.memory_us)
-    with pytest.raises(ValueError, match="must be in \\[0, 0.9\\]"):
-        DeviceLoad.parse({"compute": 0.95})
+    with pytest.raises(ValueError, match="outside \\[0, 0.9\\]"):
+        LoadShare.parse({"compute": 0.95})
     with pytest.raises(ValueError, match="'compute'/'bandwidth'"):
-        DeviceLoad.parse({"cpu": 0.5})
+        LoadShare.parse({"cpu": 0.5})
 
 
 # ---------------------------------------------------------------------- schedules

@@ -10,7 +10,8 @@ import time
 import numpy as np
 import pytest
 
-from fusiongym.reward.device_load import DeviceLoad, LoadShare
+from fusiongym.graphs.workloads import LoadShare
+from fusiongym.reward.device_load import DeviceLoad
 from fusiongym.reward.timing import (Timing, TimingProtocol, _best_attempt, coefficient_of_variation,
                                      measure)
 
