@@ -20,11 +20,12 @@ from typing import Sequence
 import tvm
 from tvm import relax, tirx
 
+from fusiongym.graphs.workloads import LoadShare
 from fusiongym.graphs import ComputeGraph
 
 from . import timing  # first: it sizes TVM's thread pool before any kernel runs
 from .backend import GroupLatency, LatencyBackend
-from .device_load import DeviceLoad, LoadShare
+from .device_load import DeviceLoad
 from .fingerprint import cpu_fingerprint, cuda_fingerprint
 from .plan import Plan, require_legal
 from .signature import SIGNATURE_VERSION, group_signature
