@@ -20,8 +20,8 @@ from typing import Sequence
 import tvm
 from tvm import relax, tirx
 
-from fusiongym.graphs.workloads import LoadShare
 from fusiongym.graphs import ComputeGraph
+from fusiongym.graphs.workloads import LoadShare
 
 from . import timing  # first: it sizes TVM's thread pool before any kernel runs
 from .backend import GroupLatency, LatencyBackend
