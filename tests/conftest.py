@@ -1,4 +1,5 @@
-"""Test-session defaults: caches inside the repo, a fresh measurement store per session."""
+"""Test-session defaults: caches inside the repo, a fresh measurement store per session,
+the uncalibrated CPU profile."""
 
 from __future__ import annotations
 
@@ -12,6 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 # Zoo templates are cached between test runs (keyed by code and library versions), never in
 # the user's ~/.cache; each session measures into its own store.
 os.environ.setdefault("FUSIONGYM_CACHE", str(REPO / ".pytest_cache" / "fusiongym"))
+# The analytical CPU model is the datasheet profile in tests, whether or not this machine
+# has been calibrated (`fusiongym profile --calibrate` writes ~/.cache/fusiongym/cpu_profile.json).
+os.environ["FUSIONGYM_CPU_PROFILE"] = str(REPO / ".pytest_cache" / "no-calibrated-cpu-profile.json")
 
 
 @pytest.fixture(scope="session", autouse=True)
