@@ -169,11 +169,38 @@ def bench_env(quick: bool) -> list[BenchFigure]:
     ]
 
 
+def bench_policy(quick: bool) -> list[BenchFigure]:
+    """The shipped policy: decide() on a 10k-edge graph (one thread), batched edges/s, file size."""
+    from importlib import resources
+
+    from fusiongym.agents.fusion_policy import FusionPolicy
+    from fusiongym.graphs import synthetic
+
+    policy = FusionPolicy.pretrained()
+    graph = synthetic(n_nodes=9_400, seed=0)
+    policy.decide(graph)  # warm-up: onnxruntime allocations, analytical tables
+    decide_ms = _median_ms(lambda: policy.decide(graph), 5 if quick else 30)
+    forward_ms = statistics.median(policy.decide(graph).meta["forward_ms"] for _ in range(5 if quick else 30))
+    batch = policy.encode([synthetic(n_nodes=1_000, seed=seed) for seed in range(32)])
+    batch_edges = int(batch.src.shape[0])
+    batch_s = _median_ms(lambda: policy.engine.run(batch), 3 if quick else 10) / 1e3
+    size_kb = resources.files("fusiongym.agents").joinpath("pretrained", "policy.onnx").stat().st_size / 1024
+    return [
+        BenchFigure("agents", f"policy decide() on a {graph.num_edges:,}-edge graph, 1 thread", decide_ms, "ms",
+                    "≤ 1 ms", decide_ms <= 1.0, f"synthetic(9400 nodes); forward pass alone {forward_ms:.2f} ms"),
+        BenchFigure("agents", "policy forward, batched", batch_edges / batch_s, "edges/s", "≥ 2,000,000",
+                    batch_edges / batch_s >= 2e6, f"32 synthetic 1000-node graphs in one batch ({batch_edges:,} edges)"),
+        BenchFigure("agents", "pretrained policy file", size_kb, "KB", "≤ 300 KB", size_kb <= 300,
+                    "agents/pretrained/policy.onnx"),
+    ]
+
+
 SECTIONS: dict[str, Callable[[bool], list[BenchFigure]]] = {
     "graphs": bench_graphs,
     "analytical": bench_analytical,
     "env": bench_env,
     "tvm": bench_tvm,
+    "policy": bench_policy,
 }
 
 

@@ -8,6 +8,9 @@ import sys
 
 # subcommand -> (module in fusiongym.scripts, one-line help)
 COMMANDS = {
+    "demo": ("demo", "short PPO training, then the pretrained policy vs baselines on real TVM latency"),
+    "train": ("train", "train the GNN fusion policy with MaskablePPO; checkpoints, tensorboard, wandb"),
+    "export": ("export", "export a training run to ONNX (+ metadata) for FusionPolicy.load"),
     "bench": ("bench", "measure speed on this machine and write BENCHMARKS.md + BENCHMARKS.json"),
     "validate": ("validate", "re-measure saved results and report any that do not reproduce"),
     "profile": ("profile", "measure groups on a real backend into the store; --calibrate fits the CPU profile"),

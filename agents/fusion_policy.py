@@ -1,0 +1,429 @@
+"""``FusionPolicy``: a trained fusion policy deciding a plan in one forward pass.
+
+``FusionPolicy.load("policy.onnx").decide(graph)`` encodes the graph in the start state of
+the environment (every op alone, no schedule chosen), runs the exported GNN once in
+onnxruntime (one intra-op thread) and builds the plan from the scores:
+
+1. fusions: every edge whose fuse logit beats the stop logit, in decreasing logit order,
+   merged when still legal: not inside one group already, within the backend's group
+   constraint and convex (``greedy_groups``);
+2. schedules: per group, the schedule with the highest logit on any of its nodes, among
+   the schedules the backend offers.
+
+There is no re-run of the network per step: the sequential policy (one action per forward
+pass, in the env) is what training optimizes; ``decide`` is its one-shot approximation.
+
+This module imports neither torch nor TVM: the leaderboard and compilers load the ONNX file
+with numpy and onnxruntime only. ``encode_graphs`` is the inference twin of
+``fusiongym.agents.policy.observation_to_batch``: same schema, same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable, Protocol, Sequence
+
+import numpy as np
+
+from fusiongym.envs.observation import GLOBAL_FEATURES, GLOBAL_HIGH, KIND_CODES, OP_VOCAB, GraphFeatures
+from fusiongym.graphs import ComputeGraph
+from fusiongym.reward import DEFAULT_SCHEDULE, LatencyBackend, Plan, get_backend
+from fusiongym.reward.devices import DeviceProfile
+
+FORMAT = "fusiongym.FusionPolicy/1"
+FEATURE_SCHEMA = "fusiongym.policy-features/1"
+METADATA_KEY = "fusiongym"           # key of the metadata JSON in the ONNX metadata_props
+PRETRAINED = "policy.onnx"           # file in fusiongym.agents.pretrained
+
+# --- feature schema (FEATURE_SCHEMA), shared with the training adapter in policy.py -------
+NUM_KINDS = len(KIND_CODES) + 1      # node_kind codes 0 (padding) .. 7
+FEATURE_SCALE = 1.0 / 16.0           # log2 features (FLOPs, bytes) lie in [0, 64], typically < 40
+GROUP_SIZE_SCALE = 1.0 / 6.0         # log2(group size); groups have up to 64 nodes
+# Global inputs: the observation's "global" vector without the two entries a one-shot
+# decision cannot know (log2_unfused_us needs a latency evaluation, nodes_fill the padding).
+GLOBAL_SCALES: dict[str, float] = {
+    "device_is_gpu": 1.0, "log2_peak_gflops": 1 / 16, "log2_bandwidth_gbs": 1 / 16, "launch_overhead_us": 1 / 8,
+    "load_compute": 1.0, "load_bandwidth": 1.0,
+    "log2_batch": 1 / 16, "log2_seq": 1 / 16, "log2_image": 1 / 16, "log2_tokens": 1 / 16,
+    "routing_imbalance": 1 / 8, "experts_active_share": 1.0, "latency_ratio": 1.0, "groups_ratio": 1.0,
+}
+GLOBAL_INPUTS: tuple[str, ...] = tuple(GLOBAL_SCALES)
+GLOBAL_INDEX = np.array([GLOBAL_FEATURES.index(name) for name in GLOBAL_INPUTS])
+GLOBAL_SCALE = np.array([GLOBAL_SCALES[name] for name in GLOBAL_INPUTS], dtype=np.float32)
+EDGE_FLOATS = 2                      # log2(1 + bytes) scaled, inside-one-group flag
+OTHER_OP = OP_VOCAB.index("<other>")
+
+# ONNX graph inputs and outputs, in order (see EncodedBatch).
+ONNX_INPUTS = ("op", "floats", "glob", "end_index", "edge_x", "edge_x_sorted", "nbr_index", "nbr_hi", "nbr_lo",
+               "inv_deg", "graph_ptr", "inv_count")
+ONNX_OUTPUTS = ("edge_logits", "schedule_logits", "stop_logit", "value")
+
+
+class FloatColumns:
+    """Column layout of the per-node float input: 5 node features, log2(group size), one-hot
+    kind (NUM_KINDS), one-hot schedule (0 = none chosen, 1..S), the graph's global inputs."""
+
+    def __init__(self, num_schedules: int) -> None:
+        self.group_size = 5
+        self.kind = 6
+        self.schedule = self.kind + NUM_KINDS
+        self.glob = self.schedule + num_schedules + 1
+        self.count = self.glob + len(GLOBAL_INPUTS)
+
+
+def scale_globals(values: np.ndarray) -> np.ndarray:
+    """[..., 16] observation globals (float16-rounded) -> [..., G] network inputs."""
+    return values[..., GLOBAL_INDEX].astype(np.float32) * GLOBAL_SCALE
+
+
+# --------------------------------------------------------------------- encoding
+@dataclass(frozen=True)
+class FeatureDevice:
+    """The device whose profile fills the observation's device features: the training
+    backend's profile, pinned in the policy's metadata (None: a timing backend, no profile).
+
+    Pinned rather than looked up, so that a policy sees the numbers it was trained with
+    even where this machine's calibrated CPU profile differs from the training machine's.
+    """
+
+    profile: DeviceProfile | None
+
+    @staticmethod
+    def of(metadata: dict[str, Any]) -> "FeatureDevice":
+        data = metadata.get("feature_profile")
+        return FeatureDevice(DeviceProfile.from_dict(data) if data else None)
+
+
+@dataclass
+class EncodedBatch:
+    """Network inputs for B graphs in their start state, as one disjoint union (numpy).
+
+    M nodes and K edges in all. ``src``/``dst`` list the edges in graph order (node indices
+    of the union); ``edge_x_sorted``, ``nbr_*`` are the CSR view that ``CsrStructure`` reads.
+    """
+
+    op: np.ndarray             # [M] int64 op id
+    floats: np.ndarray         # [M, F] float32, columns as in FloatColumns
+    glob: np.ndarray           # [B, G] float32
+    node_graph: np.ndarray     # [M] int64
+    src: np.ndarray            # [K] int64
+    dst: np.ndarray            # [K] int64
+    end_index: np.ndarray      # [K, 2] int64: 2 src, 2 dst + 1
+    edge_x: np.ndarray         # [K, 2] float32
+    edge_x_sorted: np.ndarray  # [K+1, 2, 2] float32: row 0 dummy; edges by consumer, by producer
+    nbr_index: np.ndarray      # [K+1, 2] int64: row 0 dummy; producer by consumer, consumer by producer
+    nbr_hi: np.ndarray         # [M, 2] int64: 2 in_ptr[1:], 2 out_ptr[1:] + 1
+    nbr_lo: np.ndarray         # [M, 2] int64: 2 in_ptr[:-1], 2 out_ptr[:-1] + 1
+    inv_deg: np.ndarray        # [M, 2] float32
+    graph_ptr: np.ndarray      # [B+1] int64
+    inv_count: np.ndarray      # [B, 1] float32
+
+    @property
+    def num_nodes(self) -> int:
+        return self.op.shape[0]
+
+    def onnx_feed(self) -> dict[str, np.ndarray]:
+        return {name: getattr(self, name) for name in ONNX_INPUTS}
+
+
+def encode_graphs(graphs: Sequence[ComputeGraph], device: FeatureDevice | LatencyBackend, vocab_size: int,
+                  num_schedules: int) -> EncodedBatch:
+    """Encode graphs in the env's start state (singletons, no schedule chosen) as one batch.
+
+    ``device`` supplies the device-profile part of the context (anything with a
+    ``profile``, as the env's backend). Numbers pass through float16 exactly as the
+    observation stores them, so the network sees what it saw in training.
+    """
+    columns = FloatColumns(num_schedules)
+    ops, floats, glob, node_graph, src, dst, edge_feat = [], [], [], [], [], [], []
+    base = 0
+    for index, graph in enumerate(graphs):
+        if graph.num_nodes == 0:
+            raise ValueError(f"graph {graph.name} has no nodes")
+        features = GraphFeatures.of(graph, device)
+        n = graph.num_nodes
+        op = features.node_op.astype(np.int64)
+        op[op >= vocab_size] = OTHER_OP                      # ops added to the vocabulary after training
+        ops.append(op)
+        context = features.context.copy()
+        context[GLOBAL_FEATURES.index("latency_ratio")] = 1.0      # start state: nothing fused yet
+        context[GLOBAL_FEATURES.index("groups_ratio")] = 1.0
+        graph_glob = scale_globals(np.clip(context, 0.0, GLOBAL_HIGH).astype(np.float16))
+        node_floats = np.zeros((n, columns.count), dtype=np.float32)   # log2(group size) = 0
+        node_floats[:, :5] = features.node_feat.astype(np.float32) * np.float32(FEATURE_SCALE)
+        node_floats[np.arange(n), columns.kind + features.node_kind] = 1.0
+        node_floats[:, columns.schedule] = 1.0                          # no schedule chosen
+        node_floats[:, columns.glob:] = graph_glob
+        floats.append(node_floats)
+        glob.append(graph_glob[None])
+        node_graph.append(np.full(n, index, dtype=np.int64))
+        src.append(features.edge_index[0].astype(np.int64) + base)
+        dst.append(features.edge_index[1].astype(np.int64) + base)
+        edge_feat.append(features.edge_feat[:, 0])
+        base += n
+    src_all, dst_all = np.concatenate(src), np.concatenate(dst)
+    edge_x = np.zeros((src_all.shape[0], EDGE_FLOATS), dtype=np.float32)          # no edge inside a group
+    edge_x[:, 0] = np.concatenate(edge_feat).astype(np.float32) * np.float32(FEATURE_SCALE)
+    counts = np.array([g.num_nodes for g in graphs])
+    return EncodedBatch(
+        op=np.concatenate(ops), floats=np.concatenate(floats), glob=np.concatenate(glob),
+        node_graph=np.concatenate(node_graph), src=src_all, dst=dst_all,
+        end_index=np.stack([2 * src_all, 2 * dst_all + 1], axis=1), edge_x=edge_x,
+        graph_ptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
+        inv_count=(1.0 / counts).astype(np.float32)[:, None],
+        **csr_view(src_all, dst_all, edge_x, base))
+
+
+def csr_view(src: np.ndarray, dst: np.ndarray, edge_x: np.ndarray, num_nodes: int) -> dict[str, np.ndarray]:
+    """Edges sorted by consumer and by producer, with row pointers (``CsrStructure``'s inputs)."""
+    by_dst = np.argsort(dst, kind="stable")                                    # [K]
+    by_src = np.argsort(src, kind="stable")                                    # [K]
+    in_deg = np.bincount(dst, minlength=num_nodes)                             # [M]
+    out_deg = np.bincount(src, minlength=num_nodes)                            # [M]
+    in_ptr = np.concatenate([[0], np.cumsum(in_deg)])                          # [M+1]
+    out_ptr = np.concatenate([[0], np.cumsum(out_deg)])                        # [M+1]
+    k = src.shape[0]
+    nbr_index = np.zeros((k + 1, 2), dtype=np.int64)                            # row 0: dummy (node 0)
+    nbr_index[1:, 0], nbr_index[1:, 1] = src[by_dst], dst[by_src]
+    edge_x_sorted = np.zeros((k + 1, 2, edge_x.shape[1]), dtype=np.float32)
+    edge_x_sorted[1:, 0], edge_x_sorted[1:, 1] = edge_x[by_dst], edge_x[by_src]
+    ptr = np.stack([2 * in_ptr, 2 * out_ptr + 1], axis=1).astype(np.int64)      # [M+1, 2]
+    return {
+        "edge_x_sorted": edge_x_sorted, "nbr_index": nbr_index, "nbr_hi": ptr[1:], "nbr_lo": ptr[:-1],
+        "inv_deg": (1.0 / np.maximum(np.stack([in_deg, out_deg], axis=1), 1)).astype(np.float32),
+    }
+
+
+# ------------------------------------------------------------------------ engines
+class Engine(Protocol):
+    """Runs the network on an encoded batch: (edge [K], schedule [M, S], stop [B], value [B])."""
+
+    def run(self, batch: EncodedBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+class OnnxEngine:
+    """The exported network in onnxruntime, one intra-op thread (a compiler calls it inline)."""
+
+    def __init__(self, model: str | Path | bytes, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        source = model if isinstance(model, bytes) else str(model)
+        self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+        self.metadata_props: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def run(self, batch: EncodedBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        edge, schedule, stop, value = self.session.run(list(ONNX_OUTPUTS), batch.onnx_feed())
+        return edge, schedule, stop, value
+
+
+# ---------------------------------------------------------------------- planning
+MergeCheck = Callable[[list[int], list[int]], bool]
+
+
+def greedy_groups(num_nodes: int, src: np.ndarray, dst: np.ndarray, edge_logits: np.ndarray, threshold: float,
+                  max_group_size: int | None = None, allowed: MergeCheck | None = None) -> np.ndarray:
+    """[N] group label per node: edges above ``threshold`` merged in decreasing logit order.
+
+    A merge along edge A -> B is skipped when A and B are one group already, when the
+    union exceeds ``max_group_size``, when ``allowed(members_a, members_b)`` says no, or
+    when it is not convex: some other successor group of A reaches B. The search for such
+    a path visits only groups whose first node precedes B's last node (node ids are a
+    topological order); when A's only successor is B, or B's only predecessor is A, no
+    search is needed. Every intermediate partition is convex, so the result is legal.
+    """
+    src_list, dst_list = src.tolist(), dst.tolist()
+    parent = list(range(num_nodes))
+    size = [1] * num_nodes
+    first = list(range(num_nodes))            # smallest node id per root
+    last = list(range(num_nodes))             # largest node id per root
+    succ: list[set[int] | None] = [set() for _ in range(num_nodes)]   # successor roots per root
+    pred: list[set[int] | None] = [set() for _ in range(num_nodes)]   # predecessor roots per root
+    for u, v in zip(src_list, dst_list):
+        succ[u].add(v)
+        pred[v].add(u)
+    members: list[list[int] | None] | None = [[v] for v in range(num_nodes)] if allowed else None
+    limit = max_group_size or num_nodes
+
+    def detour(a: int, b: int) -> bool:
+        """Whether a successor group of ``a`` other than ``b`` reaches ``b``."""
+        bound = last[b]
+        stack = [c for c in succ[a] if c != b and first[c] < bound]
+        seen = set(stack)
+        while stack:
+            for d in succ[stack.pop()]:
+                if d == b:
+                    return True
+                if d not in seen and first[d] < bound:
+                    seen.add(d)
+                    stack.append(d)
+        return False
+
+    order = np.argsort(-edge_logits, kind="stable")
+    for edge in order[edge_logits[order] > threshold].tolist():
+        a, b = src_list[edge], dst_list[edge]
+        while parent[a] != a:                     # find, with path halving (inlined: the hot loop)
+            parent[a] = a = parent[parent[a]]
+        while parent[b] != b:
+            parent[b] = b = parent[parent[b]]
+        if a == b or size[a] + size[b] > limit:
+            continue
+        if len(succ[a]) > 1 and len(pred[b]) > 1 and detour(a, b):
+            continue
+        if allowed is not None and not allowed(members[a], members[b]):
+            continue
+        keep, gone = (a, b) if size[a] >= size[b] else (b, a)
+        parent[gone] = keep
+        size[keep] += size[gone]
+        first[keep], last[keep] = min(first[a], first[b]), max(last[a], last[b])
+        for x in succ[gone]:
+            neighbours = pred[x]
+            neighbours.discard(gone)
+            neighbours.add(keep)
+        for x in pred[gone]:
+            neighbours = succ[x]
+            neighbours.discard(gone)
+            neighbours.add(keep)
+        merged_succ, merged_pred = succ[a] | succ[b], pred[a] | pred[b]
+        merged_succ.discard(a), merged_succ.discard(b), merged_pred.discard(a), merged_pred.discard(b)
+        succ[keep], pred[keep], succ[gone], pred[gone] = merged_succ, merged_pred, None, None
+        if members is not None:
+            members[keep] = members[keep] + members[gone]
+            members[gone] = None
+    roots = np.array(parent, dtype=np.int64)
+    while True:                                   # resolve the remaining chains, vectorized
+        above = roots[roots]
+        if np.array_equal(above, roots):
+            return roots
+        roots = above
+
+
+def group_schedules(labels: np.ndarray, schedule_logits: np.ndarray, choices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Groups in order of their first node and the chosen schedule index of each.
+
+    ``labels`` [N] root per node, ``schedule_logits`` [N, S], ``choices`` [S] bool: the
+    schedules the backend offers. Returns (inverse [N] group index per node, [G] schedule).
+    """
+    roots, first_node, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.argsort(np.argsort(first_node, kind="stable"), kind="stable")     # groups by first node
+    inverse = rank[inverse]
+    masked = np.where(choices[None, :], schedule_logits, -np.inf)              # [N, S]
+    best = np.full((roots.shape[0], schedule_logits.shape[1]), -np.inf)         # [G, S]
+    np.maximum.at(best, inverse, masked)
+    return inverse, best.argmax(axis=1)
+
+
+# ------------------------------------------------------------------------ policy
+class FusionPolicy:
+    """A trained fusion policy: ``decide(graph) -> Plan`` in one forward pass.
+
+    ``metadata`` is the JSON the exporter wrote (schema, vocabulary, schedule menu, training
+    command and seed, versions); ``engine`` runs the network (onnxruntime, or the torch
+    network during training and in tests).
+    """
+
+    def __init__(self, engine: Engine, metadata: dict[str, Any], name: str = "policy") -> None:
+        if metadata.get("format") != FORMAT:
+            raise ValueError(f"not a fusiongym policy (format={metadata.get('format')!r}, expected {FORMAT!r})")
+        if metadata.get("feature_schema") != FEATURE_SCHEMA:
+            raise ValueError(f"policy uses feature schema {metadata.get('feature_schema')!r}; this fusiongym "
+                             f"encodes {FEATURE_SCHEMA!r}: re-export it with this version")
+        vocab = list(metadata["op_vocab"])
+        if list(OP_VOCAB[:len(vocab)]) != vocab:
+            raise ValueError("the policy's op vocabulary is not a prefix of fusiongym.envs.OP_VOCAB "
+                             "(the vocabulary is append-only): it was trained on another op numbering")
+        self.engine = engine
+        self.metadata = metadata
+        self.name = name
+        self.schedules: tuple[str, ...] = tuple(metadata["schedules"])
+        self.vocab_size = len(vocab)
+        self.feature_device = FeatureDevice.of(metadata)
+        self._default_backend: LatencyBackend | None = None
+
+    # ------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, path: str | Path) -> "FusionPolicy":
+        """An exported policy: ``policy.onnx`` (metadata in its metadata_props, or the sidecar
+        ``policy.json`` beside it)."""
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"policy file {path} does not exist")
+        if path.suffix != ".onnx":
+            raise ValueError(f"{path} is not an exported policy (.onnx); export a run with "
+                             f"`fusiongym export runs/NAME --out policy.onnx`")
+        engine = OnnxEngine(path)
+        text = engine.metadata_props.get(METADATA_KEY)
+        sidecar = path.with_suffix(".json")
+        if text is None and sidecar.exists():
+            text = sidecar.read_text()
+        if text is None:
+            raise ValueError(f"{path} carries no fusiongym metadata (metadata_props[{METADATA_KEY!r}]) "
+                             f"and has no sidecar {sidecar.name}")
+        return cls(engine, json.loads(text), name=path.stem)
+
+    @classmethod
+    def pretrained(cls) -> "FusionPolicy":
+        """The policy shipped with fusiongym (``fusiongym/agents/pretrained/policy.onnx``)."""
+        with resources.as_file(resources.files("fusiongym.agents").joinpath("pretrained", PRETRAINED)) as path:
+            policy = cls.load(path)
+        policy.name = "pretrained"
+        return policy
+
+    # ------------------------------------------------------------------ deciding
+    def encode(self, graphs: Sequence[ComputeGraph]) -> EncodedBatch:
+        """The network inputs of ``graphs`` in their start state, as one batch."""
+        return encode_graphs(graphs, self.feature_device, self.vocab_size, len(self.schedules))
+
+    def decide(self, graph: ComputeGraph, backend: LatencyBackend | None = None) -> Plan:
+        """A legal plan for ``graph`` on ``backend`` (None: the analytical CPU model, whose
+        64-node group limit also keeps the plan legal on the TVM backend).
+
+        ``plan.meta`` records the policy, the decision time and its parts (ms).
+        """
+        if graph.is_template:
+            raise ValueError(f"{graph.name} is a template over {sorted(graph.symbols)}; instantiate it first")
+        backend = backend if backend is not None else self.default_backend()
+        started = time.perf_counter()
+        batch = self.encode([graph])
+        encoded = time.perf_counter()
+        edge, schedule, stop, _ = self.engine.run(batch)
+        forward = time.perf_counter()
+        labels = greedy_groups(graph.num_nodes, batch.src, batch.dst, edge, float(stop[0]),
+                               getattr(backend, "max_group_size", None), self._merge_check(graph, backend))
+        choices = np.array([name in backend.schedules for name in self.schedules])
+        inverse, chosen = group_schedules(labels, schedule, choices)
+        groups: list[list[int]] = [[] for _ in range(chosen.shape[0])]
+        for node, group in enumerate(inverse.tolist()):
+            groups[group].append(node)
+        names = [self.schedules[s] if choices.any() else DEFAULT_SCHEDULE for s in chosen.tolist()]
+        done = time.perf_counter()
+        meta = {"method": f"policy:{self.name}", "decision_ms": (done - started) * 1e3,
+                "encode_ms": (encoded - started) * 1e3, "forward_ms": (forward - encoded) * 1e3,
+                "plan_ms": (done - forward) * 1e3}
+        return Plan(groups, names, graph.hash, meta)
+
+    def default_backend(self) -> LatencyBackend:
+        if self._default_backend is None:
+            self._default_backend = get_backend("analytical", device="cpu")
+        return self._default_backend
+
+    @staticmethod
+    def _merge_check(graph: ComputeGraph, backend: LatencyBackend) -> MergeCheck | None:
+        """The backend's own group constraint, unless it is only the size limit (analytical:
+        merges along edges keep groups weakly connected) or absent (the base class)."""
+        if backend.name == "analytical" or type(backend).group_constraint is LatencyBackend.group_constraint:
+            return None
+        return lambda a, b: backend.group_constraint(graph, sorted(a + b)) is None
+
+    def __repr__(self) -> str:
+        training = self.metadata.get("training", {})
+        return (f"FusionPolicy({self.name!r}, hidden={self.metadata.get('hidden')}, "
+                f"layers={self.metadata.get('layers')}, trained={training.get('command', '?')!r})")
