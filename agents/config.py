@@ -82,13 +82,3 @@ def _workload_names(suite: str) -> list[str]:
     for name in names:
         get_workload(name)   # raises, listing the known workloads
     return names
-
-
-def _workload_names(suite: str) -> list[str]:
-    """A suite's workloads, or a comma-separated list of workload names (``mixtral_moe/smoke``)."""
-    if suite in suite_names():
-        return [w.name for w in load_suite(suite)]
-    names = suite.split(",")
-    for name in names:
-        get_workload(name)   # raises, listing the known workloads
-    return names

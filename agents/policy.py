@@ -123,7 +123,7 @@ class FusionExtractor(BaseFeaturesExtractor):
         layout = self.layout
         batch = GraphBatch(obs, layout)
         edge_logits, schedule_logits, stop, value = batch.run(self.gnn)   # [K], [M, S], [B], [B]
-        n, e, s, a = layout.max_nodes, layout.max_edges, layout.num_schedules, layout.num_actions
+        e, s, a = layout.max_edges, layout.num_schedules, layout.num_actions
         b = batch.batch_size
         slots = torch.cat([
             batch.edge_b * a + batch.edge_k,                                                       # [K] fuse e

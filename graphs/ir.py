@@ -320,10 +320,11 @@ class ComputeGraph:
             if keep[edge.src] and keep[edge.dst]:
                 consumers[edge.src] += 1
         is_output = set(node for node, _ in self.outputs)
+        in_edges = self._in_edges()
         for node in reversed(self.nodes):  # dead-code elimination in reverse topological order
             if keep[node.id] and consumers[node.id] == 0 and node.id not in is_output:
                 keep[node.id] = False
-                for edge in self._in_edges()[node.id]:
+                for edge in in_edges[node.id]:
                     consumers[edge.src] -= 1
         if all(keep):
             return self

@@ -167,7 +167,7 @@ class _GraphBuilder:
         self.values: dict[Any, Any] = {}   # relax Var -> _NodeOutput | _Opaque | tuple
         self.nodes: list[OpNode] = []
         self.edges: list[Edge] = []
-        self.flops_cache: dict[str, Any] = {}
+        self.flops_cache: dict[str, Any] = {}   # callee name -> its PrimFunc's FLOPs expression
         self.function_names = {gv.name_hint for gv in mod.get_global_vars()}
         self.seen_dims: set[str] = set()   # dim names that appear in some shape
 
@@ -266,8 +266,13 @@ class _GraphBuilder:
         return base if base != callee and base in self.function_names else callee
 
     def _flops(self, callee, func, args, out_types):
-        """FLOPs of one call, with the PrimFunc's shape vars bound to this call's shapes."""
-        flops = count_flops(func)
+        """FLOPs of one call, with the PrimFunc's shape vars bound to this call's shapes.
+
+        The TIR walk runs once per PrimFunc: BlockBuilder shares one PrimFunc between
+        structurally equal calls (every repeated block of a ResNet or transformer)."""
+        if callee.name_hint not in self.flops_cache:
+            self.flops_cache[callee.name_hint] = count_flops(func)
+        flops = self.flops_cache[callee.name_hint]
         if isinstance(flops, tirx.IntImm):
             return int(flops.value)
         binding = {}

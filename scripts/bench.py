@@ -103,7 +103,7 @@ def bench_tvm(quick: bool) -> list[BenchFigure]:
     import tempfile
 
     from fusiongym.graphs import zoo
-    from fusiongym.reward import Plan, get_backend
+    from fusiongym.reward import get_backend
     from fusiongym.reward.tvm_default import tvm_default_plan
 
     graph = zoo.load("resnet18", "small", batch=4)
