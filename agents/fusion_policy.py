@@ -34,6 +34,8 @@ from fusiongym.graphs import ComputeGraph
 from fusiongym.reward import DEFAULT_SCHEDULE, LatencyBackend, Plan, get_backend
 from fusiongym.reward.devices import DeviceProfile
 
+from . import _greedy_merge
+
 FORMAT = "fusiongym.FusionPolicy/1"
 FEATURE_SCHEMA = "fusiongym.policy-features/1"
 METADATA_KEY = "fusiongym"           # key of the metadata JSON in the ONNX metadata_props
@@ -231,7 +233,8 @@ MergeCheck = Callable[[list[int], list[int]], bool]
 
 def greedy_groups(num_nodes: int, src: np.ndarray, dst: np.ndarray, edge_logits: np.ndarray, threshold: float,
                   max_group_size: int | None = None, allowed: MergeCheck | None = None) -> np.ndarray:
-    """[N] group label per node: edges above ``threshold`` merged in decreasing logit order.
+    """[N] group index per node (groups numbered by their first node): edges above
+    ``threshold`` merged in decreasing logit order.
 
     A merge along edge A -> B is skipped when A and B are one group already, when the
     union exceeds ``max_group_size``, when ``allowed(members_a, members_b)`` says no, or
@@ -239,86 +242,32 @@ def greedy_groups(num_nodes: int, src: np.ndarray, dst: np.ndarray, edge_logits:
     a path visits only groups whose first node precedes B's last node (node ids are a
     topological order); when A's only successor is B, or B's only predecessor is A, no
     search is needed. Every intermediate partition is convex, so the result is legal.
+    The loop runs in C (``agents/greedy_merge.c``): a compiler asks for plans inline.
     """
-    src_list, dst_list = src.tolist(), dst.tolist()
-    parent = list(range(num_nodes))
-    size = [1] * num_nodes
-    first = list(range(num_nodes))            # smallest node id per root
-    last = list(range(num_nodes))             # largest node id per root
-    succ: list[set[int] | None] = [set() for _ in range(num_nodes)]   # successor roots per root
-    pred: list[set[int] | None] = [set() for _ in range(num_nodes)]   # predecessor roots per root
-    for u, v in zip(src_list, dst_list):
-        succ[u].add(v)
-        pred[v].add(u)
-    members: list[list[int] | None] | None = [[v] for v in range(num_nodes)] if allowed else None
-    limit = max_group_size or num_nodes
-
-    def detour(a: int, b: int) -> bool:
-        """Whether a successor group of ``a`` other than ``b`` reaches ``b``."""
-        bound = last[b]
-        stack = [c for c in succ[a] if c != b and first[c] < bound]
-        seen = set(stack)
-        while stack:
-            for d in succ[stack.pop()]:
-                if d == b:
-                    return True
-                if d not in seen and first[d] < bound:
-                    seen.add(d)
-                    stack.append(d)
-        return False
-
     order = np.argsort(-edge_logits, kind="stable")
-    for edge in order[edge_logits[order] > threshold].tolist():
-        a, b = src_list[edge], dst_list[edge]
-        while parent[a] != a:                     # find, with path halving (inlined: the hot loop)
-            parent[a] = a = parent[parent[a]]
-        while parent[b] != b:
-            parent[b] = b = parent[parent[b]]
-        if a == b or size[a] + size[b] > limit:
-            continue
-        if len(succ[a]) > 1 and len(pred[b]) > 1 and detour(a, b):
-            continue
-        if allowed is not None and not allowed(members[a], members[b]):
-            continue
-        keep, gone = (a, b) if size[a] >= size[b] else (b, a)
-        parent[gone] = keep
-        size[keep] += size[gone]
-        first[keep], last[keep] = min(first[a], first[b]), max(last[a], last[b])
-        for x in succ[gone]:
-            neighbours = pred[x]
-            neighbours.discard(gone)
-            neighbours.add(keep)
-        for x in pred[gone]:
-            neighbours = succ[x]
-            neighbours.discard(gone)
-            neighbours.add(keep)
-        merged_succ, merged_pred = succ[a] | succ[b], pred[a] | pred[b]
-        merged_succ.discard(a), merged_succ.discard(b), merged_pred.discard(a), merged_pred.discard(b)
-        succ[keep], pred[keep], succ[gone], pred[gone] = merged_succ, merged_pred, None, None
-        if members is not None:
-            members[keep] = members[keep] + members[gone]
-            members[gone] = None
-    roots = np.array(parent, dtype=np.int64)
-    while True:                                   # resolve the remaining chains, vectorized
-        above = roots[roots]
-        if np.array_equal(above, roots):
-            return roots
-        roots = above
+    order = np.ascontiguousarray(order[edge_logits[order] > threshold], dtype=np.int64)
+    labels = np.empty(num_nodes, dtype=np.int64)
+    _greedy_merge.greedy_merge(num_nodes, np.ascontiguousarray(src, dtype=np.int64),
+                               np.ascontiguousarray(dst, dtype=np.int64), order,
+                               max_group_size or num_nodes, allowed, labels)
+    return labels
 
 
-def group_schedules(labels: np.ndarray, schedule_logits: np.ndarray, choices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Groups in order of their first node and the chosen schedule index of each.
+def group_schedules(group_of: np.ndarray, schedule_logits: np.ndarray,
+                    choices: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
+    """The groups' members and the chosen schedule index of each group.
 
-    ``labels`` [N] root per node, ``schedule_logits`` [N, S], ``choices`` [S] bool: the
-    schedules the backend offers. Returns (inverse [N] group index per node, [G] schedule).
+    ``group_of`` [N] group index per node (0..G-1, as ``greedy_groups`` numbers them),
+    ``schedule_logits`` [N, S], ``choices`` [S] bool: the schedules the backend offers. A
+    group takes the schedule with the highest logit on any of its nodes.
     """
-    roots, first_node, inverse = np.unique(labels, return_index=True, return_inverse=True)
-    rank = np.argsort(np.argsort(first_node, kind="stable"), kind="stable")     # groups by first node
-    inverse = rank[inverse]
-    masked = np.where(choices[None, :], schedule_logits, -np.inf)              # [N, S]
-    best = np.full((roots.shape[0], schedule_logits.shape[1]), -np.inf)         # [G, S]
-    np.maximum.at(best, inverse, masked)
-    return inverse, best.argmax(axis=1)
+    by_group = np.argsort(group_of, kind="stable")                                  # [N], node ids ascend per group
+    starts = np.concatenate([[0], np.cumsum(np.bincount(group_of))[:-1]])          # [G]
+    masked = np.where(choices[None, :], schedule_logits, -np.inf)                   # [N, S]
+    best = np.maximum.reduceat(masked[by_group], starts, axis=0)                    # [G, S]
+    nodes = by_group.tolist()
+    ends = [*starts[1:].tolist(), len(nodes)]
+    return [nodes[start:end] for start, end in zip(starts.tolist(), ends)], best.argmax(axis=1)
 
 
 # ------------------------------------------------------------------------ policy
@@ -399,11 +348,9 @@ class FusionPolicy:
         labels = greedy_groups(graph.num_nodes, batch.src, batch.dst, edge, float(stop[0]),
                                getattr(backend, "max_group_size", None), self._merge_check(graph, backend))
         choices = np.array([name in backend.schedules for name in self.schedules])
-        inverse, chosen = group_schedules(labels, schedule, choices)
-        groups: list[list[int]] = [[] for _ in range(chosen.shape[0])]
-        for node, group in enumerate(inverse.tolist()):
-            groups[group].append(node)
-        names = [self.schedules[s] if choices.any() else DEFAULT_SCHEDULE for s in chosen.tolist()]
+        groups, chosen = group_schedules(labels, schedule, choices)
+        menu = self.schedules if choices.any() else (DEFAULT_SCHEDULE,) * len(self.schedules)
+        names = [menu[s] for s in chosen.tolist()]
         done = time.perf_counter()
         meta = {"method": f"policy:{self.name}", "decision_ms": (done - started) * 1e3,
                 "encode_ms": (encoded - started) * 1e3, "forward_ms": (forward - encoded) * 1e3,

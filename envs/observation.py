@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from gymnasium import spaces
@@ -79,6 +79,12 @@ def op_id(name: str) -> int:
     return found
 
 
+def op_ids(names: Sequence[str]) -> np.ndarray:
+    """[N] uint16 vocabulary ids, looking up each distinct name once (graphs repeat few ops)."""
+    distinct = {name: op_id(name) for name in set(names)}
+    return np.fromiter(map(distinct.__getitem__, names), dtype=np.uint16, count=len(names))
+
+
 def observation_space(max_nodes: int, max_edges: int, num_schedules: int) -> spaces.Dict:
     """The Dict space; shapes [max_nodes], [max_nodes, F], [2, max_edges], [max_edges, 1], [G]."""
     n, e = max_nodes, max_edges
@@ -116,8 +122,8 @@ class GraphFeatures:
         node_feat = np.log2(1.0 + np.stack(
             [flops, arrays.bytes_read, arrays.bytes_written, arrays.param_bytes, intensity], axis=1))
         return GraphFeatures(
-            node_op=np.array([op_id(name) for name in arrays.op_names], dtype=np.uint16),
-            node_kind=np.array([KIND_CODES[node.kind] for node in graph.nodes], dtype=np.uint8),
+            node_op=op_ids(arrays.op_names),
+            node_kind=(arrays.kind_index + 1).astype(np.uint8),        # KIND_CODES: 1 + position in OpKind
             node_feat=np.minimum(node_feat, FEATURE_HIGH).astype(np.float16),
             edge_index=arrays.edge_index.astype(np.uint16),
             edge_feat=np.minimum(np.log2(1.0 + arrays.edge_bytes), FEATURE_HIGH).astype(np.float16)[:, None],

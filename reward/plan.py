@@ -35,7 +35,7 @@ class Plan:
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.groups = [sorted(int(n) for n in group) for group in self.groups]
+        self.groups = [sorted(map(int, group)) for group in self.groups]
         if len(self.schedules) != len(self.groups):
             raise IllegalPlanError(f"{len(self.groups)} groups but {len(self.schedules)} schedules")
 

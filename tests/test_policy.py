@@ -154,3 +154,27 @@ def test_greedy_merges_exactly_the_env_legal_ones(limit):
         ours = Plan.from_assignment(graph, labels)
         assert sorted(ours.groups) == sorted(env.plan.groups)
         assert refused > 0 and ours.num_groups < graph.num_nodes / 2
+
+
+def test_greedy_asks_the_backend_check_and_passes_its_errors_on():
+    graph = synthetic(n_nodes=120, seed=3)
+    edges = graph.arrays.edge_index.astype(np.int64)
+    logits = np.random.default_rng(0).normal(size=graph.num_edges)
+    asked = []
+
+    def at_most_three(members_a, members_b):
+        asked.append(len(members_a) + len(members_b))
+        return len(members_a) + len(members_b) <= 3
+
+    labels = greedy_groups(graph.num_nodes, edges[0], edges[1], logits, threshold=-1.0, allowed=at_most_three)
+    assert asked and max(asked) > 3                      # it asked about merges it then refused
+    assert np.bincount(labels).max() == 3 and np.array_equal(np.unique(labels), np.arange(labels.max() + 1))
+    assert labels[0] == 0 and np.all(np.diff(np.maximum.accumulate(labels)) <= 1)   # numbered by first node
+
+    def broken(members_a, members_b):
+        raise RuntimeError("constraint failed")
+
+    with pytest.raises(RuntimeError, match="constraint failed"):
+        greedy_groups(graph.num_nodes, edges[0], edges[1], logits, threshold=-1.0, allowed=broken)
+    with pytest.raises(ValueError, match="outside"):
+        greedy_groups(3, np.array([0, 1]), np.array([1, 5]), np.array([1.0, 1.0]), threshold=0.0)
