@@ -310,7 +310,7 @@ class MeasurementStore:
 
     def export_csv(self, path: str | os.PathLike[str]) -> Path:
         """Write every measurement to a CSV file (meta as JSON text); returns the path."""
-        with _atomic_output(Path(path)) as tmp:
+        with atomic_output(Path(path)) as tmp:
             with tmp.open("w", newline="", encoding="utf-8") as handle:
                 writer = csv.writer(handle)
                 writer.writerow(_CSV_HEADER)
@@ -328,7 +328,7 @@ class MeasurementStore:
         schema = pa.schema(list(zip(_CSV_HEADER, types)))
         columns = list(zip(*(_export_row(m) for m in self.iter_all()))) or [()] * len(_CSV_HEADER)
         table = pa.table([list(values) for values in columns], schema=schema)
-        with _atomic_output(Path(path)) as tmp:
+        with atomic_output(Path(path)) as tmp:
             pq.write_table(table, tmp)
         return Path(path)
 
@@ -449,7 +449,7 @@ def _retry_busy(operation: Callable[[], _T], path: Path) -> _T:
 
 
 @contextlib.contextmanager
-def _atomic_output(dest: Path) -> Iterator[Path]:
+def atomic_output(dest: Path) -> Iterator[Path]:
     """Yield a temporary path next to `dest`, moved onto it only if writing succeeded."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)

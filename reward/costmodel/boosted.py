@@ -1,0 +1,92 @@
+"""LightGBM on hand-made group features: the classical cost-model baseline for the GNN.
+
+Each group is one row: the 15 group features of ``features.GROUP_FEATURES`` (summed FLOPs
+and moved bytes, size, intensity, op-kind counts), the analytical backend's ln µs (what
+carries to models never trained on), its schedule and the op of its heaviest node (both
+categorical). Target: ln µs. Deterministic (one thread, fixed seed).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from torch_geometric.data import Data
+
+from ..store import atomic_output
+from .features import GROUP_FEATURES, PRIOR_FEATURE
+from .records import CostModelError
+
+BOOSTED_FORMAT = "fusiongym.BoostedCostModel/2"
+FEATURE_NAMES = (*GROUP_FEATURES, PRIOR_FEATURE, "schedule", "dominant_op")
+PARAMS = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 15, "min_data_in_leaf": 5,
+          "lambda_l2": 1.0, "feature_fraction": 0.9, "bagging_fraction": 0.9, "bagging_freq": 1,
+          "deterministic": True, "force_row_wise": True, "num_threads": 1, "verbose": -1}
+ROUNDS = 400
+
+
+def design_matrix(samples: Sequence[Data]) -> np.ndarray:
+    """[B, 18] float64: group features, ln analytical µs, schedule id, dominant op id."""
+    return np.array([[*d.group[0].tolist(), float(d.prior), int(d.schedule), int(d.dominant_op)] for d in samples],
+                    dtype=np.float64)
+
+
+class BoostedModel:
+    """A LightGBM booster with the header saying what it was trained on."""
+
+    def __init__(self, booster, meta: dict) -> None:
+        self.booster = booster
+        self.meta = meta
+
+    @staticmethod
+    def train(train: Sequence[Data], val: Sequence[Data] = (), seed: int = 0, meta: dict | None = None
+              ) -> "BoostedModel":
+        """Fit on ``train``; with ``val``, stop when its error has not improved for 50 rounds."""
+        import lightgbm as lgb
+
+        if not train:
+            raise ValueError("BoostedModel.train needs at least one training sample")
+        categorical = [len(FEATURE_NAMES) - 2, len(FEATURE_NAMES) - 1]
+        dataset = lgb.Dataset(design_matrix(train), label=np.array([float(d.y) for d in train]),
+                              feature_name=list(FEATURE_NAMES), categorical_feature=categorical,
+                              params={"min_data_per_group": 5, "verbose": -1})
+        callbacks, valid_sets = [], []
+        if val:
+            valid_sets = [lgb.Dataset(design_matrix(val), label=np.array([float(d.y) for d in val]),
+                                      reference=dataset)]
+            callbacks = [lgb.early_stopping(50, verbose=False)]
+        booster = lgb.train({**PARAMS, "seed": seed}, dataset, num_boost_round=ROUNDS, valid_sets=valid_sets,
+                            callbacks=callbacks)
+        return BoostedModel(booster, {"format": BOOSTED_FORMAT, "features": list(FEATURE_NAMES),
+                                      "params": {**PARAMS, "seed": seed}, "train_samples": len(train),
+                                      "best_iteration": booster.best_iteration or ROUNDS, **(meta or {})})
+
+    def predict_log_us(self, samples: Sequence[Data]) -> np.ndarray:
+        """[B] ln µs."""
+        return self.booster.predict(design_matrix(samples), num_iteration=self.meta["best_iteration"])
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        with atomic_output(path) as tmp:
+            tmp.write_text(json.dumps({"meta": self.meta, "booster": self.booster.model_to_string()}))
+        return path
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> "BoostedModel":
+        import lightgbm as lgb
+
+        path = Path(path)
+        fix = "Fix: retrain it with `fusiongym costmodel train`"
+        if not path.is_file():
+            raise CostModelError(f"no LightGBM cost model at {path}. {fix}")
+        try:
+            payload = json.loads(path.read_text())
+            booster = lgb.Booster(model_str=payload["booster"])
+        except (ValueError, KeyError, TypeError, lgb.basic.LightGBMError) as exc:
+            raise CostModelError(f"{path} is corrupt or not a fusiongym LightGBM cost model ({exc}). {fix}") from exc
+        if payload["meta"].get("format") != BOOSTED_FORMAT:
+            raise CostModelError(f"{path} has format {payload['meta'].get('format')!r}, expected {BOOSTED_FORMAT}. {fix}")
+        return BoostedModel(booster, payload["meta"])

@@ -1,0 +1,114 @@
+"""Train both learned models on a dataset and compare them with the analytical backend.
+
+Every model is scored on the same test split (models never trained on) with
+``metrics.score``; ``write_report`` leaves a CSV, a Markdown table and a PNG of predicted
+vs measured latency per model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch_geometric.data import Batch, Data
+
+from ..store import atomic_output
+from .boosted import BoostedModel
+from .dataset import CostDataset
+from .gnn import GroupGNN, TrainConfig, train_gnn
+from .metrics import Metrics, markdown_table, score, write_csv
+from .model import CostModel
+from .records import CostModelError
+
+GNN_FILE = "model.npz"
+BOOSTED_FILE = "lightgbm.json"
+
+
+@dataclass
+class TrainedModels:
+    gnn: CostModel
+    boosted: BoostedModel
+    losses: list[float]
+
+
+def train_models(dataset: CostDataset, config: TrainConfig = TrainConfig(), out: str | os.PathLike | None = None
+                 ) -> TrainedModels:
+    """Fit the GNN and LightGBM on the train split (validation: the val split); save to ``out``."""
+    train, val = dataset.subset("train"), dataset.subset("val")
+    if not train:
+        raise ValueError("the dataset's train split is empty: re-export it holding out fewer models")
+    meta = {"data_hash": dataset.source.get("content_hash", dataset.content_hash), "source": dataset.source}
+    result = train_gnn(train, val, dataset.op_vocab, dataset.schedules, analytical_profile(dataset), config, meta)
+    boosted = BoostedModel.train(train, val, config.seed, meta)
+    if out is not None:
+        folder = Path(out)
+        result.model.save(folder / GNN_FILE)
+        boosted.save(folder / BOOSTED_FILE)
+    return TrainedModels(result.model, boosted, result.losses)
+
+
+def analytical_profile(dataset: CostDataset) -> dict:
+    """The device profile the dataset's analytical priors were computed with."""
+    profile = dataset.source.get("analytical_profile")
+    if profile is None:
+        raise CostModelError("the dataset records no analytical profile (exported by an older fusiongym). "
+                             "Fix: re-export it with `fusiongym dataset export`")
+    return profile
+
+
+@torch.no_grad()
+def gnn_log_us(model: CostModel, samples: Sequence[Data]) -> np.ndarray:
+    """[B] ln µs the GNN predicts (the torch twin of the numpy model, batched over groups)."""
+    net = GroupGNN.from_model(model).eval()
+    batch = Batch.from_data_list(list(samples))
+    return net.log_us(batch).double().numpy()
+
+
+def compare(dataset: CostDataset, gnn: CostModel, boosted: BoostedModel) -> tuple[list[Metrics], dict[str, np.ndarray]]:
+    """Metrics of the GNN, LightGBM and analytical backend on the test split, and their µs per sample."""
+    test = dataset.indices("test")
+    if len(test) < 2:
+        raise ValueError(f"the dataset's test split has {len(test)} groups; export it with --test-models naming "
+                         f"a measured model")
+    measured = np.exp(np.array([float(d.y) for d in dataset.samples]))
+    predicted = {"gnn": np.exp(gnn_log_us(gnn, dataset.samples)),
+                 "lightgbm": np.exp(boosted.predict_log_us(dataset.samples)),
+                 "analytical": np.exp(np.array([float(d.prior) for d in dataset.samples]))}
+    test_models = set(dataset.source.get("models", {}).get("test", []))
+    plans = [p for p in dataset.plans if p["model"] in test_models]
+    rows = [score(name, us, measured, test, plans) for name, us in predicted.items()]
+    return rows, {**predicted, "measured": measured}
+
+
+def write_report(rows: Sequence[Metrics], predicted: dict[str, np.ndarray], test: Sequence[int],
+                 folder: str | os.PathLike) -> list[Path]:
+    """metrics.csv, metrics.md and metrics.png (predicted vs measured µs of the test groups)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    csv_path = write_csv(rows, folder / "metrics.csv")
+    md_path = folder / "metrics.md"
+    with atomic_output(md_path) as tmp:
+        tmp.write_text(markdown_table(rows) + "\n", encoding="utf-8")
+    measured = predicted["measured"][list(test)]
+    figure, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 4), squeeze=False)
+    for axis, row in zip(axes[0], rows):
+        axis.loglog(measured, predicted[row.model][list(test)], ".", alpha=0.5)
+        low, high = measured.min(), measured.max()
+        axis.plot([low, high], [low, high], "k--", linewidth=0.8)
+        axis.set_title(f"{row.model}: τ groups {row.group_tau:.2f}, plans {row.plan_tau:.2f}")
+        axis.set_xlabel("measured µs")
+        axis.set_ylabel("predicted µs")
+    figure.tight_layout()
+    png_path = folder / "metrics.png"
+    with atomic_output(png_path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+    return [csv_path, md_path, png_path]

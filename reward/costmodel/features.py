@@ -1,0 +1,200 @@
+"""Features of fused groups: per node (for the GNN) and per group (for both models).
+
+A group's latency depends on what its ops compute (op, kind, FLOPs), on what the fused
+kernel moves (only inputs from outside the group, outputs consumed outside it or leaving
+the graph, parameters) and on its schedule. The first part is fixed per graph and computed
+once (``GraphTensors``); the second depends on the plan and is computed for all groups of a
+plan at once with bincounts over nodes and edges, no loop over groups. One group alone
+(a training sample, an env step) is computed from its own nodes and their edges only
+(``group_example``), through the same formulas (``_node_features``, ``_group_rows``), so a
+group costs the same whether it is priced alone or inside a 10k-edge plan.
+
+The analytical backend's estimate of the group (``PRIOR_FEATURE``, ln µs, from the pinned
+profile of ``prior.AnalyticalPrior``) enters both learned models as one more group input.
+
+Shapes: N nodes, E edges, G groups, S schedules. All numbers enter as ``log2(1 + x) / 16``
+(bytes and FLOPs span 10 orders of magnitude; /16 keeps them near [0, 4]).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy import sparse
+
+from fusiongym.graphs import ComputeGraph
+
+NUM_KINDS = 7  # OpKind values in GraphArrays.kind_index order
+STATIC_NODE_FEATURES = ("log_flops", "log_bytes_read", "log_bytes_written", "log_param_bytes", "log_intensity")
+PLAN_NODE_FEATURES = ("log_external_read_bytes", "log_written_bytes", "internal_in_degree", "internal_out_degree")
+GROUP_FEATURES = ("log_flops", "log_external_read_bytes", "log_written_bytes", "log_param_bytes",
+                  "log_internal_edges", *(f"log_kind_{k}" for k in range(NUM_KINDS)), "log_nodes", "log_intensity")
+NODE_FEATURES = (*STATIC_NODE_FEATURES, *(f"kind_{k}" for k in range(NUM_KINDS)), *PLAN_NODE_FEATURES)
+OTHER_OP = "<other>"  # id 0 of every op vocabulary: ops the model never trained on
+PRIOR_FEATURE = "analytical_ln_us"
+PRIOR_INPUT_SCALE = 1 / 8  # ln µs of kernels here spans about 0..12; /8 keeps the input near [0, 1.5]
+
+
+def log_scale(x: np.ndarray) -> np.ndarray:
+    """log2(1 + x) / 16 in float32 (16x faster than float64 here: SIMD)."""
+    x = np.asarray(x, dtype=np.float32) + np.float32(1.0)
+    return np.log2(x, out=x) * np.float32(1 / 16)
+
+
+@dataclass(frozen=True)
+class GraphTensors:
+    """Everything plan-independent about a graph, as arrays (built once per graph)."""
+
+    num_nodes: int
+    op_names: tuple[str, ...]      # [N]
+    kind: np.ndarray               # [N] int64
+    kind_one_hot: np.ndarray       # [N, 7] float32
+    flops32: np.ndarray            # [N] float32 (the plan-time sums run in float32)
+    param_bytes32: np.ndarray      # [N] float32
+    static: np.ndarray             # [N, 5 + 7] float32: STATIC_NODE_FEATURES then kind one-hot
+    flops: np.ndarray              # [N] float64
+    own_read_bytes: np.ndarray     # [N] parameters and graph inputs: read whatever the plan
+    bytes_written: np.ndarray      # [N]
+    param_bytes: np.ndarray        # [N]
+    always_written: np.ndarray     # [N] bool: an output leaves the graph or has no consumer
+    src: np.ndarray                # [E] int64
+    dst: np.ndarray                # [E] int64
+    edge_bytes: np.ndarray         # [E]
+    by_dst: np.ndarray             # [E] edge ids sorted by consumer (stable)
+    in_indptr: np.ndarray          # [N + 1] CSR row pointers of the in-edges in ``by_dst`` order
+    by_src: np.ndarray             # [E] edge ids sorted by producer (stable)
+    out_indptr: np.ndarray         # [N + 1] CSR row pointers of the out-edges in ``by_src`` order
+
+    @staticmethod
+    def of(graph: ComputeGraph) -> "GraphTensors":
+        arrays = graph.arrays
+        n = graph.num_nodes
+        src, dst = (arrays.edge_index.astype(np.int64) if arrays.edge_index.size
+                    else np.zeros((2, 0), dtype=np.int64))
+        in_bytes = np.bincount(dst, weights=arrays.edge_bytes, minlength=n)
+        own_read = np.maximum(arrays.param_bytes, arrays.bytes_read - in_bytes)
+        intensity = arrays.flops / np.maximum(1.0, arrays.bytes_read + arrays.bytes_written)
+        kind = arrays.kind_index.astype(np.int64)
+        static = np.concatenate([
+            log_scale(np.stack([arrays.flops, arrays.bytes_read, arrays.bytes_written, arrays.param_bytes,
+                                intensity], axis=1)),
+            np.eye(NUM_KINDS, dtype=np.float32)[kind]], axis=1)
+        by_dst = np.argsort(dst, kind="stable")
+        return GraphTensors(
+            num_nodes=n, op_names=arrays.op_names, kind=kind, kind_one_hot=np.eye(NUM_KINDS, dtype=np.float32)[kind], static=static,
+            flops32=arrays.flops.astype(np.float32), param_bytes32=arrays.param_bytes.astype(np.float32), flops=arrays.flops,
+            own_read_bytes=own_read, bytes_written=arrays.bytes_written, param_bytes=arrays.param_bytes,
+            always_written=(arrays.output_bytes_external > 0) | (np.bincount(src, minlength=n) == 0),
+            src=src, dst=dst, edge_bytes=arrays.edge_bytes, by_dst=by_dst, in_indptr=_indptr(dst, n),
+            by_src=np.argsort(src, kind="stable"), out_indptr=_indptr(src, n))
+
+
+def _indptr(rows: np.ndarray, num_rows: int) -> np.ndarray:
+    """[num_rows + 1] CSR row pointers of edges sorted by ``rows``."""
+    return np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=num_rows))]).astype(np.int64)
+
+
+@dataclass(frozen=True)
+class PlanFeatures:
+    """Plan-dependent arrays of one graph under one partition (labels 0..G-1 per node)."""
+
+    node: np.ndarray              # [N, 4] float32: PLAN_NODE_FEATURES
+    internal: np.ndarray          # [E] bool: both ends in one group
+    group: np.ndarray             # [G, len(GROUP_FEATURES)] float32
+    pool: sparse.csr_matrix       # [G, N] float32: 1 where the node is in the group
+    adjacency: sparse.csr_matrix  # [N, N] float32: row = consumer, column = producer, internal edges
+
+
+def plan_features(tensors: GraphTensors, group_of: np.ndarray, num_groups: int) -> PlanFeatures:
+    """Node and group features of the partition ``group_of`` ([N] labels in 0..G-1)."""
+    n, g = tensors.num_nodes, num_groups
+    internal = group_of[tensors.src] == group_of[tensors.dst]                              # [E]
+    crossing = ~internal
+    external_read = tensors.own_read_bytes + np.bincount(tensors.dst, weights=tensors.edge_bytes * crossing,
+                                                         minlength=n)                     # [N]
+    leaves = np.bincount(tensors.src, weights=crossing, minlength=n) > 0
+    in_degree = np.bincount(tensors.dst, weights=internal, minlength=n)
+    out_degree = np.bincount(tensors.src, weights=internal, minlength=n)
+    node, additive = _node_features(tensors, slice(None), external_read, leaves, in_degree, out_degree)
+    pool = sparse.csr_matrix((np.ones(n, dtype=np.float32), (group_of, np.arange(n))), shape=(g, n))
+    adjacency = sparse.csr_matrix((internal[tensors.by_dst].astype(np.float32), tensors.src[tensors.by_dst],
+                                   tensors.in_indptr), shape=(n, n))
+    return PlanFeatures(node, internal, _group_rows(pool @ additive), pool, adjacency)
+
+
+def _node_features(tensors: GraphTensors, nodes: slice | np.ndarray, external_read: np.ndarray,
+                   leaves: np.ndarray, in_degree: np.ndarray, out_degree: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """([n, 4] PLAN_NODE_FEATURES, [n, 12] per-node sums for ``_group_rows``) of ``nodes``,
+    from their external read bytes, whether an output leaves the group, internal degrees."""
+    written = tensors.bytes_written[nodes] * (tensors.always_written[nodes] | leaves)
+    node = np.stack([external_read, written, in_degree, out_degree], axis=1).astype(np.float32)    # [n, 4]
+    additive = np.concatenate([tensors.flops32[nodes, None], node[:, :2], tensors.param_bytes32[nodes, None],
+                               node[:, 2:3], tensors.kind_one_hot[nodes]], axis=1)          # [n, 5 + 7]
+    node[:, :2] = log_scale(node[:, :2])
+    np.minimum(node[:, 2:], 8, out=node[:, 2:])
+    node[:, 2:] *= np.float32(1 / 4)
+    return node, additive
+
+
+def _group_rows(sums: np.ndarray) -> np.ndarray:
+    """[G, len(GROUP_FEATURES)] from the [G, 12] sums of ``_node_features``' additive columns."""
+    count = sums[:, 5:].sum(axis=1)
+    intensity = sums[:, 0] / np.maximum(np.float32(1.0), sums[:, 1] + sums[:, 2])
+    return log_scale(np.concatenate([sums, count[:, None], intensity[:, None]], axis=1))
+
+
+@dataclass(frozen=True)
+class GroupExample:
+    """One group as a model input: its nodes' features and internal edges, local ids."""
+
+    op_names: tuple[str, ...]   # [n]
+    node: np.ndarray            # [n, 16] float32: NODE_FEATURES
+    edge_index: np.ndarray      # [2, e] int64 internal edges, local ids
+    group: np.ndarray           # [len(GROUP_FEATURES)] float32
+
+
+def group_example(tensors: GraphTensors, nodes: Sequence[int]) -> GroupExample:
+    """The features of one group of a graph, as ``plan_features`` computes them in any plan
+    holding it, from the group's own nodes and edges only (no pass over the whole graph)."""
+    members = np.unique(np.asarray(nodes, dtype=np.int64))                              # sorted
+    size = len(members)
+    in_edges = _edges_of(tensors.by_dst, tensors.in_indptr, members)
+    out_edges = _edges_of(tensors.by_src, tensors.out_indptr, members)
+    in_local, in_inside = _local_ids(members, tensors.src[in_edges])
+    out_inside = _local_ids(members, tensors.dst[out_edges])[1]
+    in_dst = np.searchsorted(members, tensors.dst[in_edges])
+    out_src = np.searchsorted(members, tensors.src[out_edges])
+    external_read = tensors.own_read_bytes[members] + np.bincount(
+        in_dst, weights=tensors.edge_bytes[in_edges] * ~in_inside, minlength=size)
+    leaves = np.bincount(out_src, weights=~out_inside, minlength=size) > 0
+    in_degree = np.bincount(in_dst, weights=in_inside, minlength=size)
+    out_degree = np.bincount(out_src, weights=out_inside, minlength=size)
+    node, additive = _node_features(tensors, members, external_read, leaves, in_degree, out_degree)
+    return GroupExample(
+        op_names=tuple(tensors.op_names[i] for i in members),
+        node=np.concatenate([tensors.static[members], node], axis=1),
+        edge_index=np.stack([in_local[in_inside], in_dst[in_inside]]),
+        group=_group_rows(additive.sum(axis=0, keepdims=True))[0])
+
+
+def _edges_of(order: np.ndarray, indptr: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Edge ids of CSR ``rows`` (``order`` sorted by row, ``indptr`` its pointers), row by row."""
+    starts, stops = indptr[rows], indptr[rows + 1]
+    counts = stops - starts
+    offsets = np.arange(counts.sum()) - np.repeat(np.cumsum(counts) - counts, counts)
+    return order[np.repeat(starts, counts) + offsets]
+
+
+def _local_ids(members: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(position of each of ``nodes`` in sorted ``members``, whether it is one of them)."""
+    position = np.minimum(np.searchsorted(members, nodes), len(members) - 1)
+    return position, members[position] == nodes
+
+
+def dominant_op(tensors: GraphTensors, nodes: Sequence[int]) -> str:
+    """The op of the group's node with the most FLOPs (the lowest node id on ties)."""
+    members = np.unique(np.asarray(nodes, dtype=np.int64))
+    return tensors.op_names[int(members[np.argmax(tensors.flops[members])])]

@@ -1,0 +1,241 @@
+"""The GNN regressor in torch (training) — the same network ``model.CostModel`` runs in numpy.
+
+Trained full-batch (the datasets here are a few thousand groups) on the residual over the
+analytical prior, ln measured µs - ln analytical µs, standardized: the roofline carries what
+it knows to models never trained on, the network learns what it gets wrong.
+``loss``: ``mse`` alone, or mse plus a ranking term over groups of the same graph —
+``hinge`` (pairwise: the faster group must score lower by a margin) or ``listmle``
+(listwise: likelihood of the measured order under a Plackett-Luce model). The ranking
+term teaches order directly, which is what choosing a plan needs; the mse term keeps the
+scale, which a backend reporting µs needs.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+from torch_geometric.data import Batch, Data
+from torch_geometric.utils import scatter
+
+from .features import GROUP_FEATURES, NODE_FEATURES, PRIOR_FEATURE, PRIOR_INPUT_SCALE
+from .model import MODEL_FORMAT, CostModel
+
+LOSSES = ("mse", "hinge", "listmle")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train; recorded in the saved model."""
+
+    hidden: int = 16
+    head: int = 32
+    epochs: int = 800
+    lr: float = 3e-3
+    weight_decay: float = 1e-4
+    loss: str = "mse"
+    rank_weight: float = 1.0
+    margin: float = 0.1           # hinge margin, in standardized ln µs
+    pairs: int = 4096             # hinge pairs per step
+    list_size: int = 16           # ListMLE list length (groups of one graph)
+    eval_every: int = 20          # epochs between validation checks (best state kept)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in LOSSES:
+            raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
+
+
+@dataclass
+class TrainResult:
+    model: CostModel
+    losses: list[float] = field(default_factory=list)       # training loss per epoch
+    val_rmse: list[tuple[int, float]] = field(default_factory=list)  # (epoch, RMSE of ln µs)
+    seconds: float = 0.0
+
+
+class GroupGNN(nn.Module):
+    """Node encoder, one message pass over internal edges, sum pooling, MLP head on the pooled
+    nodes, the group features and the analytical prior; outputs the standardized residual."""
+
+    def __init__(self, num_ops: int, num_schedules: int, hidden: int = 16, head: int = 32) -> None:
+        super().__init__()
+        self.op_embedding = nn.Embedding(num_ops, hidden)
+        self.node_in = nn.Linear(len(NODE_FEATURES), hidden)
+        self.message = nn.Linear(2 * hidden, hidden)
+        self.head = nn.Linear(hidden + len(GROUP_FEATURES) + 1, head)
+        self.schedule_head = nn.Embedding(num_schedules, head)
+        self.out = nn.Linear(head, 1)
+        self.register_buffer("y_mean", torch.zeros(()))
+        self.register_buffer("y_std", torch.ones(()))
+        for embedding in (self.op_embedding, self.schedule_head):
+            nn.init.normal_(embedding.weight, std=0.1)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """[B] standardized residual (ln µs - prior) of the B groups of ``batch``."""
+        schedule = batch.schedule                                                          # [B]
+        h0 = torch.relu(self.op_embedding(batch.op) + self.node_in(batch.x))              # [n, H]
+        src, dst = batch.edge_index
+        message = torch.zeros_like(h0).index_add_(0, dst, h0[src])                       # [n, H]
+        h1 = h0 + torch.relu(self.message(torch.cat([h0, message], dim=1)))
+        size = schedule.shape[0]
+        pooled = torch.cat([scatter(h1, batch.batch, 0, dim_size=size, reduce="sum"), batch.group,
+                            batch.prior[:, None] * PRIOR_INPUT_SCALE], dim=1)
+        z = torch.relu(self.head(pooled) + self.schedule_head(schedule))                  # [B, D]
+        return self.out(z).squeeze(-1)
+
+    def log_us(self, batch: Batch) -> torch.Tensor:
+        """[B] predicted ln µs: the prior plus the de-standardized residual."""
+        return self(batch) * self.y_std + self.y_mean + batch.prior
+
+    def target(self, batch: Batch) -> torch.Tensor:
+        """[B] what ``forward`` should output: the standardized measured residual."""
+        return (batch.y - batch.prior - self.y_mean) / self.y_std
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The weights under ``model.WEIGHT_SHAPES`` names (Linear weights transposed)."""
+        def array(tensor: torch.Tensor) -> np.ndarray:
+            return tensor.detach().cpu().numpy().astype(np.float32)
+        return {"op_embedding": array(self.op_embedding.weight), "w_in": array(self.node_in.weight.T),
+                "b_in": array(self.node_in.bias),
+                "w_msg": array(self.message.weight.T), "b_msg": array(self.message.bias),
+                "w_head": array(self.head.weight.T), "b_head": array(self.head.bias),
+                "schedule_head": array(self.schedule_head.weight), "w_out": array(self.out.weight[0]),
+                "b_out": array(self.out.bias[0]), "y_mean": array(self.y_mean), "y_std": array(self.y_std)}
+
+    @staticmethod
+    def from_model(model: CostModel) -> "GroupGNN":
+        """A trainable copy of a numpy model (for online fine-tuning)."""
+        w = {k: torch.from_numpy(v.copy()) for k, v in model.weights.items()}
+        net = GroupGNN(len(model.op_vocab), len(model.schedules), w["b_in"].shape[0], w["b_head"].shape[0])
+        with torch.no_grad():
+            net.op_embedding.weight.copy_(w["op_embedding"])
+            net.node_in.weight.copy_(w["w_in"].T)
+            net.node_in.bias.copy_(w["b_in"])
+            net.message.weight.copy_(w["w_msg"].T)
+            net.message.bias.copy_(w["b_msg"])
+            net.head.weight.copy_(w["w_head"].T)
+            net.head.bias.copy_(w["b_head"])
+            net.schedule_head.weight.copy_(w["schedule_head"])
+            net.out.weight.copy_(w["w_out"][None])
+            net.out.bias.fill_(float(w["b_out"]))
+            net.y_mean.fill_(float(w["y_mean"]))
+            net.y_std.fill_(float(w["y_std"]))
+        return net
+
+
+def build_model(net: GroupGNN, op_vocab: Sequence[str], schedules: Sequence[str], analytical_profile: dict,
+                meta: dict) -> CostModel:
+    """The numpy model of ``net`` with its header (schema, vocabularies, the prior's profile
+    (``DeviceProfile.to_dict()``), provenance)."""
+    header = {"format": MODEL_FORMAT, "node_features": list(NODE_FEATURES),
+              "group_features": [*GROUP_FEATURES, PRIOR_FEATURE], "op_vocab": list(op_vocab),
+              "schedules": list(schedules), "analytical_profile": analytical_profile, "versions": _versions(),
+              **meta}
+    return CostModel(net.to_arrays(), header)
+
+
+class RankingLoss:
+    """Ranking term over groups of the same graph (``hinge`` or ``listmle``), sampled per step."""
+
+    def __init__(self, graph_ids: np.ndarray, config: TrainConfig) -> None:
+        self.config = config
+        self.order = np.argsort(graph_ids, kind="stable")              # samples grouped by graph
+        _, self.starts, self.counts = np.unique(graph_ids[self.order], return_index=True, return_counts=True)
+        self.graph_of = np.repeat(np.arange(len(self.starts)), self.counts)[np.argsort(self.order)]
+
+    def __call__(self, predicted: torch.Tensor, target: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        if self.config.loss == "hinge":
+            return self._hinge(predicted, target, rng)
+        return self._listmle(predicted, target, rng)
+
+    def _hinge(self, predicted: torch.Tensor, target: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        first = rng.integers(len(predicted), size=self.config.pairs)
+        graph = self.graph_of[first]
+        second = self.order[self.starts[graph] + rng.integers(self.counts[graph])]
+        sign = torch.sign(target[first] - target[second])
+        gap = (predicted[first] - predicted[second]) * sign
+        return torch.relu(self.config.margin - gap)[sign != 0].mean() if bool((sign != 0).any()) else gap.sum() * 0
+
+    def _listmle(self, predicted: torch.Tensor, target: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        lists = []
+        for start, count in zip(self.starts, self.counts):
+            if count >= 2:
+                picked = self.order[start + rng.choice(count, size=min(count, self.config.list_size), replace=False)]
+                lists.append(picked[np.argsort(target[picked].numpy())])   # fastest first
+        losses = []
+        for items in lists:
+            scores = -predicted[items]                                      # [L] higher = faster
+            tail_logsumexp = torch.logcumsumexp(scores.flip(0), 0).flip(0)  # [L] over items i..L
+            losses.append((tail_logsumexp - scores).mean())
+        return torch.stack(losses).mean() if losses else predicted.sum() * 0
+
+
+def train_gnn(train: Sequence[Data], val: Sequence[Data], op_vocab: Sequence[str], schedules: Sequence[str],
+              analytical_profile: dict, config: TrainConfig = TrainConfig(), meta: dict | None = None
+              ) -> TrainResult:
+    """Train on ``train``, keep the state with the best validation RMSE (last state without ``val``).
+    ``analytical_profile``: the profile the samples' ``prior`` was computed with."""
+    if not train:
+        raise ValueError("train_gnn needs at least one training sample")
+    torch.manual_seed(config.seed)
+    rng = np.random.default_rng(config.seed)
+    started = time.perf_counter()
+    batch = Batch.from_data_list(list(train))
+    val_batch = Batch.from_data_list(list(val)) if val else None
+    net = GroupGNN(len(op_vocab), len(schedules), config.hidden, config.head)
+    residual = batch.y - batch.prior
+    net.y_mean.fill_(float(residual.mean()))
+    net.y_std.fill_(float(residual.std()) if len(train) > 1 else 1.0)
+    target = net.target(batch)
+    ranking = RankingLoss(np.unique(np.array(batch.graph_hash), return_inverse=True)[1], config) \
+        if config.loss != "mse" else None
+    optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    result = TrainResult(model=None)  # type: ignore[arg-type]
+    best = (float("inf"), copy.deepcopy(net.state_dict()))
+    for epoch in range(1, config.epochs + 1):
+        net.train()
+        predicted = net(batch)
+        loss = torch.mean((predicted - target) ** 2)
+        if ranking is not None:
+            loss = loss + config.rank_weight * ranking(predicted, target, rng)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        result.losses.append(loss.item())
+        if val_batch is not None and (epoch % config.eval_every == 0 or epoch == config.epochs):
+            rmse = ln_rmse(net, val_batch)
+            result.val_rmse.append((epoch, rmse))
+            if rmse < best[0]:
+                best = (rmse, copy.deepcopy(net.state_dict()))
+    if val_batch is not None:
+        net.load_state_dict(best[1])
+    result.seconds = time.perf_counter() - started
+    result.model = build_model(net, op_vocab, schedules, analytical_profile, {
+        "train_config": asdict(config), "train_samples": len(train), "val_samples": len(val),
+        "final_train_loss": result.losses[-1], "best_val_rmse_ln": best[0] if val else None, **(meta or {})})
+    return result
+
+
+@torch.no_grad()
+def ln_rmse(net: GroupGNN, batch: Batch) -> float:
+    """RMSE of predicted vs measured ln µs."""
+    net.eval()
+    return float(torch.sqrt(torch.mean((net.log_us(batch) - batch.y) ** 2)))
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"numpy": np.__version__, "torch": torch.__version__}
+    for package in ("fusiongym", "torch_geometric"):
+        try:
+            versions[package] = version(package.replace("_", "-"))
+        except PackageNotFoundError:
+            versions[package] = "unknown"
+    return versions

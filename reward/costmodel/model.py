@@ -1,0 +1,188 @@
+"""The trained GNN cost model in plain numpy: the fast path every prediction takes.
+
+Why not torch or onnxruntime: a 10k-edge plan must be priced in about a millisecond on one
+CPU thread, and PyG's scatter under onnxruntime takes 13-20 ms (DESIGN.md). The network
+is built so that numpy needs no scatter at all:
+
+* everything that does not depend on the plan — op embedding, static node features and
+  their projection — is computed once per graph (``static_proj`` [N, H]);
+* messages run over the plan's internal edges as one scipy CSR product (the row pointers
+  are fixed per graph; the plan only zeroes the entries of crossing edges);
+* groups are pooled with one CSR product too (``ufunc.reduceat`` over 5k groups was 10x
+  slower); a two-layer head prices every group at once.
+
+Per plan: h0 = relu(static_proj + P W_plan),
+h1 = h0 + relu(h0 W_a + A h0 W_b + b) with A the [N, N] sparse matrix of internal edges,
+z = relu([sum of h1 over the group ; group features] W_head + S_head[schedule] + b), the
+sums as one sparse [G, N] @ [N, H] product,
+ln µs = (z w_out + b_out) * y_std + y_mean.
+
+The file is one ``.npz`` (no pickle) with the weights and a JSON header: feature schema,
+op vocabulary, schedule menu, training data hash, metrics, library versions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zipfile
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from scipy import sparse
+
+from fusiongym.graphs import ComputeGraph
+
+from ..store import atomic_output
+from .features import (GROUP_FEATURES, NODE_FEATURES, NUM_KINDS, STATIC_NODE_FEATURES, GraphTensors, group_example,
+                       plan_features)
+from .records import CostModelError
+
+MODEL_FORMAT = "fusiongym.CostModel/1"
+NUM_STATIC = len(STATIC_NODE_FEATURES) + NUM_KINDS  # leading columns of the node features
+GRAPH_CACHE_SIZE = 32
+# name -> shape in terms of V ops, F node features, H hidden, K group features, S schedules, D head
+WEIGHT_SHAPES = {
+    "op_embedding": ("V", "H"), "w_in": ("F", "H"), "b_in": ("H",),
+    "w_msg": ("2H", "H"), "b_msg": ("H",), "w_head": ("H+K", "D"), "b_head": ("D",),
+    "schedule_head": ("S", "D"), "w_out": ("D",), "b_out": (), "y_mean": (), "y_std": (),
+}
+
+
+@dataclass
+class _GraphCache:
+    tensors: GraphTensors
+    static_proj: np.ndarray   # [N, H] op embedding + static features projected + bias
+
+
+class CostModel:
+    """Latency of fused groups from a trained GNN; weights as float32 numpy arrays."""
+
+    def __init__(self, weights: dict[str, np.ndarray], meta: dict) -> None:
+        self.weights = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+        self.meta = meta
+        self.op_vocab: list[str] = list(meta["op_vocab"])
+        self.schedules: tuple[str, ...] = tuple(meta["schedules"])
+        self._op_id = {op: i for i, op in enumerate(self.op_vocab)}
+        self._schedule_id = {s: i for i, s in enumerate(self.schedules)}
+        self._graphs: OrderedDict[str, _GraphCache] = OrderedDict()
+        _check_shapes(self.weights, len(self.op_vocab), len(self.schedules))
+
+    # ------------------------------------------------------------------ prediction
+    def schedule_ids(self, schedules: Sequence[str]) -> np.ndarray:
+        try:
+            return np.array([self._schedule_id[s] for s in schedules], dtype=np.int64)
+        except KeyError as exc:
+            raise ValueError(f"schedule {exc.args[0]!r} is unknown to this cost model "
+                             f"(trained on {list(self.schedules)})") from None
+
+    def predict_groups_us(self, graph: ComputeGraph, group_of: np.ndarray,
+                          schedule_of_group: np.ndarray) -> np.ndarray:
+        """[G] µs of every group of a plan: ``group_of`` [N] labels 0..G-1 (all used),
+        ``schedule_of_group`` [G] schedule ids (``schedule_ids``)."""
+        return np.exp(self.predict_groups_log_us(graph, group_of, schedule_of_group).astype(np.float64))
+
+    def predict_groups_log_us(self, graph: ComputeGraph, group_of: np.ndarray,
+                              schedule_of_group: np.ndarray) -> np.ndarray:
+        """[G] ln µs of every group (see ``predict_groups_us``)."""
+        cache = self._graph(graph)
+        plan = plan_features(cache.tensors, group_of, len(schedule_of_group))
+        return self._forward(cache.static_proj, plan.node, plan.adjacency, plan.pool, plan.group, schedule_of_group)
+
+    def predict_group_log_us(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> float:
+        """ln µs of one group, computed on its own nodes only (what an env step asks)."""
+        cache = self._graph(graph)
+        example = group_example(cache.tensors, nodes)
+        members = np.asarray(sorted(nodes), dtype=np.int64)
+        size = len(members)
+        src, dst = example.edge_index                                       # local ids, internal edges
+        adjacency = sparse.csr_matrix((np.ones(len(src), dtype=np.float32), (dst, src)), shape=(size, size))
+        pool = sparse.csr_matrix(np.ones((1, size), dtype=np.float32))
+        return float(self._forward(cache.static_proj[members], example.node[:, NUM_STATIC:], adjacency, pool,
+                                   example.group[None], self.schedule_ids([schedule]))[0])
+
+    def _forward(self, static_proj: np.ndarray, plan_node: np.ndarray, adjacency: sparse.csr_matrix,
+                 pool: sparse.csr_matrix, group: np.ndarray, schedule_of_group: np.ndarray) -> np.ndarray:
+        """The network on n nodes in G groups ([n, H], [n, 4], [n, n], [G, n], [G, K], [G]) -> [G] ln µs."""
+        w = self.weights
+        hidden = w["b_in"].shape[0]
+        h0 = static_proj + plan_node @ w["w_in"][NUM_STATIC:]                                # [n, H]
+        np.maximum(h0, 0.0, out=h0)
+        message = adjacency @ h0                                                             # [n, H]
+        h1 = h0 @ w["w_msg"][:hidden] + message @ w["w_msg"][hidden:] + w["b_msg"]
+        h1 = h0 + np.maximum(h1, 0.0, out=h1)
+        head = w["w_head"]
+        z = ((pool @ h1) @ head[:hidden] + group @ head[hidden:]
+             + w["b_head"] + w["schedule_head"][schedule_of_group])                          # [G, D]
+        np.maximum(z, 0.0, out=z)
+        return (z @ w["w_out"] + w["b_out"]) * w["y_std"] + w["y_mean"]
+
+    def graph_tensors(self, graph: ComputeGraph) -> GraphTensors:
+        """The plan-independent arrays of ``graph`` (cached with the model's per-graph state)."""
+        return self._graph(graph).tensors
+
+    def _graph(self, graph: ComputeGraph) -> _GraphCache:
+        cache = self._graphs.get(graph.hash)
+        if cache is None:
+            tensors = GraphTensors.of(graph)
+            w = self.weights
+            op_ids = np.array([self._op_id.get(op, 0) for op in tensors.op_names], dtype=np.int64)
+            static_proj = (w["op_embedding"][op_ids] + tensors.static @ w["w_in"][:NUM_STATIC] + w["b_in"])
+            cache = _GraphCache(tensors, static_proj.astype(np.float32))
+            self._graphs[graph.hash] = cache
+            if len(self._graphs) > GRAPH_CACHE_SIZE:
+                self._graphs.popitem(last=False)
+        else:
+            self._graphs.move_to_end(graph.hash)
+        return cache
+
+    # ---------------------------------------------------------------------- files
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``path`` (.npz: weights + JSON header), via a temp file and a rename."""
+        path = Path(path)
+        with atomic_output(path) as tmp:
+            with tmp.open("wb") as handle:
+                np.savez_compressed(handle, __meta__=np.array(json.dumps(self.meta, sort_keys=True)),
+                                    **self.weights)
+        return path
+
+    @staticmethod
+    def load(path: str | os.PathLike) -> "CostModel":
+        """Read a model written by ``save``; a missing, foreign or damaged file raises CostModelError."""
+        path = Path(path)
+        fix = (f"Fix: train one with `fusiongym costmodel train --data DATA.pt --out {path.parent or '.'}`, "
+               f"or pass the path of a model that command wrote")
+        if not path.is_file():
+            raise CostModelError(f"no cost model at {path}. {fix}")
+        try:
+            with np.load(path, allow_pickle=False) as archive:
+                meta = json.loads(str(archive["__meta__"]))
+                weights = {name: archive[name] for name in archive.files if name != "__meta__"}
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, json.JSONDecodeError) as exc:
+            raise CostModelError(f"{path} is corrupt or not a fusiongym cost model "
+                                 f"({type(exc).__name__}: {exc}). {fix}") from exc
+        if meta.get("format") != MODEL_FORMAT:
+            raise CostModelError(f"{path} has format {meta.get('format')!r}, this fusiongym reads "
+                                 f"{MODEL_FORMAT}. {fix}")
+        if tuple(meta.get("node_features", ())) != NODE_FEATURES or tuple(meta.get("group_features", ())) != GROUP_FEATURES:
+            raise CostModelError(f"{path} was trained on another feature schema than this fusiongym computes. {fix}")
+        return CostModel(weights, meta)
+
+
+def _check_shapes(weights: dict[str, np.ndarray], num_ops: int, num_schedules: int) -> None:
+    """Every weight present with the shape the header's vocabularies imply."""
+    missing = sorted(set(WEIGHT_SHAPES) - set(weights))
+    if missing:
+        raise CostModelError(f"cost model lacks weights {missing}; the file is damaged. Fix: retrain it "
+                             f"(fusiongym costmodel train)")
+    hidden, head = weights["b_in"].shape[0], weights["b_head"].shape[0]
+    sizes = {"V": num_ops, "H": hidden, "F": len(NODE_FEATURES), "2H": 2 * hidden, "D": head,
+             "H+K": hidden + len(GROUP_FEATURES), "S": num_schedules}
+    for name, dims in WEIGHT_SHAPES.items():
+        expected = tuple(sizes[d] for d in dims)
+        if weights[name].shape != expected:
+            raise CostModelError(f"cost model weight {name} has shape {weights[name].shape}, expected "
+                                 f"{expected}; the file is damaged. Fix: retrain it (fusiongym costmodel train)")

@@ -1,0 +1,40 @@
+"""Build the learned cost model's dataset from measurements.
+
+``fusiongym dataset export --store S --out data.pt`` joins the MeasurementStore with the
+profile log that ``fusiongym profile --plans N`` wrote beside it, computes the features of
+every measured group and saves a PyG dataset split by model (train / val / test: the test
+models are never trained on).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", choices=("export",))
+    parser.add_argument("--store", default=None, help="measurement store (default: $FUSIONGYM_STORE or ~/.cache)")
+    parser.add_argument("--log", default=None, help="profile log (default: <store>.plans.jsonl)")
+    parser.add_argument("--out", required=True, help="dataset file to write (.pt)")
+    parser.add_argument("--test-models", default="", help="comma-separated models held out for testing "
+                                                          "(default: one drawn with --seed)")
+    parser.add_argument("--val-models", default="", help="comma-separated models for validation "
+                                                         "(default: one drawn with --seed)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def run(args: argparse.Namespace) -> int:
+    from fusiongym.reward.costmodel import load_measured_set
+    from fusiongym.reward.costmodel.dataset import build_dataset
+
+    measured = load_measured_set(args.store, args.log)
+    dataset = build_dataset(measured, _names(args.test_models), _names(args.val_models), args.seed)
+    path = dataset.save(args.out)
+    sizes = {split: len(dataset.indices(split)) for split in ("train", "val", "test")}
+    print(f"wrote {path}: {len(dataset.samples)} groups {sizes}, {len(dataset.plans)} plans, "
+          f"models {dataset.source['models']}, data hash {dataset.content_hash}")
+    return 0
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
