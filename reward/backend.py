@@ -28,6 +28,17 @@ class GroupLatency:
 
 
 @dataclass
+class MeasurementStats:
+    """What a real backend instance did: kernels compiled, timings taken, answers from the store."""
+
+    compiles: int = 0
+    measurements: int = 0
+    cached: int = 0
+    compile_s: float = 0.0
+    measure_s: float = 0.0
+
+
+@dataclass
 class LatencyReport:
     """Latency of a whole plan, group by group."""
 
@@ -132,9 +143,25 @@ def _load_builtin_backends() -> None:
         from . import analytical  # noqa: F401  (registers itself)
     if "tvm" not in _REGISTRY:
         register_backend("tvm", _tvm_factory)
+    if "torch" not in _REGISTRY:
+        register_backend("torch", _torch_factory)
+    if "learned" not in _REGISTRY:
+        register_backend("learned", _learned_factory)
 
 
 def _tvm_factory(**options) -> LatencyBackend:
     from .tvm_backend import TVMBackend
 
     return TVMBackend(**options)
+
+
+def _learned_factory(**options) -> LatencyBackend:
+    from .costmodel.backend import LearnedBackend
+
+    return LearnedBackend(**options)
+
+
+def _torch_factory(**options) -> LatencyBackend:
+    from .torch_backend import TorchBackend
+
+    return TorchBackend(**options)

@@ -18,6 +18,7 @@ the parent forgets, and stop by themselves when their parent process dies.
 from __future__ import annotations
 
 import atexit
+import math
 import multiprocessing
 import os
 import time
@@ -34,6 +35,7 @@ from .timing import AVAILABLE_CORES
 
 ALLOWED_CPUS = frozenset(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
 DEFAULT_SLICE_MS = 2.0
+LOAD_STEP = 0.1          # loads are measured and stored on this grid, so episodes share entries
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 5.0
 _CHUNK_BYTES = 1 << 20          # one streaming copy; short enough to honour a 1 ms slice
@@ -126,6 +128,19 @@ class DeviceLoad:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+
+def load_level(device_load: "float | Mapping[str, float] | LoadShare | None",
+               step: float = LOAD_STEP) -> float:
+    """A graph context's load as one share on the ``step`` grid, as real backends measure and store it.
+
+    The store keys load by one number, so the compute and bandwidth shares become one
+    symmetric load, their maximum (a core streaming memory is a busy core, so the compute
+    share a load takes is at least its bandwidth share), rounded up to the grid.
+    """
+    share = LoadShare.parse(device_load or 0.0)
+    level = max(share.compute, share.bandwidth)
+    return round(math.ceil(round(level / step, 6)) * step, 2)
 
 
 def last_level_cache_bytes() -> int:

@@ -132,14 +132,20 @@ def _check_partition(graph: ComputeGraph, plan: Plan) -> Legality:
     return Legality(True)
 
 
-def _check_convex(graph: ComputeGraph, plan: Plan) -> Legality:
-    """The contracted graph of groups must be a DAG; report one cycle when it is not."""
+def group_successors(graph: ComputeGraph, plan: Plan) -> list[set[int]]:
+    """Per group, the groups that read one of its outputs: the contracted graph of groups."""
     group_of = plan.group_of(graph.num_nodes)
     successors: list[set[int]] = [set() for _ in plan.groups]
     for edge in graph.edges:
         a, b = int(group_of[edge.src]), int(group_of[edge.dst])
         if a != b:
             successors[a].add(b)
+    return successors
+
+
+def _check_convex(graph: ComputeGraph, plan: Plan) -> Legality:
+    """The contracted graph of groups must be a DAG; report one cycle when it is not."""
+    successors = group_successors(graph, plan)
     cycle = _find_cycle(successors)
     if cycle:
         path = " -> ".join(f"group {g} {plan.groups[g][:6]}" for g in cycle + [cycle[0]])

@@ -590,13 +590,14 @@ def run_module(mod: tvm.IRModule, inputs: Sequence[np.ndarray], target: tvm.targ
     executable = tvm.compile(main_only(mod), target=target)
     vm = relax.VirtualMachine(executable, tvm.cpu())
     result = vm["main"](*[tvm.runtime.tensor(array) for array in inputs])
-    return [tensor.numpy() for tensor in _flatten_result(result)]
+    return [tensor.numpy() for tensor in flatten_result(result)]
 
 
-def _flatten_result(result) -> list:
+def flatten_result(result) -> list:
+    """The tensors of a VM result (a tensor or nested tuples of them), in order."""
     if isinstance(result, tvm.runtime.Tensor):
         return [result]
-    return [leaf for item in result for leaf in _flatten_result(item)]
+    return [leaf for item in result for leaf in flatten_result(item)]
 
 
 def validate(graph: ComputeGraph, plan: Plan, rtol: float = 1e-4, atol: float = 1e-5, seed: int = 0) -> ValidationReport:

@@ -11,7 +11,6 @@ store and never re-compiled.
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from dataclasses import dataclass
@@ -21,11 +20,10 @@ import tvm
 from tvm import relax, tirx
 
 from fusiongym.graphs import ComputeGraph
-from fusiongym.graphs.workloads import LoadShare
 
 from . import timing  # first: it sizes TVM's thread pool before any kernel runs
-from .backend import GroupLatency, LatencyBackend
-from .device_load import DeviceLoad
+from .backend import GroupLatency, LatencyBackend, MeasurementStats
+from .device_load import DeviceLoad, load_level
 from .fingerprint import cpu_fingerprint, cuda_fingerprint
 from .plan import Plan, require_legal
 from .signature import SIGNATURE_VERSION, group_signature
@@ -35,23 +33,11 @@ from .tvm_apply import (fuse_tir, group_bindings, group_module, kernel_of, main_
 from .tvm_schedules import CPU_SCHEDULES, GPU_SCHEDULES, apply_cpu_schedule, apply_gpu_schedule
 
 TARGETS = ("llvm", "cuda")
-LOAD_STEP = 0.1          # loads are measured and stored on this grid, so episodes share entries
 DEFAULT_CUDA_ARCH = "sm_90"
 
 
 class TVMBackendError(RuntimeError):
     """The TVM backend cannot measure here; the message names the problem and the fix."""
-
-
-@dataclass
-class TVMStats:
-    """What this backend instance did: compiles, timings, answers from the store."""
-
-    compiles: int = 0
-    measurements: int = 0
-    cached: int = 0
-    compile_s: float = 0.0
-    measure_s: float = 0.0
 
 
 @dataclass
@@ -107,7 +93,7 @@ class TVMBackend(LatencyBackend):
         self.measure_load = measure_load and target == "llvm"  # DeviceLoad loads the CPU only
         self.store = store if isinstance(store, MeasurementStore) else MeasurementStore(store)
         self.schedules = CPU_SCHEDULES if target == "llvm" else GPU_SCHEDULES
-        self.stats = TVMStats()
+        self.stats = MeasurementStats()
         self.target = self._make_target(cuda_arch)
         self._gpu_problem = None if target == "llvm" else _cuda_problem()
         self.device = cpu_fingerprint() if target == "llvm" else (
@@ -157,17 +143,9 @@ class TVMBackend(LatencyBackend):
         return GroupLatency(result.median_us, "measured", result.spread)
 
     def load_level(self, graph: ComputeGraph) -> float:
-        """The load this backend measures under for ``graph``: one share on the LOAD_STEP grid.
-
-        The store keys load by one number, so the context's compute and bandwidth shares
-        become one symmetric load, their maximum (a core streaming memory is a busy core, so
-        the compute share a load takes is at least its bandwidth share), rounded up.
-        """
-        if not self.measure_load:
-            return 0.0
-        share = LoadShare.parse(graph.context.get("device_load") or 0.0)
-        level = max(share.compute, share.bandwidth)
-        return round(math.ceil(round(level / LOAD_STEP, 6)) * LOAD_STEP, 2)
+        """The load this backend measures under for ``graph``: one share on the LOAD_STEP grid
+        (``device_load.load_level``)."""
+        return load_level(graph.context.get("device_load")) if self.measure_load else 0.0
 
     def time_group(self, built: BuiltGroup, load: float) -> timing.Timing:
         """Time a built kernel on random inputs, under a real DeviceLoad of ``load``."""

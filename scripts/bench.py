@@ -202,12 +202,61 @@ def bench_policy(quick: bool) -> list[BenchFigure]:
     ]
 
 
+def bench_costmodel(quick: bool) -> list[BenchFigure]:
+    """The learned cost model's numpy path: a whole 10k-edge plan, one group, file size.
+
+    Uses the model at $FUSIONGYM_COSTMODEL (or ~/.cache) when there is one, else an untrained
+    network of the same shape over the env's op vocabulary: time and size do not depend on
+    the weights' values.
+    """
+    import tempfile
+
+    import torch
+
+    from fusiongym.envs.observation import OP_VOCAB
+    from fusiongym.graphs import synthetic
+    from fusiongym.reward.costmodel.backend import default_model_path
+    from fusiongym.reward.costmodel.gnn import GroupGNN, build_model
+    from fusiongym.reward.costmodel.model import CostModel
+    from fusiongym.reward.devices import CPU_SCHEDULES
+
+    path = default_model_path()
+    if path.is_file():
+        model, origin = CostModel.load(path), str(path)
+    else:
+        torch.manual_seed(0)
+        model = build_model(GroupGNN(len(OP_VOCAB) + 1, len(CPU_SCHEDULES)), ["<other>", *OP_VOCAB],
+                            CPU_SCHEDULES, {"data_hash": "untrained"})
+        origin = "untrained network of the trained shape (no model at $FUSIONGYM_COSTMODEL)"
+        path = model.save(Path(tempfile.mkdtemp()) / "model.npz")
+    graph = synthetic(n_nodes=9_400, seed=0)
+    labels = np.random.default_rng(0).permutation(graph.num_nodes) // 2   # 4,700 groups of 2 nodes
+    schedules = np.random.default_rng(1).integers(len(model.schedules), size=int(labels.max()) + 1)
+    model.predict_groups_us(graph, labels, schedules)  # warm-up: per-graph arrays, static projection
+    repeats = 10 if quick else 50
+    plan_ms = _median_ms(lambda: model.predict_groups_us(graph, labels, schedules), repeats)
+    group = [0, *(e.dst for e in graph.edges if e.src == 0)][:4]
+    group_us = 1e3 * _median_ms(lambda: model.predict_group_log_us(graph, group, model.schedules[0]), repeats)
+    size_kb = path.stat().st_size / 1024
+    threads = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
+    return [
+        BenchFigure("costmodel", f"learned cost model, all groups of a {graph.num_edges:,}-edge plan", plan_ms, "ms",
+                    "≤ 1 ms", plan_ms <= 1.0, f"predict_groups_us on synthetic(9400 nodes), 4,700 groups, "
+                    f"numpy + scipy CSR, OPENBLAS_NUM_THREADS={threads}; model: {origin}"),
+        BenchFigure("costmodel", "learned cost model, one group (env step)", group_us, "µs", "",
+                    None, f"predict_group_log_us on a {len(group)}-node group of the same graph"),
+        BenchFigure("costmodel", "learned cost model file", size_kb, "KB", "≤ 300 KB", size_kb <= 300,
+                    f".npz: weights + JSON header ({len(model.op_vocab)} ops)"),
+    ]
+
+
 SECTIONS: dict[str, Callable[[bool], list[BenchFigure]]] = {
     "graphs": bench_graphs,
     "analytical": bench_analytical,
     "env": bench_env,
     "tvm": bench_tvm,
     "policy": bench_policy,
+    "costmodel": bench_costmodel,
 }
 
 

@@ -15,7 +15,10 @@ COMMANDS = {
     "validate": ("validate", "re-measure saved results and report any that do not reproduce"),
     "profile": ("profile", "measure groups on a real backend into the store; --calibrate fits the CPU profile"),
     "graph": ("graph", "import a zoo model or a workload and print its summary"),
+    "dataset": ("dataset", "export the learned cost model's dataset (PyG, split by model) from the store"),
+    "costmodel": ("costmodel", "train / evaluate the learned cost model (GNN, LightGBM vs analytical)"),
     "leaderboard": ("leaderboard", "measure baselines, policies and submitted plans on fixed cases; write LEADERBOARD.md"),
+    "compare": ("compare", "policy plan vs Inductor's own fusion vs TVM's default plan on one device (torch backend)"),
 }
 
 
