@@ -218,7 +218,7 @@ def bench_costmodel(quick: bool) -> list[BenchFigure]:
     from fusiongym.reward.costmodel.backend import default_model_path
     from fusiongym.reward.costmodel.gnn import GroupGNN, build_model
     from fusiongym.reward.costmodel.model import CostModel
-    from fusiongym.reward.devices import CPU_SCHEDULES
+    from fusiongym.reward.devices import CPU_SCHEDULES, get_profile
 
     path = default_model_path()
     if path.is_file():
@@ -226,7 +226,7 @@ def bench_costmodel(quick: bool) -> list[BenchFigure]:
     else:
         torch.manual_seed(0)
         model = build_model(GroupGNN(len(OP_VOCAB) + 1, len(CPU_SCHEDULES)), ["<other>", *OP_VOCAB],
-                            CPU_SCHEDULES, {"data_hash": "untrained"})
+                            CPU_SCHEDULES, get_profile("cpu", use_calibrated=False).to_dict(), {"data_hash": "untrained"})
         origin = "untrained network of the trained shape (no model at $FUSIONGYM_COSTMODEL)"
         path = model.save(Path(tempfile.mkdtemp()) / "model.npz")
     graph = synthetic(n_nodes=9_400, seed=0)
@@ -242,7 +242,8 @@ def bench_costmodel(quick: bool) -> list[BenchFigure]:
     return [
         BenchFigure("costmodel", f"learned cost model, all groups of a {graph.num_edges:,}-edge plan", plan_ms, "ms",
                     "≤ 1 ms", plan_ms <= 1.0, f"predict_groups_us on synthetic(9400 nodes), 4,700 groups, "
-                    f"numpy + scipy CSR, OPENBLAS_NUM_THREADS={threads}; model: {origin}"),
+                    f"numpy + scipy CSR, analytical prior included, OPENBLAS_NUM_THREADS={threads}; "
+                    f"model: {origin}"),
         BenchFigure("costmodel", "learned cost model, one group (env step)", group_us, "µs", "",
                     None, f"predict_group_log_us on a {len(group)}-node group of the same graph"),
         BenchFigure("costmodel", "learned cost model file", size_kb, "KB", "≤ 300 KB", size_kb <= 300,

@@ -21,14 +21,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--val-models", default="", help="comma-separated models for validation "
                                                          "(default: one drawn with --seed)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu",
+                        help="device profile of the analytical prior both models take as input (cpu: this "
+                             "machine's calibrated one when there is one); recorded in the dataset and in "
+                             "every model trained on it")
 
 
 def run(args: argparse.Namespace) -> int:
     from fusiongym.reward.costmodel import load_measured_set
     from fusiongym.reward.costmodel.dataset import build_dataset
+    from fusiongym.reward.devices import get_profile
 
     measured = load_measured_set(args.store, args.log)
-    dataset = build_dataset(measured, _names(args.test_models), _names(args.val_models), args.seed)
+    dataset = build_dataset(measured, _names(args.test_models), _names(args.val_models), args.seed,
+                            profile=get_profile(args.device))
     path = dataset.save(args.out)
     sizes = {split: len(dataset.indices(split)) for split in ("train", "val", "test")}
     print(f"wrote {path}: {len(dataset.samples)} groups {sizes}, {len(dataset.plans)} plans, "

@@ -1,5 +1,7 @@
 """fusiongym.reward.costmodel: a latency model learned from real measurements.
 
+``prior`` prices groups with the analytical backend on a pinned profile (both learned
+models take that estimate as input; the GNN predicts the residual over it),
 ``features`` turns a graph and a plan into per-node and per-group arrays, ``dataset``
 builds the PyG training set from the MeasurementStore, ``gnn`` trains the GNN regressor
 (torch), ``model`` runs it in plain numpy (the fast path the ``learned`` backend uses),

@@ -3,7 +3,10 @@
 Each group is one row: the 15 group features of ``features.GROUP_FEATURES`` (summed FLOPs
 and moved bytes, size, intensity, op-kind counts), the analytical backend's ln µs (what
 carries to models never trained on), its schedule and the op of its heaviest node (both
-categorical). Target: ln µs. Deterministic (one thread, fixed seed).
+categorical). Target: the residual ln µs - ln analytical µs, like the GNN's: trees cannot
+extrapolate beyond the latencies they were trained on, the roofline can, so the prior carries
+the scale to unseen models and the trees learn its errors. Deterministic (one thread, fixed
+seed).
 """
 
 from __future__ import annotations
@@ -34,6 +37,11 @@ def design_matrix(samples: Sequence[Data]) -> np.ndarray:
                     dtype=np.float64)
 
 
+def _residuals(samples: Sequence[Data]) -> np.ndarray:
+    """[B] ln measured µs - ln analytical µs."""
+    return np.array([float(d.y) - float(d.prior) for d in samples])
+
+
 class BoostedModel:
     """A LightGBM booster with the header saying what it was trained on."""
 
@@ -50,23 +58,24 @@ class BoostedModel:
         if not train:
             raise ValueError("BoostedModel.train needs at least one training sample")
         categorical = [len(FEATURE_NAMES) - 2, len(FEATURE_NAMES) - 1]
-        dataset = lgb.Dataset(design_matrix(train), label=np.array([float(d.y) for d in train]),
+        dataset = lgb.Dataset(design_matrix(train), label=_residuals(train),
                               feature_name=list(FEATURE_NAMES), categorical_feature=categorical,
                               params={"min_data_per_group": 5, "verbose": -1})
         callbacks, valid_sets = [], []
         if val:
-            valid_sets = [lgb.Dataset(design_matrix(val), label=np.array([float(d.y) for d in val]),
-                                      reference=dataset)]
+            valid_sets = [lgb.Dataset(design_matrix(val), label=_residuals(val), reference=dataset)]
             callbacks = [lgb.early_stopping(50, verbose=False)]
         booster = lgb.train({**PARAMS, "seed": seed}, dataset, num_boost_round=ROUNDS, valid_sets=valid_sets,
                             callbacks=callbacks)
         return BoostedModel(booster, {"format": BOOSTED_FORMAT, "features": list(FEATURE_NAMES),
                                       "params": {**PARAMS, "seed": seed}, "train_samples": len(train),
+                                      "target": "ln µs - ln analytical µs",
                                       "best_iteration": booster.best_iteration or ROUNDS, **(meta or {})})
 
     def predict_log_us(self, samples: Sequence[Data]) -> np.ndarray:
-        """[B] ln µs."""
-        return self.booster.predict(design_matrix(samples), num_iteration=self.meta["best_iteration"])
+        """[B] ln µs: the prior plus the predicted residual."""
+        residual = self.booster.predict(design_matrix(samples), num_iteration=self.meta["best_iteration"])
+        return residual + np.array([float(d.prior) for d in samples])
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)

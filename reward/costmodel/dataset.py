@@ -4,8 +4,8 @@ One ``torch_geometric.data.Data`` per measured (group, schedule): node features 
 [n, 16], op ids ``op`` [n] (in the vocabulary of the *training* split: an op only a test
 model has becomes ``<other>``), internal edges ``edge_index`` [2, e], group features
 ``group`` [1, 15], ``schedule`` [1], ``prior`` [1] = ln(analytical µs) (an input of both
-models, the GNN's baseline), target ``y`` [1] = ln(measured µs), and ``dominant_op`` [1]
-(LightGBM's categorical). The analytical profile used is recorded in ``source`` (a model
+models, the GNN's baseline), target ``y`` [1] = ln(measured µs), and for the comparison
+``analytical_us`` [1] and ``dominant_op`` [1] (LightGBM's categorical). The analytical profile used is recorded in ``source`` (a model
 trained on the dataset predicts with that same profile). Plans (lists of sample indices
 per graph) travel along for the plan-ranking metrics.
 
@@ -16,6 +16,7 @@ no pickled classes, so a file from another version fails with a message, not a c
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -119,11 +120,13 @@ def build_dataset(measured: MeasuredSet, test_models: Sequence[str] = (), val_mo
     prior = AnalyticalPrior(profile or get_profile("cpu"), schedules)
     samples = []
     for index, (sample, example) in enumerate(zip(measured.samples, examples)):
-        prior_log_us = prior.group_log_us(measured.graphs[sample.graph_hash], sample.nodes, sample.schedule)
+        analytical_us = prior.group_us(measured.graphs[sample.graph_hash], sample.nodes, sample.schedule)
+        prior_log_us = math.log(analytical_us)
         dominant = dominant_op(tensors[sample.graph_hash], sample.nodes)
         data = example_data(example, op_id, schedule_id[sample.schedule], prior_log_us,
                             float(np.log(sample.measured_us)))
-        data.update({"dominant_op": torch.tensor([op_id.get(dominant, 0)]), "nodes": torch.tensor(sample.nodes),
+        data.update({"analytical_us": torch.tensor([analytical_us], dtype=torch.float64),
+                     "dominant_op": torch.tensor([op_id.get(dominant, 0)]), "nodes": torch.tensor(sample.nodes),
                      "sample_id": torch.tensor([index]), "graph_hash": sample.graph_hash,
                      "model": measured.model_of[sample.graph_hash]})
         samples.append(data)
@@ -141,7 +144,7 @@ def example_data(example: GroupExample, op_id: dict[str, int], schedule_id: int,
     ``prior`` and ``y`` are ln analytical and ln measured µs)."""
     return Data(x=torch.from_numpy(example.node), op=torch.tensor([op_id.get(o, 0) for o in example.op_names]),
                 edge_index=torch.from_numpy(example.edge_index), group=torch.from_numpy(example.group)[None],
-                schedule=torch.tensor([schedule_id]), prior=torch.tensor([prior_log_us], dtype=torch.float32),
+                schedule=torch.tensor([schedule_id]), prior=torch.tensor([prior_log_us], dtype=torch.float64),
                 y=torch.tensor([log_us]), graph_hash="")
 
 

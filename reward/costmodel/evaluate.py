@@ -77,7 +77,7 @@ def compare(dataset: CostDataset, gnn: CostModel, boosted: BoostedModel) -> tupl
     measured = np.exp(np.array([float(d.y) for d in dataset.samples]))
     predicted = {"gnn": np.exp(gnn_log_us(gnn, dataset.samples)),
                  "lightgbm": np.exp(boosted.predict_log_us(dataset.samples)),
-                 "analytical": np.exp(np.array([float(d.prior) for d in dataset.samples]))}
+                 "analytical": np.array([float(d.analytical_us) for d in dataset.samples])}
     test_models = set(dataset.source.get("models", {}).get("test", []))
     plans = [p for p in dataset.plans if p["model"] in test_models]
     rows = [score(name, us, measured, test, plans) for name, us in predicted.items()]

@@ -25,6 +25,7 @@ import numpy as np
 from scipy import sparse
 
 from fusiongym.graphs import ComputeGraph
+from fusiongym.graphs.ir import GraphArrays
 
 NUM_KINDS = 7  # OpKind values in GraphArrays.kind_index order
 STATIC_NODE_FEATURES = ("log_flops", "log_bytes_read", "log_bytes_written", "log_param_bytes", "log_intensity")
@@ -49,15 +50,14 @@ class GraphTensors:
 
     num_nodes: int
     op_names: tuple[str, ...]      # [N]
-    kind: np.ndarray               # [N] int64
-    kind_one_hot: np.ndarray       # [N, 7] float32
-    flops32: np.ndarray            # [N] float32 (the plan-time sums run in float32)
-    param_bytes32: np.ndarray      # [N] float32
+    ones: np.ndarray               # [N] float32 ones and [N + 1] 0..N: the data and column pointers of
+    column_indptr: np.ndarray      # a plan's [G, N] pooling matrix
+    summed: np.ndarray             # [N, 5 + 7] float32 per-node terms of the group sums; the plan-dependent
+                                   # columns (1, 2, 4) are zero: a plan copies it and fills them
     static: np.ndarray             # [N, 5 + 7] float32: STATIC_NODE_FEATURES then kind one-hot
     flops: np.ndarray              # [N] float64
     own_read_bytes: np.ndarray     # [N] parameters and graph inputs: read whatever the plan
     bytes_written: np.ndarray      # [N]
-    param_bytes: np.ndarray        # [N]
     always_written: np.ndarray     # [N] bool: an output leaves the graph or has no consumer
     src: np.ndarray                # [E] int64
     dst: np.ndarray                # [E] int64
@@ -83,12 +83,21 @@ class GraphTensors:
             np.eye(NUM_KINDS, dtype=np.float32)[kind]], axis=1)
         by_dst = np.argsort(dst, kind="stable")
         return GraphTensors(
-            num_nodes=n, op_names=arrays.op_names, kind=kind, kind_one_hot=np.eye(NUM_KINDS, dtype=np.float32)[kind], static=static,
-            flops32=arrays.flops.astype(np.float32), param_bytes32=arrays.param_bytes.astype(np.float32), flops=arrays.flops,
-            own_read_bytes=own_read, bytes_written=arrays.bytes_written, param_bytes=arrays.param_bytes,
+            num_nodes=n, op_names=arrays.op_names, static=static, summed=_summed_template(arrays, kind),
+            ones=np.ones(n, dtype=np.float32), column_indptr=np.arange(n + 1, dtype=np.int64), flops=arrays.flops,
+            own_read_bytes=own_read, bytes_written=arrays.bytes_written,
             always_written=(arrays.output_bytes_external > 0) | (np.bincount(src, minlength=n) == 0),
             src=src, dst=dst, edge_bytes=arrays.edge_bytes, by_dst=by_dst, in_indptr=_indptr(dst, n),
             by_src=np.argsort(src, kind="stable"), out_indptr=_indptr(src, n))
+
+
+def _summed_template(arrays: GraphArrays, kind: np.ndarray) -> np.ndarray:
+    """[N, 12] float32: FLOPs, 0, 0, parameter bytes, 0, kind one-hot (zeros: plan columns)."""
+    summed = np.zeros((len(kind), 5 + NUM_KINDS), dtype=np.float32)
+    summed[:, 0] = arrays.flops
+    summed[:, 3] = arrays.param_bytes
+    summed[np.arange(len(kind)), 5 + kind] = 1.0
+    return summed
 
 
 def _indptr(rows: np.ndarray, num_rows: int) -> np.ndarray:
@@ -103,7 +112,8 @@ class PlanFeatures:
     node: np.ndarray              # [N, 4] float32: PLAN_NODE_FEATURES
     internal: np.ndarray          # [E] bool: both ends in one group
     group: np.ndarray             # [G, len(GROUP_FEATURES)] float32
-    pool: sparse.csr_matrix       # [G, N] float32: 1 where the node is in the group
+    pool: sparse.csc_matrix       # [G, N] float32: 1 where the node is in the group (CSC: one entry per
+                                  # column, built without sorting)
     adjacency: sparse.csr_matrix  # [N, N] float32: row = consumer, column = producer, internal edges
 
 
@@ -118,7 +128,7 @@ def plan_features(tensors: GraphTensors, group_of: np.ndarray, num_groups: int) 
     in_degree = np.bincount(tensors.dst, weights=internal, minlength=n)
     out_degree = np.bincount(tensors.src, weights=internal, minlength=n)
     node, additive = _node_features(tensors, slice(None), external_read, leaves, in_degree, out_degree)
-    pool = sparse.csr_matrix((np.ones(n, dtype=np.float32), (group_of, np.arange(n))), shape=(g, n))
+    pool = sparse.csc_matrix((tensors.ones, group_of, tensors.column_indptr), shape=(g, n))
     adjacency = sparse.csr_matrix((internal[tensors.by_dst].astype(np.float32), tensors.src[tensors.by_dst],
                                    tensors.in_indptr), shape=(n, n))
     return PlanFeatures(node, internal, _group_rows(pool @ additive), pool, adjacency)
@@ -130,12 +140,15 @@ def _node_features(tensors: GraphTensors, nodes: slice | np.ndarray, external_re
     """([n, 4] PLAN_NODE_FEATURES, [n, 12] per-node sums for ``_group_rows``) of ``nodes``,
     from their external read bytes, whether an output leaves the group, internal degrees."""
     written = tensors.bytes_written[nodes] * (tensors.always_written[nodes] | leaves)
-    node = np.stack([external_read, written, in_degree, out_degree], axis=1).astype(np.float32)    # [n, 4]
-    additive = np.concatenate([tensors.flops32[nodes, None], node[:, :2], tensors.param_bytes32[nodes, None],
-                               node[:, 2:3], tensors.kind_one_hot[nodes]], axis=1)          # [n, 5 + 7]
-    node[:, :2] = log_scale(node[:, :2])
-    np.minimum(node[:, 2:], 8, out=node[:, 2:])
-    node[:, 2:] *= np.float32(1 / 4)
+    additive = tensors.summed[nodes].copy()                                                # [n, 5 + 7]
+    additive[:, 1] = external_read
+    additive[:, 2] = written
+    additive[:, 4] = in_degree
+    node = np.empty((len(written), len(PLAN_NODE_FEATURES)), dtype=np.float32)            # [n, 4]
+    node[:, 0] = log_scale(external_read)      # column by column: ufuncs on contiguous 1-D arrays
+    node[:, 1] = log_scale(written)
+    node[:, 2] = np.minimum(in_degree, 8.0) * 0.25
+    node[:, 3] = np.minimum(out_degree, 8.0) * 0.25
     return node, additive
 
 

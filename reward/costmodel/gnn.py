@@ -85,17 +85,17 @@ class GroupGNN(nn.Module):
         h1 = h0 + torch.relu(self.message(torch.cat([h0, message], dim=1)))
         size = schedule.shape[0]
         pooled = torch.cat([scatter(h1, batch.batch, 0, dim_size=size, reduce="sum"), batch.group,
-                            batch.prior[:, None] * PRIOR_INPUT_SCALE], dim=1)
+                            batch.prior[:, None].float() * PRIOR_INPUT_SCALE], dim=1)
         z = torch.relu(self.head(pooled) + self.schedule_head(schedule))                  # [B, D]
         return self.out(z).squeeze(-1)
 
     def log_us(self, batch: Batch) -> torch.Tensor:
         """[B] predicted ln µs: the prior plus the de-standardized residual."""
-        return self(batch) * self.y_std + self.y_mean + batch.prior
+        return self(batch) * self.y_std + self.y_mean + batch.prior.float()
 
     def target(self, batch: Batch) -> torch.Tensor:
         """[B] what ``forward`` should output: the standardized measured residual."""
-        return (batch.y - batch.prior - self.y_mean) / self.y_std
+        return (batch.y - batch.prior.float() - self.y_mean) / self.y_std
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The weights under ``model.WEIGHT_SHAPES`` names (Linear weights transposed)."""
@@ -189,7 +189,7 @@ def train_gnn(train: Sequence[Data], val: Sequence[Data], op_vocab: Sequence[str
     batch = Batch.from_data_list(list(train))
     val_batch = Batch.from_data_list(list(val)) if val else None
     net = GroupGNN(len(op_vocab), len(schedules), config.hidden, config.head)
-    residual = batch.y - batch.prior
+    residual = batch.y - batch.prior.float()
     net.y_mean.fill_(float(residual.mean()))
     net.y_std.fill_(float(residual.std()) if len(train) > 1 else 1.0)
     target = net.target(batch)

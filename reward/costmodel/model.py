@@ -8,17 +8,23 @@ is built so that numpy needs no scatter at all:
   their projection — is computed once per graph (``static_proj`` [N, H]);
 * messages run over the plan's internal edges as one scipy CSR product (the row pointers
   are fixed per graph; the plan only zeroes the entries of crossing edges);
-* groups are pooled with one CSR product too (``ufunc.reduceat`` over 5k groups was 10x
+* groups are pooled with one sparse (CSC) product too (``ufunc.reduceat`` over 5k groups was 10x
   slower); a two-layer head prices every group at once.
 
 Per plan: h0 = relu(static_proj + P W_plan),
 h1 = h0 + relu(h0 W_a + A h0 W_b + b) with A the [N, N] sparse matrix of internal edges,
-z = relu([sum of h1 over the group ; group features] W_head + S_head[schedule] + b), the
-sums as one sparse [G, N] @ [N, H] product,
-ln µs = (z w_out + b_out) * y_std + y_mean.
+z = relu([sum of h1 over the group ; group features ; prior / 8] W_head + S_head[schedule] + b),
+the sums as one sparse [G, N] @ [N, H] product, prior = ln µs of the analytical backend
+(``prior.AnalyticalPrior``, one vectorized ``evaluate`` per plan),
+ln µs = prior + (z w_out + b_out) * y_std + y_mean.
+
+One group alone (an env step) is priced from its own nodes and edges: its features never
+touch the rest of the graph. The [N, H] intermediates of plan pricing live in per-graph
+buffers reused call after call: fresh 0.6 MB arrays cost page faults on every call.
 
 The file is one ``.npz`` (no pickle) with the weights and a JSON header: feature schema,
-op vocabulary, schedule menu, training data hash, metrics, library versions.
+op vocabulary, schedule menu, the analytical prior's device profile, training data hash,
+metrics, library versions.
 """
 
 from __future__ import annotations
@@ -37,17 +43,18 @@ from scipy import sparse
 from fusiongym.graphs import ComputeGraph
 
 from ..store import atomic_output
-from .features import (GROUP_FEATURES, NODE_FEATURES, NUM_KINDS, STATIC_NODE_FEATURES, GraphTensors, group_example,
-                       plan_features)
+from .features import (GROUP_FEATURES, NODE_FEATURES, NUM_KINDS, PRIOR_FEATURE, PRIOR_INPUT_SCALE,
+                       STATIC_NODE_FEATURES, GraphTensors, group_example, plan_features)
+from .prior import AnalyticalPrior
 from .records import CostModelError
 
-MODEL_FORMAT = "fusiongym.CostModel/1"
+MODEL_FORMAT = "fusiongym.CostModel/2"
 NUM_STATIC = len(STATIC_NODE_FEATURES) + NUM_KINDS  # leading columns of the node features
 GRAPH_CACHE_SIZE = 32
 # name -> shape in terms of V ops, F node features, H hidden, K group features, S schedules, D head
 WEIGHT_SHAPES = {
     "op_embedding": ("V", "H"), "w_in": ("F", "H"), "b_in": ("H",),
-    "w_msg": ("2H", "H"), "b_msg": ("H",), "w_head": ("H+K", "D"), "b_head": ("D",),
+    "w_msg": ("2H", "H"), "b_msg": ("H",), "w_head": ("H+K+1", "D"), "b_head": ("D",),
     "schedule_head": ("S", "D"), "w_out": ("D",), "b_out": (), "y_mean": (), "y_std": (),
 }
 
@@ -56,6 +63,9 @@ WEIGHT_SHAPES = {
 class _GraphCache:
     tensors: GraphTensors
     static_proj: np.ndarray   # [N, H] op embedding + static features projected + bias
+    h0: np.ndarray            # [N, H] buffers of the plan path, overwritten every call
+    h1: np.ndarray            # [N, H]
+    mixed: np.ndarray         # [N, H]
 
 
 class CostModel:
@@ -70,6 +80,8 @@ class CostModel:
         self._schedule_id = {s: i for i, s in enumerate(self.schedules)}
         self._graphs: OrderedDict[str, _GraphCache] = OrderedDict()
         _check_shapes(self.weights, len(self.op_vocab), len(self.schedules))
+        self.prior = AnalyticalPrior.from_dict(meta.get("analytical_profile"), self.schedules)
+        self._schedule_bias = self.weights["schedule_head"] + self.weights["b_head"]   # [S, D]
 
     # ------------------------------------------------------------------ prediction
     def schedule_ids(self, schedules: Sequence[str]) -> np.ndarray:
@@ -90,35 +102,51 @@ class CostModel:
         """[G] ln µs of every group (see ``predict_groups_us``)."""
         cache = self._graph(graph)
         plan = plan_features(cache.tensors, group_of, len(schedule_of_group))
-        return self._forward(cache.static_proj, plan.node, plan.adjacency, plan.pool, plan.group, schedule_of_group)
+        prior = self.prior.plan_log_us(graph, group_of, schedule_of_group)
+        return self._forward(cache.static_proj, plan.node, plan.adjacency, plan.pool, plan.group, prior,
+                             schedule_of_group, cache)
 
     def predict_group_log_us(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> float:
         """ln µs of one group, computed on its own nodes only (what an env step asks)."""
         cache = self._graph(graph)
         example = group_example(cache.tensors, nodes)
-        members = np.asarray(sorted(nodes), dtype=np.int64)
+        members = np.unique(np.asarray(nodes, dtype=np.int64))
         size = len(members)
         src, dst = example.edge_index                                       # local ids, internal edges
-        adjacency = sparse.csr_matrix((np.ones(len(src), dtype=np.float32), (dst, src)), shape=(size, size))
-        pool = sparse.csr_matrix(np.ones((1, size), dtype=np.float32))
+        adjacency = np.zeros((size, size), dtype=np.float32)                # dense: a group has ≤ 64 nodes
+        np.add.at(adjacency, (dst, src), 1.0)
+        pool = np.ones((1, size), dtype=np.float32)
+        prior = np.array([self.prior.group_log_us(graph, members, schedule)])
         return float(self._forward(cache.static_proj[members], example.node[:, NUM_STATIC:], adjacency, pool,
-                                   example.group[None], self.schedule_ids([schedule]))[0])
+                                   example.group[None], prior, self.schedule_ids([schedule]))[0])
 
-    def _forward(self, static_proj: np.ndarray, plan_node: np.ndarray, adjacency: sparse.csr_matrix,
-                 pool: sparse.csr_matrix, group: np.ndarray, schedule_of_group: np.ndarray) -> np.ndarray:
-        """The network on n nodes in G groups ([n, H], [n, 4], [n, n], [G, n], [G, K], [G]) -> [G] ln µs."""
+    def _forward(self, static_proj: np.ndarray, plan_node: np.ndarray, adjacency: sparse.csr_matrix | np.ndarray,
+                 pool: sparse.spmatrix | np.ndarray, group: np.ndarray, prior_log_us: np.ndarray,
+                 schedule_of_group: np.ndarray, buffers: _GraphCache | None = None) -> np.ndarray:
+        """The network on n nodes in G groups ([n, H], [n, 4], [n, n], [G, n], [G, K], [G], [G]) -> [G] ln µs.
+        ``adjacency`` and ``pool``: sparse for a plan, dense for one small group (scipy's
+        constructors cost more than a dense product there). ``buffers``: the graph's [N, H]
+        scratch arrays when n = N (else fresh ones)."""
         w = self.weights
         hidden = w["b_in"].shape[0]
-        h0 = static_proj + plan_node @ w["w_in"][NUM_STATIC:]                                # [n, H]
+        h0, h1, mixed = ((buffers.h0, buffers.h1, buffers.mixed) if buffers is not None
+                         else (np.empty_like(static_proj) for _ in range(3)))
+        np.matmul(plan_node, w["w_in"][NUM_STATIC:], out=h0)                                # [n, H]
+        h0 += static_proj
         np.maximum(h0, 0.0, out=h0)
-        message = adjacency @ h0                                                             # [n, H]
-        h1 = h0 @ w["w_msg"][:hidden] + message @ w["w_msg"][hidden:] + w["b_msg"]
-        h1 = h0 + np.maximum(h1, 0.0, out=h1)
+        np.matmul(adjacency @ h0, w["w_msg"][hidden:], out=mixed)                           # messages
+        np.matmul(h0, w["w_msg"][:hidden], out=h1)
+        h1 += mixed
+        h1 += w["b_msg"]
+        np.maximum(h1, 0.0, out=h1)
+        h1 += h0
         head = w["w_head"]
-        z = ((pool @ h1) @ head[:hidden] + group @ head[hidden:]
-             + w["b_head"] + w["schedule_head"][schedule_of_group])                          # [G, D]
+        group_input = np.concatenate([group, (prior_log_us * PRIOR_INPUT_SCALE)[:, None]], axis=1, dtype=np.float32)
+        z = (pool @ h1) @ head[:hidden]                                                     # [G, D]
+        z += group_input @ head[hidden:]
+        z += self._schedule_bias[schedule_of_group]
         np.maximum(z, 0.0, out=z)
-        return (z @ w["w_out"] + w["b_out"]) * w["y_std"] + w["y_mean"]
+        return prior_log_us + ((z @ w["w_out"] + w["b_out"]) * w["y_std"] + w["y_mean"])
 
     def graph_tensors(self, graph: ComputeGraph) -> GraphTensors:
         """The plan-independent arrays of ``graph`` (cached with the model's per-graph state)."""
@@ -131,7 +159,9 @@ class CostModel:
             w = self.weights
             op_ids = np.array([self._op_id.get(op, 0) for op in tensors.op_names], dtype=np.int64)
             static_proj = (w["op_embedding"][op_ids] + tensors.static @ w["w_in"][:NUM_STATIC] + w["b_in"])
-            cache = _GraphCache(tensors, static_proj.astype(np.float32))
+            shape = static_proj.shape
+            cache = _GraphCache(tensors, static_proj.astype(np.float32),
+                                *(np.empty(shape, dtype=np.float32) for _ in range(3)))
             self._graphs[graph.hash] = cache
             if len(self._graphs) > GRAPH_CACHE_SIZE:
                 self._graphs.popitem(last=False)
@@ -167,7 +197,8 @@ class CostModel:
         if meta.get("format") != MODEL_FORMAT:
             raise CostModelError(f"{path} has format {meta.get('format')!r}, this fusiongym reads "
                                  f"{MODEL_FORMAT}. {fix}")
-        if tuple(meta.get("node_features", ())) != NODE_FEATURES or tuple(meta.get("group_features", ())) != GROUP_FEATURES:
+        if (tuple(meta.get("node_features", ())) != NODE_FEATURES
+                or tuple(meta.get("group_features", ())) != (*GROUP_FEATURES, PRIOR_FEATURE)):
             raise CostModelError(f"{path} was trained on another feature schema than this fusiongym computes. {fix}")
         return CostModel(weights, meta)
 
@@ -180,7 +211,7 @@ def _check_shapes(weights: dict[str, np.ndarray], num_ops: int, num_schedules: i
                              f"(fusiongym costmodel train)")
     hidden, head = weights["b_in"].shape[0], weights["b_head"].shape[0]
     sizes = {"V": num_ops, "H": hidden, "F": len(NODE_FEATURES), "2H": 2 * hidden, "D": head,
-             "H+K": hidden + len(GROUP_FEATURES), "S": num_schedules}
+             "H+K+1": hidden + len(GROUP_FEATURES) + 1, "S": num_schedules}
     for name, dims in WEIGHT_SHAPES.items():
         expected = tuple(sizes[d] for d in dims)
         if weights[name].shape != expected:
