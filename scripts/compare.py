@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 from pathlib import Path
+
+from tqdm import tqdm
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,6 +42,7 @@ def run(args: argparse.Namespace) -> int:
     from fusiongym.agents.leaderboard import cases
     from fusiongym.reward import Plan
     from fusiongym.reward.fingerprint import describe_machine
+    from fusiongym.reward.store import atomic_output
     from fusiongym.reward.torch_backend import TorchBackend, library_versions
 
     from .leaderboard import _parse_dims
@@ -51,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     tvm_backend, tvm_note = _tvm_backend(args.device, args.threads, args.store)
     policy = FusionPolicy.pretrained()
     rows = []
-    for case in case_list:
+    for case in tqdm(case_list, desc="compare", unit="case", dynamic_ncols=True):
         graph = case.graph()
         plans = {"policy": (torch_backend, policy.decide(graph, torch_backend)),
                  "inductor_default": (torch_backend, Plan([list(range(graph.num_nodes))], ["default"], graph.hash))}
@@ -63,17 +67,20 @@ def run(args: argparse.Namespace) -> int:
             report = backend.latency(graph, plan)
             rows.append({"case_id": case.id, "dims": case.dims, "num_nodes": graph.num_nodes, "method": method,
                          "backend": backend.name, "num_groups": plan.num_groups,
-                         "latency_us": round(report.total_us, 2), "spread": round(report.spread, 4)})
-            print(f"{case.id:28s} {method:17s} {report.total_us:12.1f} us  ({plan.num_groups} groups)", flush=True)
+                         "latency_us": round(report.total_us, 2), "spread": round(report.spread, 4),
+                         "graph_hash": graph.hash, "plan": json.dumps({"groups": plan.groups,
+                                                                       "schedules": plan.schedules})})
+            tqdm.write(f"{case.id:28s} {method:17s} {report.total_us:12.1f} us  ({plan.num_groups} groups)")
     out = Path(args.out) / "compare"
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{args.suite}-{args.variant}-{args.device}"
-    with open(out / f"{stem}.csv", "w", newline="") as handle:
+    with atomic_output(out / f"{stem}.csv") as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["case_id"])
         writer.writeheader()
         writer.writerows(rows)
     machine = {**describe_machine(), **library_versions(), "device": torch_backend.device}
-    (out / f"COMPARE-{args.device}.md").write_text(_markdown(rows, machine, tvm_note, args))
+    with atomic_output(out / f"COMPARE-{args.device}.md") as tmp:
+        tmp.write_text(_markdown(rows, machine, tvm_note, args))
     print(f"wrote {out / f'{stem}.csv'} and {out / f'COMPARE-{args.device}.md'}")
     return 0
 

@@ -128,3 +128,28 @@ def test_cuda_region_timed_with_events_and_slowed_by_gpu_load(tmp_path) -> None:
     with GpuLoad(0.9):
         loaded = measure_cuda(compiled.run, args, backend.protocol).median_us
     assert loaded > idle
+
+
+@pytest.mark.slow
+def test_compare_writes_the_three_plans_of_a_case(tmp_path) -> None:
+    """`fusiongym compare` on one small case: policy regions, Inductor alone, TVM's default plan."""
+    import csv
+    import json
+
+    from fusiongym.scripts.cli import main
+
+    code = main(["compare", "--device", "cpu", "--suite", "test", "--workloads", "llama_long/test",
+                 "--max-dims", "batch=1,seq=16,tokens=16", "--threads", "1", "--out", str(tmp_path),
+                 "--store", str(tmp_path / "measurements.db")])
+    assert code == 0
+    with open(tmp_path / "compare" / "test-small-cpu.csv", newline="") as handle:
+        rows = {row["method"]: row for row in csv.DictReader(handle)}
+    assert set(rows) == {"policy", "inductor_default", "tvm_default"}
+    assert all(float(row["latency_us"]) > 0 for row in rows.values())
+    assert len({row["graph_hash"] for row in rows.values()}) == 1
+    assert rows["inductor_default"]["num_groups"] == "1" and int(rows["policy"]["num_groups"]) > 1
+    policy_plan = json.loads(rows["policy"]["plan"])
+    assert len(policy_plan["groups"]) == int(rows["policy"]["num_groups"])
+    report = (tmp_path / "compare" / "COMPARE-cpu.md").read_text()
+    assert "llama_long/test" in report and "torch" in report
+    assert not any(path.name.endswith(".tmp") for path in (tmp_path / "compare").iterdir())
