@@ -28,11 +28,11 @@ import torch
 from fusiongym.graphs import ComputeGraph
 
 from . import timing
-from .backend import GroupLatency, LatencyBackend, MeasurementStats
-from .device_load import DeviceLoad, load_level
+from .device_load import DeviceLoad
 from .fingerprint import cpu_fingerprint, cuda_fingerprint
+from .measured_backend import MeasuredBackend
 from .signature import SIGNATURE_VERSION, group_signature
-from .store import Measurement, MeasurementKey, MeasurementStore
+from .store import MeasurementStore
 from .torch_ops import Region, build_region, compile_region, infer_operands, unsupported_reason
 
 DEVICES = ("cpu", "cuda")
@@ -66,7 +66,7 @@ def library_versions() -> dict[str, str | None]:
     return {"torch": torch.__version__, "triton": triton}
 
 
-class TorchBackend(LatencyBackend):
+class TorchBackend(MeasuredBackend):
     """Real latency: each group compiled by TorchInductor for ``device`` and timed here.
 
     ``num_threads``: CPU threads the kernels are compiled for and run with (default: all
@@ -77,24 +77,19 @@ class TorchBackend(LatencyBackend):
     """
 
     name = "torch"
-    deterministic = False
-    platform_dependent = True
     schedules = ("default",)   # Inductor schedules each region itself
 
     def __init__(self, device: str = "cpu", num_threads: int | None = None,
                  store: MeasurementStore | str | os.PathLike | None = None,
                  protocol: timing.TimingProtocol | None = None, measure_load: bool = True,
                  l2_flush_bytes: int = DEFAULT_L2_FLUSH_BYTES) -> None:
-        super().__init__()
         if device not in DEVICES:
             raise ValueError(f"unknown torch device {device!r}; choose one of {DEVICES}")
         self.device_kind = device
         self.num_threads = (num_threads or timing.AVAILABLE_CORES) if device == "cpu" else None
         self.protocol = protocol or timing.TimingProtocol(num_threads=self.num_threads)
-        self.measure_load = measure_load
+        super().__init__(store, measure_load)
         self.l2_flush_bytes = l2_flush_bytes
-        self.store = store if isinstance(store, MeasurementStore) else MeasurementStore(store)
-        self.stats = MeasurementStats()
         self._gpu_problem = None if device == "cpu" else _cuda_problem()
         self.device = cpu_fingerprint() if device == "cpu" else (
             "cuda:unavailable" if self._gpu_problem else cuda_fingerprint())
@@ -119,31 +114,14 @@ class TorchBackend(LatencyBackend):
     def merge_constraint(self, graph: ComputeGraph, group_a: Sequence[int], group_b: Sequence[int]) -> str | None:
         return None  # two mappable groups make a mappable union
 
-    def load_level(self, graph: ComputeGraph) -> float:
-        return load_level(graph.context.get("device_load")) if self.measure_load else 0.0
-
     # ------------------------------------------------------------------ latency
-    def group_latency(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> GroupLatency:
-        """The stored latency of this region on this device and load, else compiled and timed now."""
-        self._require_device()
-        if schedule not in self.schedules:
-            raise ValueError(f"schedule {schedule!r} is not offered by the torch backend "
-                             f"(choices: {list(self.schedules)})")
-        load = self.load_level(graph)
-        signature = group_signature(graph, nodes)
-        key = MeasurementKey(self.device, self.store_backend, self.version(), signature, schedule, load)
-        stored = self.store.get(key)
-        if stored is not None:
-            self.stats.cached += 1
-            return GroupLatency(stored.median_us, "cached", stored.spread)
+    def measure_group(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str, signature: str,
+                      load: float) -> tuple[timing.Timing, dict]:
+        """Compile the group's region with Inductor (once per signature) and time it under ``load``."""
         compiled = self.compiled_region(graph, nodes, signature)
         result = self.time_region(compiled, load)
-        self.store.put(Measurement(key, result.median_us, result.spread, result.repeats, time.time(), meta={
-            "graph": graph.name, "ops": [graph.nodes[n].op for n in nodes], "device_kind": self.device_kind,
-            "num_threads": self.num_threads, "compile_s": compiled.compile_s, "timing": result.to_dict(),
-            **library_versions(),
-        }))
-        return GroupLatency(result.median_us, "measured", result.spread)
+        return result, {"device_kind": self.device_kind, "num_threads": self.num_threads,
+                        "compile_s": compiled.compile_s, **library_versions()}
 
     def compiled_region(self, graph: ComputeGraph, nodes: Sequence[int], signature: str | None = None) -> CompiledRegion:
         """The group's region compiled by Inductor (once per signature in this process)."""
@@ -176,7 +154,7 @@ class TorchBackend(LatencyBackend):
         self.stats.measure_s += time.perf_counter() - start
         return result
 
-    def _require_device(self) -> None:
+    def require_device(self) -> None:
         if self._gpu_problem:
             raise TorchBackendError(
                 f"TorchBackend(device='cuda') cannot measure here: {self._gpu_problem}. Fix: use "

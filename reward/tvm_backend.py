@@ -22,12 +22,12 @@ from tvm import relax, tirx
 from fusiongym.graphs import ComputeGraph
 
 from . import timing  # first: it sizes TVM's thread pool before any kernel runs
-from .backend import GroupLatency, LatencyBackend, MeasurementStats
-from .device_load import DeviceLoad, load_level
+from .device_load import DeviceLoad
 from .fingerprint import cpu_fingerprint, cuda_fingerprint
+from .measured_backend import MeasuredBackend
 from .plan import Plan, require_legal
-from .signature import SIGNATURE_VERSION, group_signature
-from .store import Measurement, MeasurementKey, MeasurementStore
+from .signature import SIGNATURE_VERSION
+from .store import MeasurementStore
 from .tvm_apply import (fuse_tir, group_bindings, group_module, kernel_of, main_only, random_arrays,
                         random_inputs, wrap_groups, analyze)
 from .tvm_schedules import CPU_SCHEDULES, GPU_SCHEDULES, apply_cpu_schedule, apply_gpu_schedule
@@ -63,7 +63,7 @@ class BuiltGroup:
         return imports[0].inspect_source()
 
 
-class TVMBackend(LatencyBackend):
+class TVMBackend(MeasuredBackend):
     """Real latency: each group built with TVM for ``target`` and timed on this machine.
 
     ``num_cores``: CPU threads kernels are scheduled for and run with (default: all
@@ -76,24 +76,19 @@ class TVMBackend(LatencyBackend):
     """
 
     name = "tvm"
-    deterministic = False
-    platform_dependent = True
 
     def __init__(self, target: str = "llvm", num_cores: int | None = None,
                  store: MeasurementStore | str | os.PathLike | None = None,
                  protocol: timing.TimingProtocol | None = None, measure_load: bool = True,
                  cuda_arch: str | None = None) -> None:
-        super().__init__()
         if target not in TARGETS:
             raise ValueError(f"unknown TVM target {target!r}; choose one of {TARGETS}")
         self.target_kind = target
         self.num_cores = num_cores or timing.AVAILABLE_CORES
         self.protocol = protocol or timing.TimingProtocol(
             num_threads=self.num_cores if target == "llvm" else None)
-        self.measure_load = measure_load and target == "llvm"  # DeviceLoad loads the CPU only
-        self.store = store if isinstance(store, MeasurementStore) else MeasurementStore(store)
+        super().__init__(store, measure_load and target == "llvm")  # DeviceLoad loads the CPU only
         self.schedules = CPU_SCHEDULES if target == "llvm" else GPU_SCHEDULES
-        self.stats = MeasurementStats()
         self.target = self._make_target(cuda_arch)
         self._gpu_problem = None if target == "llvm" else _cuda_problem()
         self.device = cpu_fingerprint() if target == "llvm" else (
@@ -120,32 +115,13 @@ class TVMBackend(LatencyBackend):
                 "measure_load": self.measure_load, "store": str(self.store.path)}
 
     # ------------------------------------------------------------------ latency
-    def group_latency(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> GroupLatency:
-        """The stored latency of this kernel on this device and load, else built and timed now."""
-        self._require_device()
-        if schedule not in self.schedules:
-            raise ValueError(f"schedule {schedule!r} is not offered for {self.target_kind} "
-                             f"(choices: {list(self.schedules)})")
-        load = self.load_level(graph)
-        key = MeasurementKey(self.device, self.store_backend, self.version(),
-                             group_signature(graph, nodes), schedule, load)
-        stored = self.store.get(key)
-        if stored is not None:
-            self.stats.cached += 1
-            return GroupLatency(stored.median_us, "cached", stored.spread)
+    def measure_group(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str, signature: str,
+                      load: float) -> tuple[timing.Timing, dict]:
+        """Build the group's kernel alone with ``schedule`` and time it under ``load``."""
         built = self.build_group(graph, nodes, schedule)
         result = self.time_group(built, load)
-        self.store.put(Measurement(key, result.median_us, result.spread, result.repeats, time.time(), meta={
-            "graph": graph.name, "kernel": built.name, "ops": [graph.nodes[n].op for n in nodes],
-            "target": str(self.target), "num_cores": self.num_cores, "compile_s": built.compile_s,
-            "timing": result.to_dict(),
-        }))
-        return GroupLatency(result.median_us, "measured", result.spread)
-
-    def load_level(self, graph: ComputeGraph) -> float:
-        """The load this backend measures under for ``graph``: one share on the LOAD_STEP grid
-        (``device_load.load_level``)."""
-        return load_level(graph.context.get("device_load")) if self.measure_load else 0.0
+        return result, {"kernel": built.name, "target": str(self.target), "num_cores": self.num_cores,
+                        "compile_s": built.compile_s}
 
     def time_group(self, built: BuiltGroup, load: float) -> timing.Timing:
         """Time a built kernel on random inputs, under a real DeviceLoad of ``load``."""
@@ -158,7 +134,7 @@ class TVMBackend(LatencyBackend):
         self.stats.measure_s += time.perf_counter() - start
         return result
 
-    def _require_device(self) -> None:
+    def require_device(self) -> None:
         if self._gpu_problem:
             raise TVMBackendError(
                 f"TVMBackend(target='cuda') cannot measure here: {self._gpu_problem}. Fix: use "
@@ -224,7 +200,7 @@ class TVMBackend(LatencyBackend):
         Compared with the sum of the groups' latencies it shows what per-group timing
         leaves out (VM dispatch, allocation, cache effects between kernels).
         """
-        self._require_device()
+        self.require_device()
         executable = self.build_plan(graph, plan)
         device = tvm.cpu() if self.target_kind == "llvm" else tvm.cuda()
         vm = relax.VirtualMachine(executable, device)

@@ -76,13 +76,14 @@ def _profile_plans(args: argparse.Namespace) -> int:
     from fusiongym.agents.leaderboard import cases
     from fusiongym.reward import get_backend
     from fusiongym.reward.costmodel.records import ProfileLog, StoreKeyFields, plan_identity
+    from fusiongym.reward.measured_backend import MeasuredBackend
 
     from .leaderboard import _parse_dims
 
     if args.plans < 1:
         raise ValueError(f"--plans must be at least 1, got {args.plans}")
     backend = get_backend(args.backend, store=args.store)
-    if not hasattr(backend, "store_backend"):
+    if not isinstance(backend, MeasuredBackend):
         raise ValueError(f"backend {args.backend!r} keeps no MeasurementStore entries; profile --plans "
                          f"needs a measuring backend such as tvm")
     log = ProfileLog(args.log) if args.log else ProfileLog.beside(backend.store.path)
