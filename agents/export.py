@@ -99,7 +99,8 @@ def export_gnn(gnn: FusionGNN, out: str | Path, metadata: dict[str, Any]) -> Pat
     gnn = gnn.eval()
     sample = encode_graphs([synthetic(n_nodes=40, seed=0), synthetic(n_nodes=25, seed=1)],
                            FeatureDevice.of(metadata), len(metadata["op_vocab"]), len(metadata["schedules"]))
-    args = tuple(torch.from_numpy(getattr(sample, name)) for name in ONNX_INPUTS)
+    feed = sample.onnx_feed()
+    args = tuple(torch.from_numpy(feed[name]) for name in ONNX_INPUTS)
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of the dynamo one, which needs

@@ -1,8 +1,9 @@
 """``FusionPolicy``: a trained fusion policy deciding a plan in one forward pass.
 
 ``FusionPolicy.load("policy.onnx").decide(graph)`` encodes the graph in the start state of
-the environment (every op alone, no schedule chosen), runs the exported GNN once in
-onnxruntime (one intra-op thread) and builds the plan from the scores:
+the environment (every op alone, no schedule chosen), runs the exported GNN once (on one
+thread: numpy and C kernels over the file's weights, ``KernelEngine``, or onnxruntime) and
+builds the plan from the scores:
 
 1. fusions: every edge whose fuse logit beats the stop logit, in decreasing logit order,
    merged when still legal: not inside one group already, within the backend's group
@@ -14,7 +15,7 @@ There is no re-run of the network per step: the sequential policy (one action pe
 pass, in the env) is what training optimizes; ``decide`` is its one-shot approximation.
 
 This module imports neither torch nor TVM: the leaderboard and compilers load the ONNX file
-with numpy and onnxruntime only. ``encode_graphs`` is the inference twin of
+with numpy, onnx and (for the reference engine) onnxruntime only. ``encode_graphs`` is the inference twin of
 ``fusiongym.agents.policy.observation_to_batch``: same schema, same numbers.
 """
 
@@ -23,6 +24,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
+from functools import cached_property
 from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Protocol, Sequence
@@ -104,32 +106,57 @@ class FeatureDevice:
 class EncodedBatch:
     """Network inputs for B graphs in their start state, as one disjoint union (numpy).
 
-    M nodes and K edges in all. ``src``/``dst`` list the edges in graph order (node indices
-    of the union); ``edge_x_sorted``, ``nbr_*`` are the CSR view that ``CsrStructure`` reads.
+    M nodes and K edges in all; ``src``/``dst`` list the edges in graph order (node indices
+    of the union). The fields are what the start state leaves variable; the full input
+    layout of the ONNX and torch networks (``floats``, ``edge_x``, the CSR view that
+    ``CsrStructure`` reads) is derived from them on first use.
     """
 
     op: np.ndarray             # [M] int64 op id
-    floats: np.ndarray         # [M, F] float32, columns as in FloatColumns
+    kind: np.ndarray           # [M] int64 kind code (KIND_CODES, 1..7)
+    node_feat: np.ndarray      # [M, 5] float32, scaled log2 features
     glob: np.ndarray           # [B, G] float32
     node_graph: np.ndarray     # [M] int64
     src: np.ndarray            # [K] int64
     dst: np.ndarray            # [K] int64
-    end_index: np.ndarray      # [K, 2] int64: 2 src, 2 dst + 1
-    edge_x: np.ndarray         # [K, 2] float32
-    edge_x_sorted: np.ndarray  # [K+1, 2, 2] float32: row 0 dummy; edges by consumer, by producer
-    nbr_index: np.ndarray      # [K+1, 2] int64: row 0 dummy; producer by consumer, consumer by producer
-    nbr_hi: np.ndarray         # [M, 2] int64: 2 in_ptr[1:], 2 out_ptr[1:] + 1
-    nbr_lo: np.ndarray         # [M, 2] int64: 2 in_ptr[:-1], 2 out_ptr[:-1] + 1
-    inv_deg: np.ndarray        # [M, 2] float32
+    edge_bytes: np.ndarray     # [K] float32, scaled log2(1 + bytes)
     graph_ptr: np.ndarray      # [B+1] int64
-    inv_count: np.ndarray      # [B, 1] float32
+    num_schedules: int
 
     @property
     def num_nodes(self) -> int:
         return self.op.shape[0]
 
+    @cached_property
+    def floats(self) -> np.ndarray:
+        """[M, F] float32, columns as in FloatColumns: log2(group size) 0, no schedule chosen."""
+        columns = FloatColumns(self.num_schedules)
+        floats = np.zeros((self.num_nodes, columns.count), dtype=np.float32)
+        floats[:, :5] = self.node_feat
+        floats[np.arange(self.num_nodes), columns.kind + self.kind] = 1.0
+        floats[:, columns.schedule] = 1.0
+        floats[:, columns.glob:] = self.glob[self.node_graph]
+        return floats
+
+    @cached_property
+    def edge_x(self) -> np.ndarray:
+        """[K, 2] float32: scaled log2(1 + bytes), inside-one-group flag (0: no edge is)."""
+        return np.stack([self.edge_bytes, np.zeros_like(self.edge_bytes)], axis=1)
+
+    @cached_property
+    def end_index(self) -> np.ndarray:
+        """[K, 2] int64: 2 src, 2 dst + 1 (rows of the edge head's interleaved table)."""
+        return np.stack([2 * self.src, 2 * self.dst + 1], axis=1)
+
+    @cached_property
+    def inv_count(self) -> np.ndarray:
+        """[B, 1] float32: 1 / nodes of each graph."""
+        return (1.0 / np.diff(self.graph_ptr)).astype(np.float32)[:, None]
+
     def onnx_feed(self) -> dict[str, np.ndarray]:
-        return {name: getattr(self, name) for name in ONNX_INPUTS}
+        """The exported model's inputs (ONNX_INPUTS), the CSR view included."""
+        csr = csr_view(self.src, self.dst, self.edge_x, self.num_nodes)
+        return {name: csr[name] if name in csr else getattr(self, name) for name in ONNX_INPUTS}
 
 
 def encode_graphs(graphs: Sequence[ComputeGraph], device: FeatureDevice | LatencyBackend, vocab_size: int,
@@ -140,44 +167,31 @@ def encode_graphs(graphs: Sequence[ComputeGraph], device: FeatureDevice | Latenc
     ``profile``, as the env's backend). Numbers pass through float16 exactly as the
     observation stores them, so the network sees what it saw in training.
     """
-    columns = FloatColumns(num_schedules)
-    ops, floats, glob, node_graph, src, dst, edge_feat = [], [], [], [], [], [], []
+    ops, kinds, node_feat, glob, src, dst, edge_bytes = [], [], [], [], [], [], []
     base = 0
-    for index, graph in enumerate(graphs):
+    for graph in graphs:
         if graph.num_nodes == 0:
             raise ValueError(f"graph {graph.name} has no nodes")
         features = GraphFeatures.of(graph, device)
-        n = graph.num_nodes
         op = features.node_op.astype(np.int64)
         op[op >= vocab_size] = OTHER_OP                      # ops added to the vocabulary after training
         ops.append(op)
+        kinds.append(features.node_kind.astype(np.int64))
+        node_feat.append(features.node_feat.astype(np.float32) * np.float32(FEATURE_SCALE))
         context = features.context.copy()
         context[GLOBAL_FEATURES.index("latency_ratio")] = 1.0      # start state: nothing fused yet
         context[GLOBAL_FEATURES.index("groups_ratio")] = 1.0
-        graph_glob = scale_globals(np.clip(context, 0.0, GLOBAL_HIGH).astype(np.float16))
-        node_floats = np.zeros((n, columns.count), dtype=np.float32)   # log2(group size) = 0
-        node_floats[:, :5] = features.node_feat.astype(np.float32) * np.float32(FEATURE_SCALE)
-        node_floats[np.arange(n), columns.kind + features.node_kind] = 1.0
-        node_floats[:, columns.schedule] = 1.0                          # no schedule chosen
-        node_floats[:, columns.glob:] = graph_glob
-        floats.append(node_floats)
-        glob.append(graph_glob[None])
-        node_graph.append(np.full(n, index, dtype=np.int64))
+        glob.append(scale_globals(np.clip(context, 0.0, GLOBAL_HIGH).astype(np.float16))[None])
         src.append(features.edge_index[0].astype(np.int64) + base)
         dst.append(features.edge_index[1].astype(np.int64) + base)
-        edge_feat.append(features.edge_feat[:, 0])
-        base += n
-    src_all, dst_all = np.concatenate(src), np.concatenate(dst)
-    edge_x = np.zeros((src_all.shape[0], EDGE_FLOATS), dtype=np.float32)          # no edge inside a group
-    edge_x[:, 0] = np.concatenate(edge_feat).astype(np.float32) * np.float32(FEATURE_SCALE)
-    counts = np.array([g.num_nodes for g in graphs])
+        edge_bytes.append(features.edge_feat[:, 0].astype(np.float32) * np.float32(FEATURE_SCALE))
+        base += graph.num_nodes
+    counts = np.array([graph.num_nodes for graph in graphs])
     return EncodedBatch(
-        op=np.concatenate(ops), floats=np.concatenate(floats), glob=np.concatenate(glob),
-        node_graph=np.concatenate(node_graph), src=src_all, dst=dst_all,
-        end_index=np.stack([2 * src_all, 2 * dst_all + 1], axis=1), edge_x=edge_x,
-        graph_ptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64),
-        inv_count=(1.0 / counts).astype(np.float32)[:, None],
-        **csr_view(src_all, dst_all, edge_x, base))
+        op=np.concatenate(ops), kind=np.concatenate(kinds), node_feat=np.concatenate(node_feat),
+        glob=np.concatenate(glob), node_graph=np.repeat(np.arange(len(graphs)), counts),
+        src=np.concatenate(src), dst=np.concatenate(dst), edge_bytes=np.concatenate(edge_bytes),
+        graph_ptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), num_schedules=num_schedules)
 
 
 def csr_view(src: np.ndarray, dst: np.ndarray, edge_x: np.ndarray, num_nodes: int) -> dict[str, np.ndarray]:
@@ -220,7 +234,6 @@ class OnnxEngine:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         source = model if isinstance(model, bytes) else str(model)
         self.session = ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-        self.metadata_props: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def run(self, batch: EncodedBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         edge, schedule, stop, value = self.session.run(list(ONNX_OUTPUTS), batch.onnx_feed())
@@ -244,8 +257,8 @@ def greedy_groups(num_nodes: int, src: np.ndarray, dst: np.ndarray, edge_logits:
     search is needed. Every intermediate partition is convex, so the result is legal.
     The loop runs in C (``agents/greedy_merge.c``): a compiler asks for plans inline.
     """
-    order = np.argsort(-edge_logits, kind="stable")
-    order = np.ascontiguousarray(order[edge_logits[order] > threshold], dtype=np.int64)
+    candidates = np.flatnonzero(edge_logits > threshold)                        # ascending edge ids
+    order = candidates[np.argsort(-edge_logits[candidates], kind="stable")].astype(np.int64)
     labels = np.empty(num_nodes, dtype=np.int64)
     _greedy_merge.greedy_merge(num_nodes, np.ascontiguousarray(src, dtype=np.int64),
                                np.ascontiguousarray(dst, dtype=np.int64), order,
@@ -255,22 +268,37 @@ def greedy_groups(num_nodes: int, src: np.ndarray, dst: np.ndarray, edge_logits:
 
 def group_schedules(group_of: np.ndarray, schedule_logits: np.ndarray,
                     choices: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
-    """The groups' members and the chosen schedule index of each group.
+    """The groups' members (ascending node ids) and the chosen schedule index of each group.
 
     ``group_of`` [N] group index per node (0..G-1, as ``greedy_groups`` numbers them),
     ``schedule_logits`` [N, S], ``choices`` [S] bool: the schedules the backend offers. A
-    group takes the schedule with the highest logit on any of its nodes.
+    group takes the schedule with the highest logit on any of its nodes (C, like the merges).
     """
-    by_group = np.argsort(group_of, kind="stable")                                  # [N], node ids ascend per group
-    starts = np.concatenate([[0], np.cumsum(np.bincount(group_of))[:-1]])          # [G]
-    masked = np.where(choices[None, :], schedule_logits, -np.inf)                   # [N, S]
-    best = np.maximum.reduceat(masked[by_group], starts, axis=0)                    # [G, S]
-    nodes = by_group.tolist()
-    ends = [*starts[1:].tolist(), len(nodes)]
-    return [nodes[start:end] for start, end in zip(starts.tolist(), ends)], best.argmax(axis=1)
+    group_of = np.ascontiguousarray(group_of, dtype=np.int64)
+    num_groups = int(group_of.max()) + 1 if group_of.size else 0
+    chosen = np.empty(num_groups, dtype=np.int64)                                    # [G]
+    _greedy_merge.group_schedules(group_of, np.ascontiguousarray(schedule_logits, dtype=np.float32),
+                                  np.ascontiguousarray(choices, dtype=np.uint8), chosen)
+    return _greedy_merge.group_members(group_of, num_groups), chosen
 
 
 # ------------------------------------------------------------------------ policy
+ENGINES = ("kernels", "onnxruntime")   # FusionPolicy.load's engines
+
+
+def check_metadata(metadata: dict[str, Any]) -> None:
+    """Raise when ``metadata`` is not a policy this fusiongym can encode inputs for."""
+    if metadata.get("format") != FORMAT:
+        raise ValueError(f"not a fusiongym policy (format={metadata.get('format')!r}, expected {FORMAT!r})")
+    if metadata.get("feature_schema") != FEATURE_SCHEMA:
+        raise ValueError(f"policy uses feature schema {metadata.get('feature_schema')!r}; this fusiongym "
+                         f"encodes {FEATURE_SCHEMA!r}: re-export it with this version")
+    vocab = list(metadata["op_vocab"])
+    if list(OP_VOCAB[:len(vocab)]) != vocab:
+        raise ValueError("the policy's op vocabulary is not a prefix of fusiongym.envs.OP_VOCAB "
+                         "(the vocabulary is append-only): it was trained on another op numbering")
+
+
 class FusionPolicy:
     """A trained fusion policy: ``decide(graph) -> Plan`` in one forward pass.
 
@@ -280,43 +308,50 @@ class FusionPolicy:
     """
 
     def __init__(self, engine: Engine, metadata: dict[str, Any], name: str = "policy") -> None:
-        if metadata.get("format") != FORMAT:
-            raise ValueError(f"not a fusiongym policy (format={metadata.get('format')!r}, expected {FORMAT!r})")
-        if metadata.get("feature_schema") != FEATURE_SCHEMA:
-            raise ValueError(f"policy uses feature schema {metadata.get('feature_schema')!r}; this fusiongym "
-                             f"encodes {FEATURE_SCHEMA!r}: re-export it with this version")
-        vocab = list(metadata["op_vocab"])
-        if list(OP_VOCAB[:len(vocab)]) != vocab:
-            raise ValueError("the policy's op vocabulary is not a prefix of fusiongym.envs.OP_VOCAB "
-                             "(the vocabulary is append-only): it was trained on another op numbering")
+        check_metadata(metadata)
         self.engine = engine
         self.metadata = metadata
         self.name = name
         self.schedules: tuple[str, ...] = tuple(metadata["schedules"])
-        self.vocab_size = len(vocab)
+        self.vocab_size = len(metadata["op_vocab"])
         self.feature_device = FeatureDevice.of(metadata)
         self._default_backend: LatencyBackend | None = None
 
     # ------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, path: str | Path) -> "FusionPolicy":
+    def load(cls, path: str | Path, engine: str = "kernels") -> "FusionPolicy":
         """An exported policy: ``policy.onnx`` (metadata in its metadata_props, or the sidecar
-        ``policy.json`` beside it)."""
+        ``policy.json`` beside it).
+
+        ``engine``: ``kernels`` runs the network with numpy and C kernels from the file's
+        weights (``KernelEngine``, the fast path); ``onnxruntime`` runs the exported graph as
+        it is (the reference; any ONNX runtime can do the same).
+        """
+        import onnx
+
         path = Path(path)
+        if engine not in ENGINES:
+            raise ValueError(f"unknown policy engine {engine!r}; choose one of {', '.join(ENGINES)}")
         if not path.exists():
             raise FileNotFoundError(f"policy file {path} does not exist")
         if path.suffix != ".onnx":
             raise ValueError(f"{path} is not an exported policy (.onnx); export a run with "
                              f"`fusiongym export runs/NAME --out policy.onnx`")
-        engine = OnnxEngine(path)
-        text = engine.metadata_props.get(METADATA_KEY)
+        model = onnx.load(str(path))
+        text = {prop.key: prop.value for prop in model.metadata_props}.get(METADATA_KEY)
         sidecar = path.with_suffix(".json")
         if text is None and sidecar.exists():
             text = sidecar.read_text()
         if text is None:
             raise ValueError(f"{path} carries no fusiongym metadata (metadata_props[{METADATA_KEY!r}]) "
                              f"and has no sidecar {sidecar.name}")
-        return cls(engine, json.loads(text), name=path.stem)
+        metadata = json.loads(text)
+        check_metadata(metadata)
+        if engine == "kernels":
+            from .kernel_engine import KernelEngine, onnx_weights   # it builds on this module's encoding
+
+            return cls(KernelEngine(onnx_weights(model), len(metadata["schedules"])), metadata, name=path.stem)
+        return cls(OnnxEngine(model.SerializeToString()), metadata, name=path.stem)
 
     @classmethod
     def pretrained(cls) -> "FusionPolicy":
@@ -355,7 +390,7 @@ class FusionPolicy:
         meta = {"method": f"policy:{self.name}", "decision_ms": (done - started) * 1e3,
                 "encode_ms": (encoded - started) * 1e3, "forward_ms": (forward - encoded) * 1e3,
                 "plan_ms": (done - forward) * 1e3}
-        return Plan(groups, names, graph.hash, meta)
+        return Plan(groups, names, graph.hash, meta, normalized=True)
 
     def default_backend(self) -> LatencyBackend:
         if self._default_backend is None:

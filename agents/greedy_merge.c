@@ -1,4 +1,4 @@
-/* fusiongym.agents._greedy_merge: the one-pass policy's fusion step, compiled.
+/* fusiongym.agents._greedy_merge: the one-pass policy's plan building, compiled.
  *
  * greedy_merge(num_nodes, src, dst, order, max_group_size, allowed, labels) merges, for each
  * edge index in ``order`` (edges above the stop logit, best first), the groups of its two
@@ -12,27 +12,48 @@
  * topological order, so a path search from A towards B visits only groups whose first node
  * precedes B's last node. Buffers are int64 (src, dst, order, labels), passed through the
  * buffer protocol, so the module needs only the CPython API.
+ *
+ * group_members(labels, num_groups) -> list of G lists: the node ids of each group, ascending.
+ * group_schedules(labels, logits, offered, chosen) writes chosen[g], the schedule index with
+ * the highest logit (float32 [N, S]) on any node of group g among the ``offered`` ones (uint8 [S]).
+ * Both are the plan's bookkeeping, linear in N, but a Python loop would cost more than the merges.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
 
-/* A set of group roots as a small unsorted array (degrees in ML graphs are small). */
+/* A set of group roots as a small unsorted array (degrees in ML graphs are small): the first
+ * LOCAL_ROOTS live inside the struct, so most nodes never allocate. */
+#define LOCAL_ROOTS 4
 typedef struct {
     int64_t *items;
     int64_t count;
     int64_t capacity;
+    int64_t local[LOCAL_ROOTS];
 } RootSet;
+
+static void rootset_init(RootSet *set) {
+    set->items = set->local;
+    set->count = 0;
+    set->capacity = LOCAL_ROOTS;
+}
+
+static void rootset_free(RootSet *set) {
+    if (set->items != set->local) free(set->items);
+}
 
 static int rootset_add(RootSet *set, int64_t root) {
     for (int64_t i = 0; i < set->count; i++)
         if (set->items[i] == root) return 0;
     if (set->count == set->capacity) {
-        int64_t capacity = set->capacity ? 2 * set->capacity : 4;
-        int64_t *items = realloc(set->items, (size_t)capacity * sizeof(int64_t));
+        int64_t capacity = 2 * set->capacity;
+        int64_t *items = malloc((size_t)capacity * sizeof(int64_t));
         if (!items) return -1;
+        memcpy(items, set->items, (size_t)set->count * sizeof(int64_t));
+        rootset_free(set);
         set->items = items;
         set->capacity = capacity;
     }
@@ -65,9 +86,9 @@ typedef struct {
 
 static void partition_free(Partition *p) {
     if (p->succ)
-        for (int64_t v = 0; v < p->num_nodes; v++) free(p->succ[v].items);
+        for (int64_t v = 0; v < p->num_nodes; v++) rootset_free(&p->succ[v]);
     if (p->pred)
-        for (int64_t v = 0; v < p->num_nodes; v++) free(p->pred[v].items);
+        for (int64_t v = 0; v < p->num_nodes; v++) rootset_free(&p->pred[v]);
     free(p->succ); free(p->pred);
     free(p->parent); free(p->size); free(p->first); free(p->last);
     free(p->member_next); free(p->member_tail); free(p->stack); free(p->seen);
@@ -88,6 +109,7 @@ static int partition_init(Partition *p, int64_t n) {
     for (int64_t v = 0; v < n; v++) {
         p->parent[v] = v; p->size[v] = 1; p->first[v] = v; p->last[v] = v;
         p->member_next[v] = -1; p->member_tail[v] = v;
+        rootset_init(&p->succ[v]); rootset_init(&p->pred[v]);
     }
     return 0;
 }
@@ -244,9 +266,100 @@ done:
     return result;
 }
 
+static PyObject *group_members(PyObject *self, PyObject *args) {
+    Py_buffer labels;
+    Py_ssize_t num_groups;
+    if (!PyArg_ParseTuple(args, "y*n", &labels, &num_groups)) return NULL;
+    Py_ssize_t n = labels.len / 8;
+    PyObject *groups = NULL;
+    Py_ssize_t *fill = NULL;
+    if (check_buffer(&labels, "labels", n) < 0) goto done;
+    const int64_t *label = labels.buf;
+    fill = calloc((size_t)(num_groups > 0 ? num_groups : 1), sizeof(Py_ssize_t));
+    if (!fill) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    for (Py_ssize_t v = 0; v < n; v++) {
+        if (label[v] < 0 || label[v] >= num_groups) {
+            PyErr_Format(PyExc_ValueError, "node %zd has group %lld outside 0..%zd", v, (long long)label[v], num_groups - 1);
+            goto done;
+        }
+        fill[label[v]]++;
+    }
+    groups = PyList_New(num_groups);
+    if (!groups) goto done;
+    for (Py_ssize_t g = 0; g < num_groups; g++) {
+        PyObject *members = PyList_New(fill[g]);
+        if (!members) goto fail;
+        PyList_SET_ITEM(groups, g, members);
+        fill[g] = 0;
+    }
+    for (Py_ssize_t v = 0; v < n; v++) {
+        PyObject *node = PyLong_FromSsize_t(v);
+        if (!node) goto fail;
+        PyList_SET_ITEM(PyList_GET_ITEM(groups, label[v]), fill[label[v]]++, node);
+    }
+    goto done;
+fail:
+    Py_CLEAR(groups);
+done:
+    free(fill);
+    PyBuffer_Release(&labels);
+    return groups;
+}
+
+static PyObject *group_schedules(PyObject *self, PyObject *args) {
+    Py_buffer labels, logits, offered, chosen;
+    if (!PyArg_ParseTuple(args, "y*y*y*w*", &labels, &logits, &offered, &chosen)) return NULL;
+    PyObject *result = NULL;
+    float *best = NULL;
+    Py_ssize_t n = labels.len / 8, schedules = offered.len, num_groups = chosen.len / 8;
+    if (check_buffer(&labels, "labels", n) < 0 || check_buffer(&chosen, "chosen", num_groups) < 0) goto done;
+    if (logits.itemsize != 4 || logits.len != n * schedules * 4 || offered.itemsize != 1) {
+        PyErr_Format(PyExc_ValueError, "logits must be contiguous float32 [%zd, %zd] and offered uint8 [%zd]",
+                     n, schedules, schedules);
+        goto done;
+    }
+    best = malloc((size_t)(num_groups * schedules + 1) * sizeof(float));
+    if (!best) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    const int64_t *label = labels.buf;
+    const float *logit = logits.buf;
+    const unsigned char *ok = offered.buf;
+    int64_t *out = chosen.buf;
+    for (Py_ssize_t i = 0; i < num_groups * schedules; i++) best[i] = -HUGE_VALF;
+    for (Py_ssize_t v = 0; v < n; v++) {
+        if (label[v] < 0 || label[v] >= num_groups) {
+            PyErr_Format(PyExc_ValueError, "node %zd has group %lld outside 0..%zd", v, (long long)label[v], num_groups - 1);
+            goto done;
+        }
+        float *row = best + label[v] * schedules;
+        for (Py_ssize_t s = 0; s < schedules; s++)
+            if (ok[s] && logit[v * schedules + s] > row[s]) row[s] = logit[v * schedules + s];
+    }
+    for (Py_ssize_t g = 0; g < num_groups; g++) {
+        const float *row = best + g * schedules;
+        Py_ssize_t arg = 0;
+        for (Py_ssize_t s = 1; s < schedules; s++)
+            if (row[s] > row[arg]) arg = s;
+        out[g] = arg;
+    }
+    result = Py_NewRef(Py_None);
+done:
+    free(best);
+    PyBuffer_Release(&labels); PyBuffer_Release(&logits); PyBuffer_Release(&offered); PyBuffer_Release(&chosen);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"greedy_merge", greedy_merge, METH_VARARGS,
      "greedy_merge(num_nodes, src, dst, order, max_group_size, allowed, labels): legal merges in order."},
+    {"group_members", group_members, METH_VARARGS, "group_members(labels, num_groups): node ids of each group."},
+    {"group_schedules", group_schedules, METH_VARARGS,
+     "group_schedules(labels, logits, offered, chosen): best offered schedule of each group."},
     {NULL, NULL, 0, NULL},
 };
 

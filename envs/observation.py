@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 from gymnasium import spaces
 
 from fusiongym.graphs import ComputeGraph, OpKind
+from fusiongym.graphs.ir import GraphArrays
 from fusiongym.reward import LatencyBackend
 
 from .partition import Merge
@@ -79,10 +80,9 @@ def op_id(name: str) -> int:
     return found
 
 
-def op_ids(names: Sequence[str]) -> np.ndarray:
+def op_ids(arrays: GraphArrays) -> np.ndarray:
     """[N] uint16 vocabulary ids, looking up each distinct name once (graphs repeat few ops)."""
-    distinct = {name: op_id(name) for name in set(names)}
-    return np.fromiter(map(distinct.__getitem__, names), dtype=np.uint16, count=len(names))
+    return np.array([op_id(name) for name in arrays.op_table], dtype=np.uint16)[arrays.op_code]
 
 
 def observation_space(max_nodes: int, max_edges: int, num_schedules: int) -> spaces.Dict:
@@ -122,7 +122,7 @@ class GraphFeatures:
         node_feat = np.log2(1.0 + np.stack(
             [flops, arrays.bytes_read, arrays.bytes_written, arrays.param_bytes, intensity], axis=1))
         return GraphFeatures(
-            node_op=op_ids(arrays.op_names),
+            node_op=op_ids(arrays),
             node_kind=(arrays.kind_index + 1).astype(np.uint8),        # KIND_CODES: 1 + position in OpKind
             node_feat=np.minimum(node_feat, FEATURE_HIGH).astype(np.float16),
             edge_index=arrays.edge_index.astype(np.uint16),

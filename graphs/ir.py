@@ -420,6 +420,8 @@ class GraphArrays:
     """
 
     op_names: tuple[str, ...]     # [N]
+    op_table: tuple[str, ...]     # the distinct op names, in order of first appearance
+    op_code: np.ndarray           # [N] int32, position of the node's op in op_table
     kind_index: np.ndarray        # [N] int8
     flops: np.ndarray             # [N] float64
     bytes_read: np.ndarray        # [N] float64, all inputs incl. parameters
@@ -437,8 +439,10 @@ class GraphArrays:
             external[node_id] += nodes[node_id].outputs[output].size_bytes
         edge_index = np.array([[e.src for e in graph.edges], [e.dst for e in graph.edges]],
                               dtype=np.int32).reshape(2, -1)
+        op_position: dict[str, int] = {}
+        op_code = np.array([op_position.setdefault(node.op, len(op_position)) for node in nodes], dtype=np.int32)
         return GraphArrays(
-            op_names=tuple(node.op for node in nodes),
+            op_names=tuple(node.op for node in nodes), op_table=tuple(op_position), op_code=op_code,
             kind_index=np.array([_KIND_ORDER[node.kind] for node in nodes], dtype=np.int8),
             flops=np.array([float(node.flops) for node in nodes]),
             bytes_read=np.array([node.bytes_read for node in nodes], dtype=np.float64),

@@ -8,7 +8,7 @@ every group with its schedule.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -27,15 +27,21 @@ class IllegalPlanError(ValueError):
 
 @dataclass
 class Plan:
-    """Groups of node ids (each one kernel) and one schedule name per group."""
+    """Groups of node ids (each one kernel) and one schedule name per group.
+
+    ``normalized=True`` says the groups are already lists of ascending Python ints, which
+    skips re-sorting them (a compiler building a plan of thousands of groups inline).
+    """
 
     groups: list[list[int]]
     schedules: list[str]
     graph_hash: str
     meta: dict = field(default_factory=dict)
+    normalized: InitVar[bool] = False
 
-    def __post_init__(self) -> None:
-        self.groups = [sorted(map(int, group)) for group in self.groups]
+    def __post_init__(self, normalized: bool) -> None:
+        if not normalized:
+            self.groups = [sorted(map(int, group)) for group in self.groups]
         if len(self.schedules) != len(self.groups):
             raise IllegalPlanError(f"{len(self.groups)} groups but {len(self.schedules)} schedules")
 

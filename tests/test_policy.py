@@ -86,8 +86,9 @@ def test_group_state_reaches_the_network(model):
     assert internal.sum() == (obs["edge_state"] == 2).sum() >= 12
 
 
-def test_export_matches_torch_outputs_and_plans(model, exported):
-    onnx_policy = FusionPolicy.load(exported)
+@pytest.mark.parametrize("engine", ["kernels", "onnxruntime"])
+def test_export_matches_torch_outputs_and_plans(model, exported, engine):
+    onnx_policy = FusionPolicy.load(exported, engine=engine)
     torch_policy = FusionPolicy(TorchEngine(model.policy.gnn), onnx_policy.metadata)
     assert not any("Scatter" in op for op in op_types(exported))
     batch = onnx_policy.encode(graphs())                         # three graphs in one batch
@@ -99,6 +100,25 @@ def test_export_matches_torch_outputs_and_plans(model, exported):
         assert plan.canonical() == reference.canonical()
         merged += graph.num_nodes - plan.num_groups
     assert merged > 50                                           # the test exercises real fusion
+
+
+def test_kernel_engine_decides_like_onnxruntime_with_the_shipped_policy():
+    """The fast engine computes the exported graph's numbers from its weights: same outputs
+    (up to summation order) and the same plans on full-size zoo graphs and a 10k-edge graph."""
+    with resources.as_file(resources.files("fusiongym.agents").joinpath("pretrained", "policy.onnx")) as path:
+        fast, reference = FusionPolicy.load(path), FusionPolicy.load(path, engine="onnxruntime")
+    cases = [zoo.load("resnet50", "full", batch=1, image=224), zoo.load("bert", "small", batch=2, seq=64),
+             synthetic(n_nodes=9_400, seed=0)]
+    batch = fast.encode(cases)
+    for ours, expected in zip(fast.engine.run(batch), reference.engine.run(batch)):
+        np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
+    for graph in cases:
+        assert fast.decide(graph).canonical() == reference.decide(graph).canonical()
+
+
+def test_unknown_engine_is_refused_with_the_choices(exported):
+    with pytest.raises(ValueError, match="kernels, onnxruntime"):
+        FusionPolicy.load(exported, engine="tensorrt")
 
 
 def test_file_size_and_metadata(exported):
