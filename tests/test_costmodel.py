@@ -20,6 +20,7 @@ from fusiongym.reward.calibrate import collect_samples
 from fusiongym.reward.devices import get_profile
 from fusiongym.reward.costmodel import CostModelError, MeasuredSet, ProfileLog, load_measured_set
 from fusiongym.reward.costmodel.dataset import CostDataset, build_dataset
+from fusiongym.agents import FusionPolicy
 from fusiongym.reward.costmodel.features import GraphTensors, group_example, plan_features
 from fusiongym.reward.costmodel.evaluate import compare, gnn_log_us, train_models
 from fusiongym.reward.costmodel.gnn import TrainConfig
@@ -113,7 +114,8 @@ def test_learned_backend_batches_a_plan_and_runs_in_the_env(trained, measured, t
     graph = next(g for h, g in measured.graphs.items() if measured.model_of[h] == "mixtral_moe")
     backend = get_backend("learned", model=path)
     rng = np.random.default_rng(0)
-    plan = Plan.singletons(graph)
+    plan = FusionPolicy.pretrained().decide(graph, backend)           # legal, with internal edges
+    assert plan.num_groups < 0.8 * graph.num_nodes
     plan.schedules = [backend.schedules[i] for i in rng.integers(len(backend.schedules), size=plan.num_groups)]
     report = backend.latency(graph, plan)
     one_by_one = [backend.group_latency(graph, g, s).us for g, s in zip(plan.groups, plan.schedules)]
