@@ -189,7 +189,7 @@ class FusionGNN(nn.Module):
     """
 
     def __init__(self, vocab_size: int, num_floats: int, num_globals: int, edge_dim: int, num_schedules: int,
-                 hidden: int = 32, layers: int = 2) -> None:
+                 hidden: int = 16, layers: int = 2) -> None:
         super().__init__()
         self.encoder = NodeEncoder(vocab_size, num_floats, num_globals, hidden)
         self.convs = nn.ModuleList(EdgeAwareConv(hidden, edge_dim) for _ in range(layers))

@@ -33,7 +33,7 @@ def model():
         warnings.simplefilter("ignore")
         ppo = MaskablePPO(FusionGNNPolicy, env, n_steps=16, batch_size=16, seed=0, device="cpu")
     with torch.no_grad():
-        ppo.policy.gnn.stop_head.net[-1].bias.fill_(-0.5)
+        ppo.policy.gnn.stop_head.net[-1].bias.fill_(-5.0)
         ppo.policy.gnn.edge_head.out.weight.mul_(100.0)       # spread the edge logits
         ppo.policy.gnn.schedule_head.weight.mul_(100.0)
     return ppo

@@ -63,6 +63,11 @@ def test_tiny_run_records_everything_and_logs_to_wandb_offline(tmp_path, monkeyp
     assert offline and list(offline[0].glob("*.wandb"))
 
 
+def test_unknown_wandb_mode_is_refused_with_the_choices(tmp_path):
+    with pytest.raises(ValueError, match="auto, offline, online, disabled"):
+        tiny(tmp_path / "run", wandb="off")
+
+
 def test_resume_continues_from_the_newest_checkpoint(tmp_path):
     out = tmp_path / "run"
     train(tiny(out, n_envs=2, timesteps=256))                  # SubprocVecEnv
