@@ -287,8 +287,12 @@ static PyObject *group_members(PyObject *self, PyObject *args) {
         }
         fill[label[v]]++;
     }
+    /* G + N new objects: with the collector on, they would trigger collections that traverse
+     * every object of the process (milliseconds in a compiler holding big graphs); lists of
+     * ints cannot form cycles, so it is paused while they are built. */
+    int collecting = PyGC_Disable();
     groups = PyList_New(num_groups);
-    if (!groups) goto done;
+    if (!groups) goto fail;
     for (Py_ssize_t g = 0; g < num_groups; g++) {
         PyObject *members = PyList_New(fill[g]);
         if (!members) goto fail;
@@ -300,9 +304,11 @@ static PyObject *group_members(PyObject *self, PyObject *args) {
         if (!node) goto fail;
         PyList_SET_ITEM(PyList_GET_ITEM(groups, label[v]), fill[label[v]]++, node);
     }
-    goto done;
+    goto built;
 fail:
     Py_CLEAR(groups);
+built:
+    if (collecting) PyGC_Enable();
 done:
     free(fill);
     PyBuffer_Release(&labels);

@@ -125,9 +125,17 @@ class KernelEngine:
         edge_term = batch.edge_bytes * np.float32(self.edge_bytes_weight) + np.float32(self.edge_out_bias)
         _gnn_kernels.edge_scores(ends, src, dst, self.edge_out, edge_term, edge_logits)
         schedule_logits = h @ self.schedule + self.schedule_bias                       # [M, S]
-        pooled = np.add.reduceat(h, batch.graph_ptr[:-1], axis=0) / np.diff(batch.graph_ptr)[:, None]  # [B, H]
+        pooled = self._graph_means(h, batch.graph_ptr)                                  # [B, H]
         context = batch.glob @ self.context_weight + self.context_bias                 # [B, H]
         return edge_logits, schedule_logits, self.stop(pooled, context), self.value(pooled, context)
+
+    @staticmethod
+    def _graph_means(h: np.ndarray, graph_ptr: np.ndarray) -> np.ndarray:
+        """[M, H] -> [B, H] mean node state per graph; one graph: a BLAS matrix-vector
+        product, ten times faster than numpy's reduction along the node axis."""
+        if graph_ptr.shape[0] == 2:
+            return (np.full(h.shape[0], 1.0 / h.shape[0], dtype=np.float32) @ h)[None]
+        return np.add.reduceat(h, graph_ptr[:-1], axis=0) / np.diff(graph_ptr)[:, None]
 
     def _encode(self, batch: EncodedBatch, out: np.ndarray) -> None:
         """``out`` [M, H] = relu(E[op] + W floats + b), the initial node states, with the
