@@ -22,6 +22,7 @@ Shapes: M nodes, K edges, B graphs, H hidden units, S schedules, V op vocabulary
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -87,11 +88,12 @@ class KernelEngine:
         self.edge_bytes_weight = float(w["gnn.edge_head.edge.weight"][0, 0])
         self.schedule = np.ascontiguousarray(w["gnn.schedule_head.weight"].T)                              # [H, S]
         self.schedule_bias = w["gnn.schedule_head.bias"]
-        self._workspace = Workspace(hidden)
         self.stop, self.value = (HeadWeights(
             np.ascontiguousarray(w[f"gnn.{head}.net.0.weight"].T), w[f"gnn.{head}.net.0.bias"],
             np.ascontiguousarray(w[f"gnn.{head}.net.2.weight"][0]), float(w[f"gnn.{head}.net.2.bias"][0]))
             for head in ("stop_head", "value_head"))
+        self._hidden = hidden
+        self._per_thread = threading.local()   # each thread its own Workspace: the kernels release the GIL
 
     @staticmethod
     def _layers(w: dict[str, np.ndarray]) -> int:
@@ -107,7 +109,7 @@ class KernelEngine:
     def run(self, batch: EncodedBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(edge logits [K], schedule logits [M, S], stop logit [B], value [B])."""
         src, dst, m = batch.src, batch.dst, batch.num_nodes
-        h, projected, ends = self._workspace.rows(m)                                   # [M, H], [M, 3H], [M, 2H]
+        h, projected, ends = self._workspace().rows(m)                                 # [M, H], [M, 3H], [M, 2H]
         self._encode(batch, out=h)
         in_deg = np.bincount(dst, minlength=m)                                         # [M]
         out_deg = np.bincount(src, minlength=m)                                        # [M]
@@ -128,6 +130,12 @@ class KernelEngine:
         pooled = self._graph_means(h, batch.graph_ptr)                                  # [B, H]
         context = batch.glob @ self.context_weight + self.context_bias                 # [B, H]
         return edge_logits, schedule_logits, self.stop(pooled, context), self.value(pooled, context)
+
+    def _workspace(self) -> "Workspace":
+        workspace = getattr(self._per_thread, "workspace", None)
+        if workspace is None:
+            workspace = self._per_thread.workspace = Workspace(self._hidden)
+        return workspace
 
     @staticmethod
     def _graph_means(h: np.ndarray, graph_ptr: np.ndarray) -> np.ndarray:

@@ -115,7 +115,7 @@ def test_learned_backend_batches_a_plan_and_runs_in_the_env(trained, measured, t
     backend = get_backend("learned", model=path)
     rng = np.random.default_rng(0)
     plan = FusionPolicy.pretrained().decide(graph, backend)           # legal, with internal edges
-    assert plan.num_groups < 0.8 * graph.num_nodes
+    assert graph.num_nodes - plan.num_groups >= 8                     # merges: groups with internal edges
     plan.schedules = [backend.schedules[i] for i in rng.integers(len(backend.schedules), size=plan.num_groups)]
     report = backend.latency(graph, plan)
     one_by_one = [backend.group_latency(graph, g, s).us for g, s in zip(plan.groups, plan.schedules)]

@@ -116,6 +116,18 @@ def test_kernel_engine_decides_like_onnxruntime_with_the_shipped_policy():
         assert fast.decide(graph).canonical() == reference.decide(graph).canonical()
 
 
+def test_threads_sharing_one_policy_get_the_plans_of_a_lone_caller():
+    """The kernels release the GIL; each thread has its own scratch arrays."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    policy = FusionPolicy.pretrained()
+    cases = [synthetic(n_nodes=3_000, seed=seed) for seed in range(4)] * 3
+    alone = [policy.decide(graph).canonical() for graph in cases]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(lambda graph: policy.decide(graph).canonical(), cases))
+    assert together == alone
+
+
 def test_unknown_engine_is_refused_with_the_choices(exported):
     with pytest.raises(ValueError, match="kernels, onnxruntime"):
         FusionPolicy.load(exported, engine="tensorrt")
