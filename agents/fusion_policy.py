@@ -182,8 +182,9 @@ def encode_graphs(graphs: Sequence[ComputeGraph], device: FeatureDevice | Latenc
         context[GLOBAL_FEATURES.index("latency_ratio")] = 1.0      # start state: nothing fused yet
         context[GLOBAL_FEATURES.index("groups_ratio")] = 1.0
         glob.append(scale_globals(np.clip(context, 0.0, GLOBAL_HIGH).astype(np.float16))[None])
-        src.append(features.edge_index[0].astype(np.int64) + base)
-        dst.append(features.edge_index[1].astype(np.int64) + base)
+        edges = graph.arrays.edge_index                    # int32: the observation's uint16 caps graphs at 65,535 nodes
+        src.append(edges[0].astype(np.int64) + base)
+        dst.append(edges[1].astype(np.int64) + base)
         edge_bytes.append(features.edge_feat[:, 0].astype(np.float32) * np.float32(FEATURE_SCALE))
         base += graph.num_nodes
     counts = np.array([graph.num_nodes for graph in graphs])

@@ -34,6 +34,16 @@ from .fusion_policy import NUM_KINDS, EncodedBatch, FloatColumns
 if TYPE_CHECKING:
     import onnx
 
+# Parameters the engine reads besides the convolutions (gnn.convs.<i>.update.*).
+REQUIRED_WEIGHTS = (
+    "gnn.encoder.op.weight", "gnn.encoder.floats.weight", "gnn.encoder.floats.bias", "gnn.encoder.context.weight",
+    "gnn.encoder.context.bias", "gnn.edge_head.ends.weight", "gnn.edge_head.ends.bias", "gnn.edge_head.out.weight",
+    "gnn.edge_head.out.bias", "gnn.schedule_head.weight", "gnn.schedule_head.bias",
+    *(f"gnn.{head}.net.{layer}.{part}" for head in ("stop_head", "value_head") for layer in (0, 2)
+      for part in ("weight", "bias")),
+    "gnn.convs.0.update.weight", "gnn.convs.0.update.bias",
+)
+
 
 @dataclass(frozen=True)
 class ConvWeights:
@@ -193,4 +203,8 @@ def onnx_weights(model: "onnx.ModelProto") -> dict[str, np.ndarray]:
                          f"head's edge-feature weight): it was not exported by this fusiongym; re-export it with "
                          f"`fusiongym export runs/NAME --out policy.onnx`")
     weights["gnn.edge_head.edge.weight"] = weights.pop(matmuls[0].input[1]).T
+    missing = sorted(name for name in REQUIRED_WEIGHTS if name not in weights)
+    if missing:
+        raise ValueError(f"the policy file lacks the weights {missing}: it was not exported by this fusiongym's "
+                         f"exporter; load it with engine='onnxruntime', or re-export it with `fusiongym export`")
     return weights

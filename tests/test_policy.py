@@ -128,6 +128,16 @@ def test_threads_sharing_one_policy_get_the_plans_of_a_lone_caller():
     assert together == alone
 
 
+def test_a_file_from_another_exporter_names_the_missing_weights(exported, tmp_path):
+    import onnx
+
+    model = onnx.load(str(exported))
+    next(init for init in model.graph.initializer if init.name == "gnn.encoder.op.weight").name = "embedding"
+    onnx.save(model, str(tmp_path / "renamed.onnx"))
+    with pytest.raises(ValueError, match=r"lacks the weights \['gnn.encoder.op.weight'\].*engine='onnxruntime'"):
+        FusionPolicy.load(tmp_path / "renamed.onnx")
+
+
 def test_unknown_engine_is_refused_with_the_choices(exported):
     with pytest.raises(ValueError, match="kernels, onnxruntime"):
         FusionPolicy.load(exported, engine="tensorrt")
