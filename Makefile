@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test bench clean
 
-$(STAMP): pyproject.toml agents/greedy_merge.c agents/gnn_kernels.c
+$(STAMP): pyproject.toml agents/greedy_merge.c agents/gnn_kernels.c reward/costmodel/kernels.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
 	# torch first and pinned: on these machines torch==2.13.0 is the CPU wheel; an unpinned

@@ -14,16 +14,16 @@ import pytest
 import torch
 
 import fusiongym  # noqa: F401  (registers FusionEnv-v0)
+from fusiongym.agents import FusionPolicy
 from fusiongym.graphs import zoo
 from fusiongym.reward import Plan, get_backend
 from fusiongym.reward.calibrate import collect_samples
 from fusiongym.reward.devices import get_profile
 from fusiongym.reward.costmodel import CostModelError, MeasuredSet, ProfileLog, load_measured_set
 from fusiongym.reward.costmodel.dataset import CostDataset, build_dataset
-from fusiongym.agents import FusionPolicy
 from fusiongym.reward.costmodel.features import GraphTensors, group_example, plan_features
 from fusiongym.reward.costmodel.evaluate import compare, gnn_log_us, train_models
-from fusiongym.reward.costmodel.gnn import TrainConfig
+from fusiongym.reward.costmodel.gnn import GroupGNN, TrainConfig, build_model
 from fusiongym.reward.costmodel.model import CostModel
 from fusiongym.reward.costmodel.online import OnlineBackend, OnlineConfig, OnlineLearner
 from fusiongym.reward.timing import TimingProtocol
@@ -88,6 +88,25 @@ def test_gnn_trains_and_numpy_path_matches_torch(trained, dataset, measured, tmp
     numpy_log_us = [model.predict_group_log_us(measured.graphs[d.graph_hash], d.nodes.tolist(),
                                                dataset.schedules[int(d.schedule)]) for d in samples]
     np.testing.assert_allclose(numpy_log_us, gnn_log_us(model, samples), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("hidden, head", [(16, 32), (8, 24)])
+def test_compiled_network_matches_torch_at_the_fast_and_the_plain_widths(dataset, measured, hidden, head):
+    """The C kernel holds rows in AVX registers at 16/32 units and loops otherwise: both
+    compute the torch network's numbers, alone and inside a whole plan."""
+    torch.manual_seed(1)
+    net = GroupGNN(len(dataset.op_vocab), len(dataset.schedules), hidden=hidden, head=head)
+    model = build_model(net, dataset.op_vocab, dataset.schedules, PROFILE.to_dict(), {"data_hash": "untrained"})
+    samples = dataset.subset("test")[:20]
+    alone = [model.predict_group_log_us(measured.graphs[d.graph_hash], d.nodes.tolist(),
+                                        dataset.schedules[int(d.schedule)]) for d in samples]
+    np.testing.assert_allclose(alone, gnn_log_us(model, samples), rtol=1e-4, atol=1e-4)
+    graph = measured.graphs[samples[0].graph_hash]
+    plan = FusionPolicy.pretrained().decide(graph)
+    schedules = model.schedule_ids([dataset.schedules[0]] * plan.num_groups)
+    in_plan = model.predict_groups_log_us(graph, plan.group_of(graph.num_nodes), schedules)
+    one_by_one = [model.predict_group_log_us(graph, group, dataset.schedules[0]) for group in plan.groups]
+    np.testing.assert_allclose(in_plan, one_by_one, rtol=1e-4, atol=1e-4)
 
 
 def test_one_group_alone_has_the_features_it_has_inside_a_plan():

@@ -64,6 +64,7 @@ class GraphTensors:
     edge_bytes: np.ndarray         # [E]
     by_dst: np.ndarray             # [E] edge ids sorted by consumer (stable)
     in_indptr: np.ndarray          # [N + 1] CSR row pointers of the in-edges in ``by_dst`` order
+    in_src: np.ndarray             # [E] int64 producer of each in-edge, in ``by_dst`` order
     by_src: np.ndarray             # [E] edge ids sorted by producer (stable)
     out_indptr: np.ndarray         # [N + 1] CSR row pointers of the out-edges in ``by_src`` order
 
@@ -87,8 +88,8 @@ class GraphTensors:
             ones=np.ones(n, dtype=np.float32), column_indptr=np.arange(n + 1, dtype=np.int64), flops=arrays.flops,
             own_read_bytes=own_read, bytes_written=arrays.bytes_written,
             always_written=(arrays.output_bytes_external > 0) | (np.bincount(src, minlength=n) == 0),
-            src=src, dst=dst, edge_bytes=arrays.edge_bytes, by_dst=by_dst, in_indptr=_indptr(dst, n),
-            by_src=np.argsort(src, kind="stable"), out_indptr=_indptr(src, n))
+            src=src, dst=dst, edge_bytes=arrays.edge_bytes, by_dst=by_dst, in_indptr=csr_indptr(dst, n),
+            in_src=src[by_dst], by_src=np.argsort(src, kind="stable"), out_indptr=csr_indptr(src, n))
 
 
 def _summed_template(arrays: GraphArrays, kind: np.ndarray) -> np.ndarray:
@@ -100,7 +101,7 @@ def _summed_template(arrays: GraphArrays, kind: np.ndarray) -> np.ndarray:
     return summed
 
 
-def _indptr(rows: np.ndarray, num_rows: int) -> np.ndarray:
+def csr_indptr(rows: np.ndarray, num_rows: int) -> np.ndarray:
     """[num_rows + 1] CSR row pointers of edges sorted by ``rows``."""
     return np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=num_rows))]).astype(np.int64)
 
@@ -112,9 +113,6 @@ class PlanFeatures:
     node: np.ndarray              # [N, 4] float32: PLAN_NODE_FEATURES
     internal: np.ndarray          # [E] bool: both ends in one group
     group: np.ndarray             # [G, len(GROUP_FEATURES)] float32
-    pool: sparse.csc_matrix       # [G, N] float32: 1 where the node is in the group (CSC: one entry per
-                                  # column, built without sorting)
-    adjacency: sparse.csr_matrix  # [N, N] float32: row = consumer, column = producer, internal edges
 
 
 def plan_features(tensors: GraphTensors, group_of: np.ndarray, num_groups: int) -> PlanFeatures:
@@ -128,10 +126,9 @@ def plan_features(tensors: GraphTensors, group_of: np.ndarray, num_groups: int) 
     in_degree = np.bincount(tensors.dst, weights=internal, minlength=n)
     out_degree = np.bincount(tensors.src, weights=internal, minlength=n)
     node, additive = _node_features(tensors, slice(None), external_read, leaves, in_degree, out_degree)
+    # [G, N] membership matrix in CSC form (one entry per column, built without sorting): the group sums.
     pool = sparse.csc_matrix((tensors.ones, group_of, tensors.column_indptr), shape=(g, n))
-    adjacency = sparse.csr_matrix((internal[tensors.by_dst].astype(np.float32), tensors.src[tensors.by_dst],
-                                   tensors.in_indptr), shape=(n, n))
-    return PlanFeatures(node, internal, _group_rows(pool @ additive), pool, adjacency)
+    return PlanFeatures(node, internal, _group_rows(pool @ additive))
 
 
 def _node_features(tensors: GraphTensors, nodes: slice | np.ndarray, external_read: np.ndarray,

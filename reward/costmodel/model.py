@@ -1,26 +1,25 @@
 """The trained GNN cost model in plain numpy: the fast path every prediction takes.
 
 Why not torch or onnxruntime: a 10k-edge plan must be priced in about a millisecond on one
-CPU thread, and PyG's scatter under onnxruntime takes 13-20 ms (DESIGN.md). The network
-is built so that numpy needs no scatter at all:
+CPU thread, and PyG's scatter under onnxruntime takes 13-20 ms (DESIGN.md):
 
 * everything that does not depend on the plan — op embedding, static node features and
   their projection — is computed once per graph (``static_proj`` [N, H]);
-* messages run over the plan's internal edges as one scipy CSR product (the row pointers
-  are fixed per graph; the plan only zeroes the entries of crossing edges);
-* groups are pooled with one sparse (CSC) product too (``ufunc.reduceat`` over 5k groups was 10x
-  slower); a two-layer head prices every group at once.
+* the plan's features are numpy over nodes and edges (``features.plan_features``);
+* the network is one C pass over nodes and their in-edges and one over groups
+  (``reward/costmodel/kernels.c``): messages follow the in-edges in consumer order (row
+  pointers fixed per graph; the plan masks out crossing edges), then group sums and the
+  two-layer head. In numpy the same network was fifteen passes over [N, H] arrays.
 
 Per plan: h0 = relu(static_proj + P W_plan),
-h1 = h0 + relu(h0 W_a + A h0 W_b + b) with A the [N, N] sparse matrix of internal edges,
+h1 = h0 + relu(h0 W_a + A h0 W_b + b) with A the [N, N] adjacency of internal edges,
 z = relu([sum of h1 over the group ; group features ; prior / 8] W_head + S_head[schedule] + b),
-the sums as one sparse [G, N] @ [N, H] product, prior = ln µs of the analytical backend
-(``prior.AnalyticalPrior``, one vectorized ``evaluate`` per plan),
-ln µs = prior + (z w_out + b_out) * y_std + y_mean.
+prior = ln µs of the analytical backend (``prior.AnalyticalPrior``, one vectorized
+``evaluate`` per plan), ln µs = prior + (z w_out + b_out) * y_std + y_mean.
 
-One group alone (an env step) is priced from its own nodes and edges: its features never
-touch the rest of the graph. The [N, H] intermediates of plan pricing live in per-graph
-buffers reused call after call: fresh 0.6 MB arrays cost page faults on every call.
+One group alone (an env step) is priced from its own nodes and edges, by the same kernel:
+its features never touch the rest of the graph. The [N, H] intermediates of plan pricing
+live in per-graph buffers reused call after call: fresh 0.6 MB arrays cost page faults.
 
 The file is one ``.npz`` (no pickle) with the weights and a JSON header: feature schema,
 op vocabulary, schedule menu, the analytical prior's device profile, training data hash,
@@ -38,13 +37,13 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from scipy import sparse
 
 from fusiongym.graphs import ComputeGraph
 
 from ..store import atomic_output
+from . import _kernels
 from .features import (GROUP_FEATURES, NODE_FEATURES, NUM_KINDS, PRIOR_FEATURE, PRIOR_INPUT_SCALE,
-                       STATIC_NODE_FEATURES, GraphTensors, group_example, plan_features)
+                       STATIC_NODE_FEATURES, GraphTensors, csr_indptr, group_example, plan_features)
 from .prior import AnalyticalPrior
 from .records import CostModelError
 
@@ -65,14 +64,14 @@ class _GraphCache:
     static_proj: np.ndarray   # [N, H] op embedding + static features projected + bias
     h0: np.ndarray            # [N, H] buffers of the plan path, overwritten every call
     h1: np.ndarray            # [N, H]
-    mixed: np.ndarray         # [N, H]
+    pooled: np.ndarray        # [N, H]: the first G rows hold the group sums (G ≤ N)
 
 
 class CostModel:
     """Latency of fused groups from a trained GNN; weights as float32 numpy arrays."""
 
     def __init__(self, weights: dict[str, np.ndarray], meta: dict) -> None:
-        self.weights = {k: np.asarray(v, dtype=np.float32) for k, v in weights.items()}
+        self.weights = {k: np.asarray(v, dtype=np.float32, order="C") for k, v in weights.items()}
         self.meta = meta
         self.op_vocab: list[str] = list(meta["op_vocab"])
         self.schedules: tuple[str, ...] = tuple(meta["schedules"])
@@ -81,7 +80,13 @@ class CostModel:
         self._graphs: OrderedDict[str, _GraphCache] = OrderedDict()
         _check_shapes(self.weights, len(self.op_vocab), len(self.schedules))
         self.prior = AnalyticalPrior.from_dict(meta.get("analytical_profile"), self.schedules)
-        self._schedule_bias = self.weights["schedule_head"] + self.weights["b_head"]   # [S, D]
+        w, hidden = self.weights, self.weights["b_in"].shape[0]
+        # The kernel's operands: contiguous row blocks of the weights, biases folded.
+        self._w_plan = np.ascontiguousarray(w["w_in"][NUM_STATIC:])                   # [4, H]
+        self._w_self = np.ascontiguousarray(w["w_msg"][:hidden])                      # [H, H]
+        self._w_message = np.ascontiguousarray(w["w_msg"][hidden:])                   # [H, H]
+        self._schedule_bias = w["schedule_head"] + w["b_head"]                        # [S, D]
+        self._output = (float(w["b_out"]), float(w["y_std"]), float(w["y_mean"]))
 
     # ------------------------------------------------------------------ prediction
     def schedule_ids(self, schedules: Sequence[str]) -> np.ndarray:
@@ -101,10 +106,13 @@ class CostModel:
                               schedule_of_group: np.ndarray) -> np.ndarray:
         """[G] ln µs of every group (see ``predict_groups_us``)."""
         cache = self._graph(graph)
-        plan = plan_features(cache.tensors, group_of, len(schedule_of_group))
+        tensors = cache.tensors
+        group_of = np.ascontiguousarray(group_of, dtype=np.int64)
+        plan = plan_features(tensors, group_of, len(schedule_of_group))
         prior = self.prior.plan_log_us(graph, group_of, schedule_of_group)
-        return self._forward(cache.static_proj, plan.node, plan.adjacency, plan.pool, plan.group, prior,
-                             schedule_of_group, cache)
+        internal = plan.internal[tensors.by_dst].view(np.uint8)                      # [E] in consumer order
+        return self._forward(cache.static_proj, plan.node, tensors.in_indptr, tensors.in_src, internal, group_of,
+                             plan.group, prior, schedule_of_group, (cache.h0, cache.h1, cache.pooled))
 
     def predict_group_log_us(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> float:
         """ln µs of one group, computed on its own nodes only (what an env step asks)."""
@@ -113,40 +121,32 @@ class CostModel:
         members = np.unique(np.asarray(nodes, dtype=np.int64))
         size = len(members)
         src, dst = example.edge_index                                       # local ids, internal edges
-        adjacency = np.zeros((size, size), dtype=np.float32)                # dense: a group has ≤ 64 nodes
-        np.add.at(adjacency, (dst, src), 1.0)
-        pool = np.ones((1, size), dtype=np.float32)
+        by_dst = np.argsort(dst, kind="stable")
         prior = np.array([self.prior.group_log_us(graph, members, schedule)])
-        return float(self._forward(cache.static_proj[members], example.node[:, NUM_STATIC:], adjacency, pool,
-                                   example.group[None], prior, self.schedule_ids([schedule]))[0])
+        static_proj = cache.static_proj[members]
+        return float(self._forward(static_proj, np.ascontiguousarray(example.node[:, NUM_STATIC:]),
+                                   csr_indptr(dst, size), np.ascontiguousarray(src[by_dst]),
+                                   np.ones(len(src), dtype=np.uint8), np.zeros(size, dtype=np.int64),
+                                   example.group[None], prior, self.schedule_ids([schedule]),
+                                   tuple(np.empty_like(static_proj) for _ in range(3)))[0])
 
-    def _forward(self, static_proj: np.ndarray, plan_node: np.ndarray, adjacency: sparse.csr_matrix | np.ndarray,
-                 pool: sparse.spmatrix | np.ndarray, group: np.ndarray, prior_log_us: np.ndarray,
-                 schedule_of_group: np.ndarray, buffers: _GraphCache | None = None) -> np.ndarray:
-        """The network on n nodes in G groups ([n, H], [n, 4], [n, n], [G, n], [G, K], [G], [G]) -> [G] ln µs.
-        ``adjacency`` and ``pool``: sparse for a plan, dense for one small group (scipy's
-        constructors cost more than a dense product there). ``buffers``: the graph's [N, H]
-        scratch arrays when n = N (else fresh ones)."""
+    def _forward(self, static_proj: np.ndarray, plan_node: np.ndarray, in_indptr: np.ndarray, in_src: np.ndarray,
+                 in_mask: np.ndarray, group_of: np.ndarray, group: np.ndarray, prior_log_us: np.ndarray,
+                 schedule_of_group: np.ndarray, scratch: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+        """The network on n nodes in G groups -> [G] ln µs: ``static_proj`` [n, H], ``plan_node``
+        [n, 4], in-edges as CSR by consumer (``in_indptr`` [n+1], ``in_src`` [E], ``in_mask`` [E]
+        uint8: the internal ones), ``group_of`` [n] int64, ``group`` [G, K], ``prior_log_us`` [G],
+        ``schedule_of_group`` [G]; ``scratch``: three [n, H] float32 arrays (G ≤ n)."""
+        h0, h1, pooled = scratch
         w = self.weights
-        hidden = w["b_in"].shape[0]
-        h0, h1, mixed = ((buffers.h0, buffers.h1, buffers.mixed) if buffers is not None
-                         else (np.empty_like(static_proj) for _ in range(3)))
-        np.matmul(plan_node, w["w_in"][NUM_STATIC:], out=h0)                                # [n, H]
-        h0 += static_proj
-        np.maximum(h0, 0.0, out=h0)
-        np.matmul(adjacency @ h0, w["w_msg"][hidden:], out=mixed)                           # messages
-        np.matmul(h0, w["w_msg"][:hidden], out=h1)
-        h1 += mixed
-        h1 += w["b_msg"]
-        np.maximum(h1, 0.0, out=h1)
-        h1 += h0
-        head = w["w_head"]
         group_input = np.concatenate([group, (prior_log_us * PRIOR_INPUT_SCALE)[:, None]], axis=1, dtype=np.float32)
-        z = (pool @ h1) @ head[:hidden]                                                     # [G, D]
-        z += group_input @ head[hidden:]
-        z += self._schedule_bias[schedule_of_group]
-        np.maximum(z, 0.0, out=z)
-        return prior_log_us + ((z @ w["w_out"] + w["b_out"]) * w["y_std"] + w["y_mean"])
+        log_us = np.empty(len(prior_log_us), dtype=np.float64)                              # [G]
+        _kernels.forward(static_proj, plan_node, self._w_plan, in_indptr, in_src, in_mask, self._w_self,
+                         self._w_message, w["b_msg"], group_of, group_input, w["w_head"], self._schedule_bias,
+                         np.ascontiguousarray(schedule_of_group, dtype=np.int64), w["w_out"],
+                         np.ascontiguousarray(prior_log_us, dtype=np.float64), h0, h1, pooled[:len(log_us)], log_us,
+                         *self._output)
+        return log_us
 
     def graph_tensors(self, graph: ComputeGraph) -> GraphTensors:
         """The plan-independent arrays of ``graph`` (cached with the model's per-graph state)."""
