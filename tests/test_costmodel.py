@@ -16,7 +16,7 @@ import torch
 import fusiongym  # noqa: F401  (registers FusionEnv-v0)
 from fusiongym.agents import FusionPolicy
 from fusiongym.graphs import zoo
-from fusiongym.reward import Plan, get_backend
+from fusiongym.reward import get_backend
 from fusiongym.reward.calibrate import collect_samples
 from fusiongym.reward.devices import get_profile
 from fusiongym.reward.costmodel import CostModelError, MeasuredSet, ProfileLog, load_measured_set

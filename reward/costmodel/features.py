@@ -22,12 +22,14 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from scipy import sparse
 
 from fusiongym.graphs import ComputeGraph
 from fusiongym.graphs.ir import GraphArrays
 
+from . import _kernels
+
 NUM_KINDS = 7  # OpKind values in GraphArrays.kind_index order
+NUM_SUMS = 5 + NUM_KINDS  # additive per-node columns summed over a group
 STATIC_NODE_FEATURES = ("log_flops", "log_bytes_read", "log_bytes_written", "log_param_bytes", "log_intensity")
 PLAN_NODE_FEATURES = ("log_external_read_bytes", "log_written_bytes", "internal_in_degree", "internal_out_degree")
 GROUP_FEATURES = ("log_flops", "log_external_read_bytes", "log_written_bytes", "log_param_bytes",
@@ -50,8 +52,6 @@ class GraphTensors:
 
     num_nodes: int
     op_names: tuple[str, ...]      # [N]
-    ones: np.ndarray               # [N] float32 ones and [N + 1] 0..N: the data and column pointers of
-    column_indptr: np.ndarray      # a plan's [G, N] pooling matrix
     summed: np.ndarray             # [N, 5 + 7] float32 per-node terms of the group sums; the plan-dependent
                                    # columns (1, 2, 4) are zero: a plan copies it and fills them
     static: np.ndarray             # [N, 5 + 7] float32: STATIC_NODE_FEATURES then kind one-hot
@@ -85,7 +85,7 @@ class GraphTensors:
         by_dst = np.argsort(dst, kind="stable")
         return GraphTensors(
             num_nodes=n, op_names=arrays.op_names, static=static, summed=_summed_template(arrays, kind),
-            ones=np.ones(n, dtype=np.float32), column_indptr=np.arange(n + 1, dtype=np.int64), flops=arrays.flops,
+            flops=arrays.flops,
             own_read_bytes=own_read, bytes_written=arrays.bytes_written,
             always_written=(arrays.output_bytes_external > 0) | (np.bincount(src, minlength=n) == 0),
             src=src, dst=dst, edge_bytes=arrays.edge_bytes, by_dst=by_dst, in_indptr=csr_indptr(dst, n),
@@ -126,9 +126,9 @@ def plan_features(tensors: GraphTensors, group_of: np.ndarray, num_groups: int) 
     in_degree = np.bincount(tensors.dst, weights=internal, minlength=n)
     out_degree = np.bincount(tensors.src, weights=internal, minlength=n)
     node, additive = _node_features(tensors, slice(None), external_read, leaves, in_degree, out_degree)
-    # [G, N] membership matrix in CSC form (one entry per column, built without sorting): the group sums.
-    pool = sparse.csc_matrix((tensors.ones, group_of, tensors.column_indptr), shape=(g, n))
-    return PlanFeatures(node, internal, _group_rows(pool @ additive))
+    sums = np.empty((g, additive.shape[1]), dtype=np.float32)                            # [G, 12]
+    _kernels.group_sums(additive, np.ascontiguousarray(group_of, dtype=np.int64), sums)
+    return PlanFeatures(node, internal, _group_rows(sums))
 
 
 def _node_features(tensors: GraphTensors, nodes: slice | np.ndarray, external_read: np.ndarray,
@@ -150,10 +150,16 @@ def _node_features(tensors: GraphTensors, nodes: slice | np.ndarray, external_re
 
 
 def _group_rows(sums: np.ndarray) -> np.ndarray:
-    """[G, len(GROUP_FEATURES)] from the [G, 12] sums of ``_node_features``' additive columns."""
-    count = sums[:, 5:].sum(axis=1)
-    intensity = sums[:, 0] / np.maximum(np.float32(1.0), sums[:, 1] + sums[:, 2])
-    return log_scale(np.concatenate([sums, count[:, None], intensity[:, None]], axis=1))
+    """[G, len(GROUP_FEATURES)] from the [G, 12] float32 sums of ``_node_features``' additive
+    columns, written in place into one array (``log_scale`` of each column)."""
+    rows = np.empty((sums.shape[0], len(GROUP_FEATURES)), dtype=np.float32)               # [G, 14]
+    rows[:, :NUM_SUMS] = sums
+    rows[:, NUM_SUMS] = sums[:, 5:] @ np.ones(NUM_KINDS, dtype=np.float32)                 # nodes (BLAS, not a
+    rows[:, NUM_SUMS + 1] = sums[:, 0] / np.maximum(np.float32(1.0), sums[:, 1] + sums[:, 2])  # strided sum)
+    rows += np.float32(1.0)
+    np.log2(rows, out=rows)
+    rows *= np.float32(1 / 16)
+    return rows
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,14 @@
 /* fusiongym.reward.costmodel._kernels: the cost model's network, compiled.
  *
  * forward(static_proj, plan_node, w_plan, in_indptr, in_src, in_mask, w_self, w_msg, b_msg, labels,
- *         group_input, w_head, schedule_bias, schedule, w_out, prior, h0, h1, pooled, out, b_out, y_std, y_mean)
+ *         group_input, w_head, schedule_bias, schedule, w_out, prior, h0, pooled, out, b_out, y_std, y_mean,
+ *         prior_scale)
  *
  * computes, for n nodes in G groups (H hidden, P plan node features, K group inputs, D head):
  *   h0[i]  = relu(static_proj[i] + plan_node[i] w_plan)                        [n, H]
  *   m[i]   = sum of h0[in_src e] over the in-edges e of i with in_mask[e]       (CSR by consumer)
- *   h1[i]  = h0[i] + relu(h0[i] w_self + m[i] w_msg + b_msg)                    [n, H]
- *   z[g]   = relu([sum of h1 over group g ; group_input[g]] w_head + schedule_bias[schedule[g]])  [G, D]
+ *   h1[i]  = h0[i] + relu(h0[i] w_self + m[i] w_msg + b_msg)                    (only summed per group)
+ *   z[g]   = relu([sum of h1 over g ; group_input[g] ; prior[g] prior_scale] w_head + schedule_bias[schedule[g]])
  *   out[g] = prior[g] + (z[g] . w_out + b_out) y_std + y_mean                   [G] ln µs
  *
  * which is ``CostModel``'s network (reward/costmodel/model.py). In numpy it was fifteen
@@ -15,9 +16,12 @@
  * nodes and edges and one over groups. At the shipped widths (H = 16, D = 32) on a CPU with
  * AVX2 and FMA the rows are held in vector registers (two for a node, four for a group);
  * other widths or CPUs take the plain loops, which compute the same sums (4x slower: their
- * accumulators live in memory). h0, h1 [n, H] and pooled [G, H] are the caller's scratch,
+ * accumulators live in memory). h0 [n, H] and pooled [G, H] are the caller's scratch,
  * kept between calls: fresh pages would cost more faults than the arithmetic. Float arrays
  * are contiguous float32 (prior and out float64), indices int64.
+ *
+ * group_sums(values, labels, out): out[g] = sum of values[i] over the nodes i of group g
+ * ([N, C] float32 rows, int64 labels, [G, C] float32 out): a plan's group features.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -36,8 +40,8 @@ typedef struct {
     const int64_t *indptr, *in_src, *label, *schedule;
     const unsigned char *in_mask;
     const double *prior;
-    double b_out, y_std, y_mean;
-    float *h0, *h1, *pooled, *scratch;   /* scratch [2 * max(H, D)] */
+    double b_out, y_std, y_mean, prior_scale;
+    float *h0, *pooled, *scratch;   /* scratch [2 * max(H, D)] */
     double *out;
 } Network;
 
@@ -67,16 +71,14 @@ static void forward_plain(const Network *f) {
         add_vector_matrix(acc, own, f->w_self, hidden, hidden);
         add_vector_matrix(acc, message, f->w_msg, hidden, hidden);
         float *sum = f->pooled + f->label[i] * hidden;
-        for (Py_ssize_t c = 0; c < hidden; c++) {
-            float value = own[c] + relu(acc[c]);
-            f->h1[i * hidden + c] = value;
-            sum[c] += value;
-        }
+        for (Py_ssize_t c = 0; c < hidden; c++) sum[c] += own[c] + relu(acc[c]);
     }
     for (Py_ssize_t g = 0; g < f->groups; g++) {
         memcpy(acc, f->schedule_bias + f->schedule[g] * head, (size_t)head * sizeof(float));
         add_vector_matrix(acc, f->pooled + g * hidden, f->w_head, hidden, head);
         add_vector_matrix(acc, f->group_input + g * f->inputs, f->w_head + hidden * head, f->inputs, head);
+        float prior_input = (float)(f->prior[g] * f->prior_scale);
+        add_vector_matrix(acc, &prior_input, f->w_head + (hidden + f->inputs) * head, 1, head);
         double score = f->b_out;
         for (Py_ssize_t c = 0; c < head; c++) score += (double)f->w_out[c] * relu(acc[c]);
         f->out[g] = f->prior[g] + score * f->y_std + f->y_mean;
@@ -129,8 +131,6 @@ __attribute__((target("avx2,fma"))) static void forward_avx2(const Network *f) {
         __m256 hi = _mm256_add_ps(_mm256_add_ps(self_hi, self_hi2), _mm256_add_ps(msg_hi, msg_hi2));
         lo = _mm256_add_ps(_mm256_loadu_ps(own), _mm256_max_ps(lo, zero));
         hi = _mm256_add_ps(_mm256_loadu_ps(own + 8), _mm256_max_ps(hi, zero));
-        _mm256_storeu_ps(f->h1 + i * 16, lo);
-        _mm256_storeu_ps(f->h1 + i * 16 + 8, hi);
         float *sum = f->pooled + f->label[i] * 16;
         _mm256_storeu_ps(sum, _mm256_add_ps(_mm256_loadu_ps(sum), lo));
         _mm256_storeu_ps(sum + 8, _mm256_add_ps(_mm256_loadu_ps(sum + 8), hi));
@@ -149,6 +149,9 @@ __attribute__((target("avx2,fma"))) static void forward_avx2(const Network *f) {
             for (int q = 0; q < 4; q++)
                 y[q] = _mm256_fmadd_ps(x, _mm256_loadu_ps(w_inputs + r * 32 + 8 * q), y[q]);
         }
+        __m256 prior_input = _mm256_set1_ps((float)(f->prior[g] * f->prior_scale));
+        for (int q = 0; q < 4; q++)
+            y[q] = _mm256_fmadd_ps(prior_input, _mm256_loadu_ps(w_inputs + f->inputs * 32 + 8 * q), y[q]);
         __m256 dot = zero;
         for (int q = 0; q < 4; q++)
             dot = _mm256_fmadd_ps(_mm256_max_ps(_mm256_add_ps(z[q], y[q]), zero), _mm256_loadu_ps(f->w_out + 8 * q), dot);
@@ -198,16 +201,16 @@ static int check_indices(const Network *f, Py_ssize_t edges, Py_ssize_t schedule
 
 enum {
     STATIC, PLAN_NODE, W_PLAN, IN_INDPTR, IN_SRC, IN_MASK, W_SELF, W_MSG, B_MSG, LABELS, GROUP_INPUT, W_HEAD,
-    SCHEDULE_BIAS, SCHEDULE, W_OUT, PRIOR, H0, H1, POOLED, OUT, COUNT
+    SCHEDULE_BIAS, SCHEDULE, W_OUT, PRIOR, H0, POOLED, OUT, COUNT
 };
 
 static PyObject *forward(PyObject *self, PyObject *args) {
     Py_buffer v[COUNT];
     Network f;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*w*w*w*w*ddd", &v[STATIC], &v[PLAN_NODE], &v[W_PLAN],
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*w*w*w*dddd", &v[STATIC], &v[PLAN_NODE], &v[W_PLAN],
                           &v[IN_INDPTR], &v[IN_SRC], &v[IN_MASK], &v[W_SELF], &v[W_MSG], &v[B_MSG], &v[LABELS],
                           &v[GROUP_INPUT], &v[W_HEAD], &v[SCHEDULE_BIAS], &v[SCHEDULE], &v[W_OUT], &v[PRIOR],
-                          &v[H0], &v[H1], &v[POOLED], &v[OUT], &f.b_out, &f.y_std, &f.y_mean))
+                          &v[H0], &v[POOLED], &v[OUT], &f.b_out, &f.y_std, &f.y_mean, &f.prior_scale))
         return NULL;
     PyObject *result = NULL;
     f.scratch = NULL;
@@ -221,10 +224,10 @@ static PyObject *forward(PyObject *self, PyObject *args) {
         check(&v[IN_SRC], "in_src", 8, edges) < 0 || check(&v[IN_MASK], "in_mask", 1, edges) < 0 ||
         check(&v[W_SELF], "w_self", 4, hidden * hidden) < 0 || check(&v[W_MSG], "w_msg", 4, hidden * hidden) < 0 ||
         check(&v[GROUP_INPUT], "group_input", 4, f.groups * f.inputs) < 0 ||
-        check(&v[W_HEAD], "w_head", 4, (hidden + f.inputs) * head) < 0 ||
+        check(&v[W_HEAD], "w_head", 4, (hidden + f.inputs + 1) * head) < 0 ||
         check(&v[SCHEDULE_BIAS], "schedule_bias", 4, schedules * head) < 0 ||
         check(&v[SCHEDULE], "schedule", 8, f.groups) < 0 || check(&v[PRIOR], "prior", 8, f.groups) < 0 ||
-        check(&v[H0], "h0", 4, n * hidden) < 0 || check(&v[H1], "h1", 4, n * hidden) < 0 ||
+        check(&v[H0], "h0", 4, n * hidden) < 0 ||
         check(&v[POOLED], "pooled", 4, f.groups * hidden) < 0)
         goto done;
     f.static_proj = v[STATIC].buf, f.plan_node = v[PLAN_NODE].buf, f.w_plan = v[W_PLAN].buf;
@@ -232,7 +235,7 @@ static PyObject *forward(PyObject *self, PyObject *args) {
     f.w_self = v[W_SELF].buf, f.w_msg = v[W_MSG].buf, f.b_msg = v[B_MSG].buf, f.label = v[LABELS].buf;
     f.group_input = v[GROUP_INPUT].buf, f.w_head = v[W_HEAD].buf, f.schedule_bias = v[SCHEDULE_BIAS].buf;
     f.schedule = v[SCHEDULE].buf, f.w_out = v[W_OUT].buf, f.prior = v[PRIOR].buf;
-    f.h0 = v[H0].buf, f.h1 = v[H1].buf, f.pooled = v[POOLED].buf, f.out = v[OUT].buf;
+    f.h0 = v[H0].buf, f.pooled = v[POOLED].buf, f.out = v[OUT].buf;
     if (check_indices(&f, edges, schedules) < 0) goto done;
     f.scratch = malloc((size_t)(2 * (hidden > head ? hidden : head) + 1) * sizeof(float));
     if (!f.scratch) {
@@ -255,11 +258,37 @@ done:
     return result;
 }
 
+static PyObject *group_sums(PyObject *self, PyObject *args) {
+    Py_buffer values, labels, out;
+    if (!PyArg_ParseTuple(args, "y*y*w*", &values, &labels, &out)) return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t n = labels.len / 8, columns = n ? values.len / (4 * n) : 0, groups = columns ? out.len / (4 * columns) : 0;
+    if (check(&labels, "labels", 8, n) < 0 || check(&values, "values", 4, n * columns) < 0 ||
+        check(&out, "out", 4, groups * columns) < 0)
+        goto done;
+    const int64_t *label = labels.buf;
+    const float *row = values.buf;
+    float *sums = out.buf;
+    for (Py_ssize_t i = 0; i < n; i++)
+        if (label[i] < 0 || label[i] >= groups) {
+            PyErr_Format(PyExc_ValueError, "node %zd has group %lld outside 0..%zd", i, (long long)label[i], groups - 1);
+            goto done;
+        }
+    memset(sums, 0, (size_t)(groups * columns) * sizeof(float));
+    for (Py_ssize_t i = 0; i < n; i++)
+        for (Py_ssize_t c = 0; c < columns; c++) sums[label[i] * columns + c] += row[i * columns + c];
+    result = Py_NewRef(Py_None);
+done:
+    PyBuffer_Release(&values); PyBuffer_Release(&labels); PyBuffer_Release(&out);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"forward", forward, METH_VARARGS,
      "forward(static_proj, plan_node, w_plan, in_indptr, in_src, in_mask, w_self, w_msg, b_msg, labels, group_input, "
-     "w_head, schedule_bias, schedule, w_out, prior, h0, h1, pooled, out, b_out, y_std, y_mean): ln µs of every "
-     "group."},
+     "w_head, schedule_bias, schedule, w_out, prior, h0, pooled, out, b_out, y_std, y_mean, prior_scale): "
+     "ln µs of every group."},
+    {"group_sums", group_sums, METH_VARARGS, "group_sums(values, labels, out): per-group sums of node rows."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -63,7 +63,6 @@ class _GraphCache:
     tensors: GraphTensors
     static_proj: np.ndarray   # [N, H] op embedding + static features projected + bias
     h0: np.ndarray            # [N, H] buffers of the plan path, overwritten every call
-    h1: np.ndarray            # [N, H]
     pooled: np.ndarray        # [N, H]: the first G rows hold the group sums (G ≤ N)
 
 
@@ -112,7 +111,7 @@ class CostModel:
         prior = self.prior.plan_log_us(graph, group_of, schedule_of_group)
         internal = plan.internal[tensors.by_dst].view(np.uint8)                      # [E] in consumer order
         return self._forward(cache.static_proj, plan.node, tensors.in_indptr, tensors.in_src, internal, group_of,
-                             plan.group, prior, schedule_of_group, (cache.h0, cache.h1, cache.pooled))
+                             plan.group, prior, schedule_of_group, (cache.h0, cache.pooled))
 
     def predict_group_log_us(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> float:
         """ln µs of one group, computed on its own nodes only (what an env step asks)."""
@@ -128,24 +127,24 @@ class CostModel:
                                    csr_indptr(dst, size), np.ascontiguousarray(src[by_dst]),
                                    np.ones(len(src), dtype=np.uint8), np.zeros(size, dtype=np.int64),
                                    example.group[None], prior, self.schedule_ids([schedule]),
-                                   tuple(np.empty_like(static_proj) for _ in range(3)))[0])
+                                   (np.empty_like(static_proj), np.empty_like(static_proj)))[0])
 
     def _forward(self, static_proj: np.ndarray, plan_node: np.ndarray, in_indptr: np.ndarray, in_src: np.ndarray,
                  in_mask: np.ndarray, group_of: np.ndarray, group: np.ndarray, prior_log_us: np.ndarray,
-                 schedule_of_group: np.ndarray, scratch: tuple[np.ndarray, np.ndarray, np.ndarray]) -> np.ndarray:
+                 schedule_of_group: np.ndarray, scratch: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
         """The network on n nodes in G groups -> [G] ln µs: ``static_proj`` [n, H], ``plan_node``
         [n, 4], in-edges as CSR by consumer (``in_indptr`` [n+1], ``in_src`` [E], ``in_mask`` [E]
         uint8: the internal ones), ``group_of`` [n] int64, ``group`` [G, K], ``prior_log_us`` [G],
-        ``schedule_of_group`` [G]; ``scratch``: three [n, H] float32 arrays (G ≤ n)."""
-        h0, h1, pooled = scratch
+        ``schedule_of_group`` [G]; ``scratch``: two [n, H] float32 arrays, node states and group
+        sums (G ≤ n)."""
+        h0, pooled = scratch
         w = self.weights
-        group_input = np.concatenate([group, (prior_log_us * PRIOR_INPUT_SCALE)[:, None]], axis=1, dtype=np.float32)
         log_us = np.empty(len(prior_log_us), dtype=np.float64)                              # [G]
         _kernels.forward(static_proj, plan_node, self._w_plan, in_indptr, in_src, in_mask, self._w_self,
-                         self._w_message, w["b_msg"], group_of, group_input, w["w_head"], self._schedule_bias,
-                         np.ascontiguousarray(schedule_of_group, dtype=np.int64), w["w_out"],
-                         np.ascontiguousarray(prior_log_us, dtype=np.float64), h0, h1, pooled[:len(log_us)], log_us,
-                         *self._output)
+                         self._w_message, w["b_msg"], group_of, np.ascontiguousarray(group, dtype=np.float32),
+                         w["w_head"], self._schedule_bias, np.ascontiguousarray(schedule_of_group, dtype=np.int64),
+                         w["w_out"], np.ascontiguousarray(prior_log_us, dtype=np.float64), h0,
+                         pooled[:len(log_us)], log_us, *self._output, PRIOR_INPUT_SCALE)
         return log_us
 
     def graph_tensors(self, graph: ComputeGraph) -> GraphTensors:
@@ -161,7 +160,7 @@ class CostModel:
             static_proj = (w["op_embedding"][op_ids] + tensors.static @ w["w_in"][:NUM_STATIC] + w["b_in"])
             shape = static_proj.shape
             cache = _GraphCache(tensors, static_proj.astype(np.float32),
-                                *(np.empty(shape, dtype=np.float32) for _ in range(3)))
+                                *(np.empty(shape, dtype=np.float32) for _ in range(2)))
             self._graphs[graph.hash] = cache
             if len(self._graphs) > GRAPH_CACHE_SIZE:
                 self._graphs.popitem(last=False)
