@@ -117,17 +117,17 @@ class PlanFeatures:
 
 def plan_features(tensors: GraphTensors, group_of: np.ndarray, num_groups: int) -> PlanFeatures:
     """Node and group features of the partition ``group_of`` ([N] labels in 0..G-1)."""
-    n, g = tensors.num_nodes, num_groups
-    internal = group_of[tensors.src] == group_of[tensors.dst]                              # [E]
-    crossing = ~internal
-    external_read = tensors.own_read_bytes + np.bincount(tensors.dst, weights=tensors.edge_bytes * crossing,
-                                                         minlength=n)                     # [N]
-    leaves = np.bincount(tensors.src, weights=crossing, minlength=n) > 0
-    in_degree = np.bincount(tensors.dst, weights=internal, minlength=n)
-    out_degree = np.bincount(tensors.src, weights=internal, minlength=n)
+    n = tensors.num_nodes
+    group_of = np.ascontiguousarray(group_of, dtype=np.int64)
+    internal = np.empty(len(tensors.src), dtype=bool)                                     # [E] both ends in one group
+    external_read = tensors.own_read_bytes.copy()                                         # [N] + bytes of crossing in-edges
+    leaves = np.zeros(n, dtype=bool)                                                      # [N] an out-edge crosses
+    in_degree, out_degree = np.zeros(n), np.zeros(n)                                      # [N] internal edges
+    _kernels.edge_pass(tensors.src, tensors.dst, group_of, tensors.edge_bytes, internal.view(np.uint8), external_read,
+                       leaves.view(np.uint8), in_degree, out_degree)
     node, additive = _node_features(tensors, slice(None), external_read, leaves, in_degree, out_degree)
-    sums = np.empty((g, additive.shape[1]), dtype=np.float32)                            # [G, 12]
-    _kernels.group_sums(additive, np.ascontiguousarray(group_of, dtype=np.int64), sums)
+    sums = np.empty((num_groups, additive.shape[1]), dtype=np.float32)                    # [G, 12]
+    _kernels.group_sums(additive, group_of, sums)
     return PlanFeatures(node, internal, _group_rows(sums))
 
 

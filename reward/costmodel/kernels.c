@@ -22,6 +22,12 @@
  *
  * group_sums(values, labels, out): out[g] = sum of values[i] over the nodes i of group g
  * ([N, C] float32 rows, int64 labels, [G, C] float32 out): a plan's group features.
+ *
+ * edge_pass(src, dst, labels, edge_bytes, internal, external_read, leaves, in_degree, out_degree):
+ * one pass over a plan's edges: internal[e] (uint8) when both ends share a group; otherwise
+ * the bytes add to the consumer's external_read (float64, pre-filled with its own reads) and
+ * the producer leaves[] its group (uint8); internal edges count in the in/out degrees (float64).
+ * The same numbers as ``features.group_example`` computes with bincounts for one group.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -283,12 +289,55 @@ done:
     return result;
 }
 
+static PyObject *edge_pass(PyObject *self, PyObject *args) {
+    enum { SRC, DST, LABELS_, BYTES, INTERNAL, EXTERNAL, LEAVES, IN_DEG, OUT_DEG, COUNT_ };
+    Py_buffer v[COUNT_];
+    if (!PyArg_ParseTuple(args, "y*y*y*y*w*w*w*w*w*", &v[SRC], &v[DST], &v[LABELS_], &v[BYTES], &v[INTERNAL],
+                          &v[EXTERNAL], &v[LEAVES], &v[IN_DEG], &v[OUT_DEG]))
+        return NULL;
+    PyObject *result = NULL;
+    Py_ssize_t edges = v[SRC].len / 8, n = v[LABELS_].len / 8;
+    if (check(&v[DST], "dst", 8, edges) < 0 || check(&v[BYTES], "edge_bytes", 8, edges) < 0 ||
+        check(&v[INTERNAL], "internal", 1, edges) < 0 || check(&v[EXTERNAL], "external_read", 8, n) < 0 ||
+        check(&v[LEAVES], "leaves", 1, n) < 0 || check(&v[IN_DEG], "in_degree", 8, n) < 0 ||
+        check(&v[OUT_DEG], "out_degree", 8, n) < 0)
+        goto done;
+    const int64_t *src = v[SRC].buf, *dst = v[DST].buf, *label = v[LABELS_].buf;
+    const double *bytes = v[BYTES].buf;
+    unsigned char *internal = v[INTERNAL].buf, *leaves = v[LEAVES].buf;
+    double *external = v[EXTERNAL].buf, *in_degree = v[IN_DEG].buf, *out_degree = v[OUT_DEG].buf;
+    for (Py_ssize_t e = 0; e < edges; e++)
+        if (src[e] < 0 || src[e] >= n || dst[e] < 0 || dst[e] >= n) {
+            PyErr_Format(PyExc_ValueError, "edge %zd (%lld -> %lld) names a node outside 0..%zd", e, (long long)src[e],
+                         (long long)dst[e], n - 1);
+            goto done;
+        }
+    for (Py_ssize_t e = 0; e < edges; e++) {
+        int inside = label[src[e]] == label[dst[e]];
+        internal[e] = (unsigned char)inside;
+        if (inside) {
+            in_degree[dst[e]] += 1.0;
+            out_degree[src[e]] += 1.0;
+        } else {
+            external[dst[e]] += bytes[e];
+            leaves[src[e]] = 1;
+        }
+    }
+    result = Py_NewRef(Py_None);
+done:
+    for (int i = 0; i < COUNT_; i++) PyBuffer_Release(&v[i]);
+    return result;
+}
+
 static PyMethodDef methods[] = {
     {"forward", forward, METH_VARARGS,
      "forward(static_proj, plan_node, w_plan, in_indptr, in_src, in_mask, w_self, w_msg, b_msg, labels, group_input, "
      "w_head, schedule_bias, schedule, w_out, prior, h0, pooled, out, b_out, y_std, y_mean, prior_scale): "
      "ln µs of every group."},
     {"group_sums", group_sums, METH_VARARGS, "group_sums(values, labels, out): per-group sums of node rows."},
+    {"edge_pass", edge_pass, METH_VARARGS,
+     "edge_pass(src, dst, labels, edge_bytes, internal, external_read, leaves, in_degree, out_degree): "
+     "a plan's per-edge features in one pass."},
     {NULL, NULL, 0, NULL},
 };
 
