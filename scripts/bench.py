@@ -252,7 +252,7 @@ def bench_costmodel(quick: bool) -> list[BenchFigure]:
     return [
         BenchFigure("costmodel", f"learned cost model, all groups of a {graph.num_edges:,}-edge plan", plan_ms, "ms",
                     "≤ 1 ms", plan_ms <= 1.0, f"predict_groups_us on synthetic(9400 nodes), 4,700 groups, "
-                    f"numpy + scipy CSR, analytical prior included, OPENBLAS_NUM_THREADS={threads}; "
+                    f"numpy + C kernels, analytical prior included, OPENBLAS_NUM_THREADS={threads}; "
                     f"model: {origin}"),
         BenchFigure("costmodel", "learned cost model, one group (env step)", group_us, "µs", "",
                     None, f"predict_group_log_us on a {len(group)}-node group of the same graph"),
