@@ -15,8 +15,8 @@ There is no re-run of the network per step: the sequential policy (one action pe
 pass, in the env) is what training optimizes; ``decide`` is its one-shot approximation.
 
 This module imports neither torch nor TVM: the leaderboard and compilers load the ONNX file
-with numpy, onnx and (for the reference engine) onnxruntime only. ``encode_graphs`` is the inference twin of
-``fusiongym.agents.policy.observation_to_batch``: same schema, same numbers.
+with numpy, onnx and (for the reference engine) onnxruntime only. ``encode_graphs`` is the
+inference twin of ``fusiongym.agents.policy.observation_to_batch``: same schema, same numbers.
 """
 
 from __future__ import annotations
@@ -182,7 +182,7 @@ def encode_graphs(graphs: Sequence[ComputeGraph], device: FeatureDevice | Latenc
         context[GLOBAL_FEATURES.index("latency_ratio")] = 1.0      # start state: nothing fused yet
         context[GLOBAL_FEATURES.index("groups_ratio")] = 1.0
         glob.append(scale_globals(np.clip(context, 0.0, GLOBAL_HIGH).astype(np.float16))[None])
-        edges = graph.arrays.edge_index                    # int32: the observation's uint16 caps graphs at 65,535 nodes
+        edges = graph.arrays.edge_index          # int32 (the observation's uint16 copy caps graphs at 65,535 nodes)
         src.append(edges[0].astype(np.int64) + base)
         dst.append(edges[1].astype(np.int64) + base)
         edge_bytes.append(features.edge_feat[:, 0].astype(np.float32) * np.float32(FEATURE_SCALE))

@@ -111,10 +111,12 @@ class KernelEngine:
 
     @staticmethod
     def _conv(w: dict[str, np.ndarray], prefix: str, hidden: int) -> ConvWeights:
-        update = w[f"{prefix}.weight"]                  # [H, 3H + 4]: h, producers, consumers, in-edge (bytes, flag), out-edge
+        # [H, 3H + 4] columns: h, producers, consumers, in-edge (bytes, flag), out-edge (bytes, flag)
+        update = w[f"{prefix}.weight"]
         blocks = [update[:, part * hidden:(part + 1) * hidden].T for part in range(3)]    # each [H, H]
-        return ConvWeights(np.ascontiguousarray(np.concatenate(blocks, axis=1)), np.ascontiguousarray(update[:, 3 * hidden]),
-                           np.ascontiguousarray(update[:, 3 * hidden + 2]), w[f"{prefix}.bias"])
+        return ConvWeights(np.ascontiguousarray(np.concatenate(blocks, axis=1)),
+                           np.ascontiguousarray(update[:, 3 * hidden]), np.ascontiguousarray(update[:, 3 * hidden + 2]),
+                           w[f"{prefix}.bias"])
 
     def run(self, batch: EncodedBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """(edge logits [K], schedule logits [M, S], stop logit [B], value [B])."""
@@ -125,8 +127,8 @@ class KernelEngine:
         out_deg = np.bincount(src, minlength=m)                                        # [M]
         inv_in = (1.0 / np.maximum(in_deg, 1)).astype(np.float32)
         inv_out = (1.0 / np.maximum(out_deg, 1)).astype(np.float32)
-        ctx_in = (np.bincount(dst, batch.edge_bytes, minlength=m) * inv_in).astype(np.float32)    # [M] mean in-edge bytes
-        ctx_out = (np.bincount(src, batch.edge_bytes, minlength=m) * inv_out).astype(np.float32)  # [M]
+        ctx_in = (np.bincount(dst, batch.edge_bytes, minlength=m) * inv_in).astype(np.float32)   # [M] mean in-edge
+        ctx_out = (np.bincount(src, batch.edge_bytes, minlength=m) * inv_out).astype(np.float32)  # [M] bytes, out
         for conv in self.convs:
             np.matmul(h, conv.neighbours, out=projected)
             _gnn_kernels.conv_update(h, projected, src, dst, inv_in, inv_out, ctx_in, ctx_out,

@@ -119,10 +119,10 @@ def plan_features(tensors: GraphTensors, group_of: np.ndarray, num_groups: int) 
     """Node and group features of the partition ``group_of`` ([N] labels in 0..G-1)."""
     n = tensors.num_nodes
     group_of = np.ascontiguousarray(group_of, dtype=np.int64)
-    internal = np.empty(len(tensors.src), dtype=bool)                                     # [E] both ends in one group
-    external_read = tensors.own_read_bytes.copy()                                         # [N] + bytes of crossing in-edges
-    leaves = np.zeros(n, dtype=bool)                                                      # [N] an out-edge crosses
-    in_degree, out_degree = np.zeros(n), np.zeros(n)                                      # [N] internal edges
+    internal = np.empty(len(tensors.src), dtype=bool)                 # [E] both ends in one group
+    external_read = tensors.own_read_bytes.copy()                     # [N] + bytes of crossing in-edges
+    leaves = np.zeros(n, dtype=bool)                                  # [N] an out-edge crosses
+    in_degree, out_degree = np.zeros(n), np.zeros(n)                  # [N] internal edges
     _kernels.edge_pass(tensors.src, tensors.dst, group_of, tensors.edge_bytes, internal.view(np.uint8), external_read,
                        leaves.view(np.uint8), in_degree, out_degree)
     node, additive = _node_features(tensors, slice(None), external_read, leaves, in_degree, out_degree)
