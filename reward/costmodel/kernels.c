@@ -31,13 +31,16 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
-#include <immintrin.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
 #define FAST_HIDDEN 16
 #define FAST_HEAD 32
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_AVX2_PATH 1   /* compiled for AVX2 + FMA, chosen at run time; other CPUs take the plain loops */
+#include <immintrin.h>
+#endif
 
 typedef struct {
     Py_ssize_t n, hidden, plan, groups, inputs, head;
@@ -91,6 +94,7 @@ static void forward_plain(const Network *f) {
     }
 }
 
+#ifdef HAVE_AVX2_PATH
 /* The same sums at H = 16, D = 32, rows in AVX registers. */
 __attribute__((target("avx2,fma"))) static void forward_avx2(const Network *f) {
     const __m256 zero = _mm256_setzero_ps();
@@ -168,6 +172,8 @@ __attribute__((target("avx2,fma"))) static void forward_avx2(const Network *f) {
         f->out[g] = f->prior[g] + score * f->y_std + f->y_mean;
     }
 }
+
+#endif
 
 static int check(Py_buffer *view, const char *name, Py_ssize_t itemsize, Py_ssize_t items) {
     if (view->itemsize != itemsize || view->len != items * itemsize) {
@@ -249,13 +255,15 @@ static PyObject *forward(PyObject *self, PyObject *args) {
         goto done;
     }
     memset(f.pooled, 0, (size_t)(f.groups * hidden) * sizeof(float));
-    int fast = hidden == FAST_HIDDEN && head == FAST_HEAD && __builtin_cpu_supports("avx2") &&
-               __builtin_cpu_supports("fma");
     Py_BEGIN_ALLOW_THREADS
-    if (fast)
+#ifdef HAVE_AVX2_PATH
+    if (hidden == FAST_HIDDEN && head == FAST_HEAD && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         forward_avx2(&f);
     else
         forward_plain(&f);
+#else
+    forward_plain(&f);
+#endif
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
