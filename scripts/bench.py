@@ -12,7 +12,7 @@ import json
 import os
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -29,6 +29,8 @@ class BenchFigure:
     goal: str = ""           # e.g. "≤ 10 s"; empty when the figure is informative only
     met: bool | None = None
     command: str = ""        # what was measured, reproducibly
+    bench_section: str = ""  # the SECTIONS entry that measured it
+    measured_at: str = ""    # date and time of that run
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,12 +49,39 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"unknown bench sections {unknown}; choose from {list(SECTIONS)}")
     figures: list[BenchFigure] = []
     for name in tqdm(names, desc="bench", unit="section"):
-        figures.extend(SECTIONS[name](args.quick))
+        measured_at = time.strftime("%Y-%m-%d %H:%M:%S")
+        figures.extend(replace(figure, bench_section=name, measured_at=measured_at)
+                       for figure in SECTIONS[name](args.quick))
     machine = describe_machine()
-    write_report(Path(args.out), figures, machine)
+    kept = earlier_figures(Path(args.out), machine, figures)
+    write_report(Path(args.out), kept + figures, machine)
     for figure in figures:
         print(_figure_line(figure))
+    if kept:
+        print(f"kept {len(kept)} figures of other sections from the earlier run on this machine")
     return 0
+
+
+def earlier_figures(folder: Path, machine: dict, figures: list[BenchFigure]) -> list[BenchFigure]:
+    """The figures of the existing BENCHMARKS.json that this run did not re-measure, when it
+    was written on this machine: re-measuring one section keeps the others (each row says
+    when it was measured). Figures of another machine are never mixed in."""
+    path = folder / "BENCHMARKS.json"
+    if not path.exists():
+        return []
+    try:
+        earlier = json.loads(path.read_text())
+        if earlier["machine"].get("cpu_fingerprint") != machine.get("cpu_fingerprint"):
+            return []
+        rows = [BenchFigure(**{"measured_at": earlier["date"], **row}) for row in earlier["figures"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path} is not a BENCHMARKS.json this version can read ({exc}); move it away or "
+                         f"run every section (`fusiongym bench`)") from exc
+    sections = {f.bench_section for f in figures}
+    shown = {f.section for f in figures}
+    # Rows of files written before rows recorded their bench section go by the table's section.
+    return [row for row in rows
+            if row.bench_section not in sections and (row.bench_section or row.section not in shown)]
 
 
 # ------------------------------------------------------------------- sections
@@ -302,13 +331,16 @@ def write_report(folder: Path, figures: list[BenchFigure], machine: dict) -> Non
     lines = ["# fusiongym benchmarks", "",
              f"Measured by `fusiongym bench` on **{machine.get('cpu_model', '?')}** "
              f"({machine.get('cpu_cores', '?')} cores, {machine.get('memory_gib', '?')} GiB, {machine.get('os', '')}), "
-             f"{payload['date']}. Machine: `{machine.get('cpu_fingerprint', '')}`; versions: python "
+             f"runs of {', '.join(sorted({f.measured_at for f in figures}))}. Machine: "
+             f"`{machine.get('cpu_fingerprint', '')}`; versions: python "
              f"{machine.get('python')}, torch {machine.get('torch')}, tvm {machine.get('tvm')}, "
              f"fusiongym {machine.get('fusiongym')}.", "",
-             "| section | figure | value | goal | met | what was measured |", "|---|---|---|---|---|---|"]
+             "| section | figure | value | goal | met | what was measured | measured at |",
+             "|---|---|---|---|---|---|---|"]
     for f in figures:
         met = "" if f.met is None else ("yes" if f.met else "**no**")
-        lines.append(f"| {f.section} | {f.name} | {_format(f.value)} {f.unit} | {f.goal} | {met} | {f.command} |")
+        lines.append(f"| {f.section} | {f.name} | {_format(f.value)} {f.unit} | {f.goal} | {met} | {f.command} "
+                     f"| {f.measured_at} |")
     _write(folder / "BENCHMARKS.md", "\n".join(lines) + "\n")
 
 

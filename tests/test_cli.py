@@ -44,3 +44,26 @@ def test_validate_accepts_honest_results_and_names_bad_lines(tmp_path, capsys):
     path.write_text("{not json}\n")
     assert main(["validate", str(path)]) == 2
     assert f"{path}:1" in capsys.readouterr().err
+
+
+def test_bench_of_one_section_keeps_the_other_sections_of_this_machine(tmp_path, capsys):
+    from fusiongym.reward.fingerprint import describe_machine
+
+    old = {"section": "graphs", "name": "ResNet-50 import", "value": 6.5, "unit": "s", "goal": "≤ 10 s", "met": True,
+           "command": "from_torch", "bench_section": "graphs", "measured_at": "2026-01-01 00:00:00"}
+    stale = {**old, "section": "reward", "name": "analytical group evaluations/s (vectorized)", "value": -1.0,
+             "bench_section": "analytical"}
+    earlier = {"machine": describe_machine(), "date": "2026-01-01 00:00:00", "figures": [old, stale]}
+    (tmp_path / "BENCHMARKS.json").write_text(json.dumps(earlier))
+    assert main(["bench", "--sections", "analytical", "--quick", "--out", str(tmp_path)]) == 0
+    rows = json.loads((tmp_path / "BENCHMARKS.json").read_text())["figures"]
+    assert [r for r in rows if r["bench_section"] == "graphs"] == [old]          # kept as it was
+    analytical = [r for r in rows if r["bench_section"] == "analytical"]
+    assert analytical and all(r["value"] > 0 and r["measured_at"] > old["measured_at"] for r in analytical)
+    assert "| 2026-01-01 00:00:00 |" in (tmp_path / "BENCHMARKS.md").read_text()
+
+    earlier["machine"] = {**earlier["machine"], "cpu_fingerprint": "cpu:another"}
+    (tmp_path / "BENCHMARKS.json").write_text(json.dumps(earlier))
+    main(["bench", "--sections", "analytical", "--quick", "--out", str(tmp_path)])
+    rows = json.loads((tmp_path / "BENCHMARKS.json").read_text())["figures"]
+    assert {r["bench_section"] for r in rows} == {"analytical"}                  # another machine: nothing mixed
