@@ -1,11 +1,12 @@
-"""The trained GNN cost model in plain numpy: the fast path every prediction takes.
+"""The trained GNN cost model in numpy and C, no torch: the fast path every prediction takes.
 
 Why not torch or onnxruntime: a 10k-edge plan must be priced in about a millisecond on one
 CPU thread, and PyG's scatter under onnxruntime takes 13-20 ms (DESIGN.md):
 
 * everything that does not depend on the plan — op embedding, static node features and
   their projection — is computed once per graph (``static_proj`` [N, H]);
-* the plan's features are numpy over nodes and edges (``features.plan_features``);
+* the plan's features are one C pass over its edges, numpy over nodes and C group sums
+  (``features.plan_features``);
 * the network is one C pass over nodes and their in-edges and one over groups
   (``reward/costmodel/kernels.c``): messages follow the in-edges in consumer order (row
   pointers fixed per graph; the plan masks out crossing edges), then group sums and the
