@@ -31,12 +31,13 @@ from typing import Any, Callable, Protocol, Sequence
 
 import numpy as np
 
-from fusiongym.envs.observation import GLOBAL_FEATURES, GLOBAL_HIGH, KIND_CODES, OP_VOCAB, GraphFeatures
+from fusiongym.envs.observation import (GLOBAL_FEATURES, GLOBAL_HIGH, KIND_CODES, OP_VOCAB, context_features,
+                                        edge_log_features, node_log_features, op_ids)
 from fusiongym.graphs import ComputeGraph
 from fusiongym.reward import DEFAULT_SCHEDULE, LatencyBackend, Plan, get_backend
 from fusiongym.reward.devices import DeviceProfile
 
-from . import _greedy_merge
+from . import _gnn_kernels, _greedy_merge
 
 FORMAT = "fusiongym.FusionPolicy/1"
 FEATURE_SCHEMA = "fusiongym.policy-features/1"
@@ -165,27 +166,27 @@ def encode_graphs(graphs: Sequence[ComputeGraph], device: FeatureDevice | Latenc
 
     ``device`` supplies the device-profile part of the context (anything with a
     ``profile``, as the env's backend). Numbers pass through float16 exactly as the
-    observation stores them, so the network sees what it saw in training.
+    observation (``GraphFeatures``) stores them, so the network sees what it saw in training.
     """
     ops, kinds, node_feat, glob, src, dst, edge_bytes = [], [], [], [], [], [], []
     base = 0
     for graph in graphs:
         if graph.num_nodes == 0:
             raise ValueError(f"graph {graph.name} has no nodes")
-        features = GraphFeatures.of(graph, device)
-        op = features.node_op.astype(np.int64)
+        arrays = graph.arrays
+        op = op_ids(arrays).astype(np.int64)
         op[op >= vocab_size] = OTHER_OP                      # ops added to the vocabulary after training
         ops.append(op)
-        kinds.append(features.node_kind.astype(np.int64))
-        node_feat.append(features.node_feat.astype(np.float32) * np.float32(FEATURE_SCALE))
-        context = features.context.copy()
+        kinds.append(arrays.kind_index.astype(np.int64) + 1)   # KIND_CODES
+        node_feat.append(half_scaled(node_log_features(arrays)))
+        context = context_features(graph, device)
         context[GLOBAL_FEATURES.index("latency_ratio")] = 1.0      # start state: nothing fused yet
         context[GLOBAL_FEATURES.index("groups_ratio")] = 1.0
         glob.append(scale_globals(np.clip(context, 0.0, GLOBAL_HIGH).astype(np.float16))[None])
-        edges = graph.arrays.edge_index          # int32 (the observation's uint16 copy caps graphs at 65,535 nodes)
+        edges = arrays.edge_index                # int32 (the observation's uint16 copy caps graphs at 65,535 nodes)
         src.append(edges[0].astype(np.int64) + base)
         dst.append(edges[1].astype(np.int64) + base)
-        edge_bytes.append(features.edge_feat[:, 0].astype(np.float32) * np.float32(FEATURE_SCALE))
+        edge_bytes.append(half_scaled(edge_log_features(arrays)))
         base += graph.num_nodes
     counts = np.array([graph.num_nodes for graph in graphs])
     return EncodedBatch(
@@ -193,6 +194,15 @@ def encode_graphs(graphs: Sequence[ComputeGraph], device: FeatureDevice | Latenc
         glob=np.concatenate(glob), node_graph=np.repeat(np.arange(len(graphs)), counts),
         src=np.concatenate(src), dst=np.concatenate(dst), edge_bytes=np.concatenate(edge_bytes),
         graph_ptr=np.concatenate([[0], np.cumsum(counts)]).astype(np.int64), num_schedules=num_schedules)
+
+
+def half_scaled(values: np.ndarray) -> np.ndarray:
+    """float32 ``values`` rounded through float16, as the observation stores them, times
+    FEATURE_SCALE: ``values.astype(np.float16) * FEATURE_SCALE`` in one C pass (numpy's
+    float16 cast costs more than the rest of the encoding)."""
+    out = np.empty_like(values, dtype=np.float32)
+    _gnn_kernels.round_half(np.ascontiguousarray(values, dtype=np.float32), FEATURE_SCALE, out)
+    return out
 
 
 def csr_view(src: np.ndarray, dst: np.ndarray, edge_x: np.ndarray, num_nodes: int) -> dict[str, np.ndarray]:
@@ -267,20 +277,18 @@ def greedy_groups(num_nodes: int, src: np.ndarray, dst: np.ndarray, edge_logits:
     return labels
 
 
-def group_schedules(group_of: np.ndarray, schedule_logits: np.ndarray,
-                    choices: np.ndarray) -> tuple[list[list[int]], np.ndarray]:
-    """The groups' members (ascending node ids) and the chosen schedule index of each group.
+def group_schedules(group_of: np.ndarray, schedule_logits: np.ndarray, choices: np.ndarray) -> np.ndarray:
+    """[G] the chosen schedule index of each group.
 
     ``group_of`` [N] group index per node (0..G-1, as ``greedy_groups`` numbers them),
     ``schedule_logits`` [N, S], ``choices`` [S] bool: the schedules the backend offers. A
     group takes the schedule with the highest logit on any of its nodes (C, like the merges).
     """
     group_of = np.ascontiguousarray(group_of, dtype=np.int64)
-    num_groups = int(group_of.max()) + 1 if group_of.size else 0
-    chosen = np.empty(num_groups, dtype=np.int64)                                    # [G]
+    chosen = np.empty(int(group_of.max()) + 1 if group_of.size else 0, dtype=np.int64)   # [G]
     _greedy_merge.group_schedules(group_of, np.ascontiguousarray(schedule_logits, dtype=np.float32),
                                   np.ascontiguousarray(choices, dtype=np.uint8), chosen)
-    return _greedy_merge.group_members(group_of, num_groups), chosen
+    return chosen
 
 
 # ------------------------------------------------------------------------ policy
@@ -384,14 +392,13 @@ class FusionPolicy:
         labels = greedy_groups(graph.num_nodes, batch.src, batch.dst, edge, float(stop[0]),
                                getattr(backend, "max_group_size", None), self._merge_check(graph, backend))
         choices = np.array([name in backend.schedules for name in self.schedules])
-        groups, chosen = group_schedules(labels, schedule, choices)
+        chosen = group_schedules(labels, schedule, choices)
         menu = self.schedules if choices.any() else (DEFAULT_SCHEDULE,) * len(self.schedules)
-        names = [menu[s] for s in chosen.tolist()]
         done = time.perf_counter()
         meta = {"method": f"policy:{self.name}", "decision_ms": (done - started) * 1e3,
                 "encode_ms": (encoded - started) * 1e3, "forward_ms": (forward - encoded) * 1e3,
                 "plan_ms": (done - forward) * 1e3}
-        return Plan(groups, names, graph.hash, meta, normalized=True)
+        return Plan.from_labels(labels, chosen, menu, graph.hash, meta)
 
     def default_backend(self) -> LatencyBackend:
         if self._default_backend is None:

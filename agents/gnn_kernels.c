@@ -1,22 +1,189 @@
-/* fusiongym.agents._gnn_kernels: the graph operations of the fusion policy's forward pass.
+/* fusiongym.agents._gnn_kernels: the fusion policy's start-state forward pass, compiled.
  *
- * The dense parts of the network (the per-node matrix products) run as numpy matmuls; what
- * is left is per edge, and is here: a scatter over the edge list is a plain loop in C,
- * where onnxruntime's ScatterElements (or gathers + prefix sums, the ONNX workaround) cost
- * several milliseconds on a 10k-edge graph. ``KernelEngine`` (kernel_engine.py) calls them.
+ * forward(hidden, schedules, layers, weights, code, node_feat, glob, graph_ptr, src, dst, edge_bytes,
+ *         scratch, edge_logits, schedule_logits, pooled)
  *
- * conv_update(h, P, src, dst, inv_in, inv_out, ctx_in, ctx_out, w_ctx_in, w_ctx_out, bias)
- *     One EdgeAwareConv, after its matmul P = h [W_self; W_in; W_out]^T ([M, 3H]):
- *     h[i] += relu(P_self[i] + inv_in[i] sum_{e: dst=i} P_in[src e] + inv_out[i] sum_{e: src=i} P_out[dst e]
- *                  + ctx_in[i] w_ctx_in + ctx_out[i] w_ctx_out + bias), in place; P is scratch.
- * edge_scores(UV, src, dst, w, edge_term, out)
- *     The edge head: out[e] = edge_term[e] + sum_j w[j] relu(UV[src e, j] + UV[dst e, H + j]).
+ * computes, for M nodes of B graphs (nodes of graph b: graph_ptr[b] .. graph_ptr[b+1] - 1) and
+ * K edges src -> dst, with H hidden units and S schedules:
+ *   h[i]   = relu(table[code i] + node_feat[i] W_feat + glob[b])                     encoder [M, H]
+ *   per layer: P = h [W_self | W_in | W_out]                                          [M, 3H]
+ *   h[i]  += relu(P_self[i] + mean_{e: dst=i} P_in[src e] + mean_{e: src=i} P_out[dst e]
+ *                 + ctx_in[i] w_ctx_in + ctx_out[i] w_ctx_out + b)                   (ctx: mean edge bytes)
+ *   U[i]   = h[i] W_ends + b_ends                                                     [M, 2H]
+ *   edge_logits[e]     = edge_bytes[e] w_bytes + b_edge + sum_j w_edge[j] relu(U[src e, j] + U[dst e, H + j])
+ *   schedule_logits[i] = h[i] W_schedule + b_schedule                                 [M, S]
+ *   pooled[b]          = mean of h over the nodes of graph b                          [B, H]
  *
- * Buffers are contiguous float32 (int64 for src, dst), passed through the buffer protocol.
+ * which is ``KernelEngine``'s network (kernel_engine.py), the exported GNN specialised to
+ * graphs in their start state. ``weights`` is one float32 array, laid out as
+ * ``KernelEngine.packed`` writes it:
+ *   table [R, H], W_feat [F, H], per layer (W [H, 3H], w_ctx_in [H], w_ctx_out [H], b [H]),
+ *   W_ends [H, 2H], b_ends [2H], w_edge [H], w_bytes, b_edge, W_schedule [H, S8], b_schedule [S8],
+ * S8 being S rounded up to a multiple of 8 (zero columns), so that every product is whole vectors.
+ * The whole pass is three node sweeps and three edge sweeps over rows that stay in cache;
+ * as numpy matmuls plus per-edge kernels it was twenty passes over [M, 3H] arrays.
+ *
+ * At H = 8 and H = 16 the loops have constant trip counts: with AVX2 and FMA (chosen at run
+ * time on x86-64) a node's rows live in vector registers. Other widths or CPUs take the same
+ * code with run-time widths. ``scratch`` [M (4H + 4)] float32 is the caller's, kept between
+ * calls. Integer arrays are int64, float arrays contiguous float32.
+ *
+ * round_half(values, scale, out): out = float(float16(values)) * scale, rounding to nearest
+ * even as numpy's ``astype(np.float16)`` does (10x faster here): the features the env stores
+ * as float16 are rounded the same way for ``decide``.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <math.h>
 #include <stdint.h>
+#include <string.h>
+
+#define NODE_FEATURES 5
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define HAVE_AVX2_PATH 1   /* compiled for AVX2 + FMA (+ F16C), chosen at run time */
+#include <immintrin.h>
+#define INLINE static inline __attribute__((always_inline))
+#else
+#define INLINE static inline
+#endif
+
+typedef struct {
+    Py_ssize_t nodes, edges, graphs, schedules, layers, rows;
+    const float *weights, *node_feat, *glob, *edge_bytes;
+    const int64_t *code, *graph_ptr, *src, *dst;
+    float *scratch, *edge_logits, *schedule_logits, *pooled;
+} Forward;
+
+static inline float relu(float x) { return x > 0.0f ? x : 0.0f; }
+
+static inline Py_ssize_t padded(Py_ssize_t columns) { return (columns + 7) / 8 * 8; }
+
+/* out[0:cols] = bias[0:cols] + x[0:rows] W, W row-major [rows, cols]; bias may be NULL. */
+INLINE void row_times_scalar(float *restrict out, const float *restrict x, const float *restrict w,
+                             const float *restrict bias, Py_ssize_t rows, Py_ssize_t cols) {
+    for (Py_ssize_t j = 0; j < cols; j++) out[j] = bias ? bias[j] : 0.0f;
+    for (Py_ssize_t k = 0; k < rows; k++)
+        for (Py_ssize_t j = 0; j < cols; j++) out[j] += x[k] * w[k * cols + j];
+}
+
+#if defined(__GNUC__) || defined(__clang__)
+/* The same product with the sums in up to MAX_VECTORS vectors of 8 floats (registers: AVX
+ * in the AVX2 build, SSE pairs otherwise), for cols a multiple of 8 up to 64. */
+#define MAX_VECTORS 8
+typedef float vec8 __attribute__((vector_size(32), aligned(4)));
+
+INLINE void row_times(float *restrict out, const float *restrict x, const float *restrict w,
+                      const float *restrict bias, Py_ssize_t rows, Py_ssize_t cols) {
+    const Py_ssize_t vectors = cols / 8;
+    if (cols % 8 || vectors > MAX_VECTORS) {
+        row_times_scalar(out, x, w, bias, rows, cols);
+        return;
+    }
+    vec8 acc[MAX_VECTORS];
+    for (Py_ssize_t i = 0; i < vectors; i++) acc[i] = bias ? *(const vec8 *)(bias + 8 * i) : (vec8){0};
+    for (Py_ssize_t k = 0; k < rows; k++) {
+        const vec8 scale = (vec8){0} + x[k];
+        for (Py_ssize_t i = 0; i < vectors; i++) acc[i] += scale * *(const vec8 *)(w + k * cols + 8 * i);
+    }
+    for (Py_ssize_t i = 0; i < vectors; i++) *(vec8 *)(out + 8 * i) = acc[i];
+}
+#else
+#define row_times row_times_scalar
+#endif
+
+/* The pass at width H (a constant where forward_at inlines it). */
+INLINE void forward_body(const Forward *f, const Py_ssize_t H) {
+    const Py_ssize_t M = f->nodes, K = f->edges, S = f->schedules;
+    const int64_t *src = f->src, *dst = f->dst;
+    const float *w = f->weights, *table = w;
+    w += f->rows * H;
+    const float *feat_w = w;
+    w += NODE_FEATURES * H;
+    const float *layer_w = w;                      /* layers, then the heads */
+    const float *ends_w = layer_w + f->layers * (3 * H * H + 3 * H), *ends_b = ends_w + 2 * H * H;
+    const float *edge_w = ends_b + 2 * H, w_bytes = edge_w[H], b_edge = edge_w[H + 1];
+    const Py_ssize_t S8 = padded(S);
+    const float *schedule_w = edge_w + H + 2, *schedule_b = schedule_w + H * S8;
+    float *h = f->scratch, *p = h + M * H, *ctx = p + M * 3 * H;   /* ctx [M, 4]: inv_in, inv_out, bytes in, out */
+
+    /* Degrees and mean edge bytes per node. */
+    memset(ctx, 0, (size_t)(4 * M) * sizeof(float));
+    for (Py_ssize_t e = 0; e < K; e++) {
+        ctx[4 * dst[e]] += 1.0f, ctx[4 * src[e] + 1] += 1.0f;
+        ctx[4 * dst[e] + 2] += f->edge_bytes[e], ctx[4 * src[e] + 3] += f->edge_bytes[e];
+    }
+    for (Py_ssize_t i = 0; i < M; i++) {
+        float *c = ctx + 4 * i;
+        c[0] = 1.0f / (c[0] > 1.0f ? c[0] : 1.0f), c[1] = 1.0f / (c[1] > 1.0f ? c[1] : 1.0f);
+        c[2] *= c[0], c[3] *= c[1];
+    }
+    /* Encoder. */
+    for (Py_ssize_t b = 0; b < f->graphs; b++)
+        for (Py_ssize_t i = f->graph_ptr[b]; i < f->graph_ptr[b + 1]; i++) {
+            float *row = h + i * H;
+            const float *start = table + f->code[i] * H, *glob = f->glob + b * H;
+            row_times(row, f->node_feat + i * NODE_FEATURES, feat_w, start, NODE_FEATURES, H);
+            for (Py_ssize_t j = 0; j < H; j++) row[j] = relu(row[j] + glob[j]);
+        }
+    /* Convolutions: matmul per node, neighbour means per edge, residual update per node. */
+    for (Py_ssize_t l = 0; l < f->layers; l++) {
+        const float *conv_w = layer_w + l * (3 * H * H + 3 * H), *w_in = conv_w + 3 * H * H, *w_out = w_in + H,
+                    *bias = w_out + H;
+        for (Py_ssize_t i = 0; i < M; i++) row_times(p + i * 3 * H, h + i * H, conv_w, NULL, H, 3 * H);
+        for (Py_ssize_t e = 0; e < K; e++) {   /* the means go into P's self block, read only by its own node */
+            float *into = p + dst[e] * 3 * H, *out_of = p + src[e] * 3 * H;
+            const float *from_src = p + src[e] * 3 * H + H, *from_dst = p + dst[e] * 3 * H + 2 * H;
+            const float scale_in = ctx[4 * dst[e]], scale_out = ctx[4 * src[e] + 1];
+            for (Py_ssize_t j = 0; j < H; j++) into[j] += scale_in * from_src[j];
+            for (Py_ssize_t j = 0; j < H; j++) out_of[j] += scale_out * from_dst[j];
+        }
+        for (Py_ssize_t i = 0; i < M; i++) {
+            const float *pre = p + i * 3 * H, *c = ctx + 4 * i;
+            float *row = h + i * H;
+            for (Py_ssize_t j = 0; j < H; j++) row[j] += relu(pre[j] + c[2] * w_in[j] + c[3] * w_out[j] + bias[j]);
+        }
+    }
+    /* Heads: edge-head ends (into P's rows, stride 3H), schedule logits, graph means. */
+    for (Py_ssize_t b = 0; b < f->graphs; b++) {
+        float *pooled = f->pooled + b * H;
+        const Py_ssize_t first = f->graph_ptr[b], last = f->graph_ptr[b + 1];
+        for (Py_ssize_t j = 0; j < H; j++) pooled[j] = 0.0f;
+        for (Py_ssize_t i = first; i < last; i++) {
+            const float *row = h + i * H;
+            row_times(p + i * 3 * H, row, ends_w, ends_b, H, 2 * H);
+            float schedule[S8];
+            row_times(schedule, row, schedule_w, schedule_b, H, S8);
+            memcpy(f->schedule_logits + i * S, schedule, (size_t)S * sizeof(float));
+            for (Py_ssize_t j = 0; j < H; j++) pooled[j] += row[j];
+        }
+        const float inv_count = last > first ? 1.0f / (float)(last - first) : 0.0f;
+        for (Py_ssize_t j = 0; j < H; j++) pooled[j] *= inv_count;
+    }
+    for (Py_ssize_t e = 0; e < K; e++) {
+        const float *u = p + src[e] * 3 * H, *v = p + dst[e] * 3 * H + H;
+        float score = 0.0f;
+        for (Py_ssize_t j = 0; j < H; j++) score += edge_w[j] * relu(u[j] + v[j]);
+        f->edge_logits[e] = f->edge_bytes[e] * w_bytes + b_edge + score;
+    }
+}
+
+/* The widths with constant-trip loops; others run with the width read at run time. */
+INLINE void forward_at(const Forward *f, Py_ssize_t hidden) {
+    if (hidden == 8)
+        forward_body(f, 8);
+    else if (hidden == 16)
+        forward_body(f, 16);
+    else
+        forward_body(f, hidden);
+}
+
+static void forward_plain(const Forward *f, Py_ssize_t hidden) { forward_at(f, hidden); }
+
+#ifdef HAVE_AVX2_PATH
+__attribute__((target("avx2,fma"))) static void forward_avx2(const Forward *f, Py_ssize_t hidden) {
+    forward_at(f, hidden);
+}
+#endif
 
 static int check_length(Py_buffer *view, const char *name, Py_ssize_t itemsize, Py_ssize_t items) {
     if (view->itemsize != itemsize || view->len != items * itemsize) {
@@ -27,103 +194,139 @@ static int check_length(Py_buffer *view, const char *name, Py_ssize_t itemsize, 
     return 0;
 }
 
-/* Every edge's ends must be nodes: the kernels index rows with them unchecked. */
-static int check_edges(const int64_t *src, const int64_t *dst, Py_ssize_t num_edges, Py_ssize_t num_nodes) {
-    for (Py_ssize_t k = 0; k < num_edges; k++)
-        if (src[k] < 0 || src[k] >= num_nodes || dst[k] < 0 || dst[k] >= num_nodes) {
+/* The kernel indexes rows with these unchecked: every one must name a row. */
+static int check_indices(const Forward *f) {
+    for (Py_ssize_t k = 0; k < f->edges; k++)
+        if (f->src[k] < 0 || f->src[k] >= f->nodes || f->dst[k] < 0 || f->dst[k] >= f->nodes) {
             PyErr_Format(PyExc_ValueError, "edge %zd (%lld -> %lld) names a node outside 0..%zd", k,
-                         (long long)src[k], (long long)dst[k], num_nodes - 1);
+                         (long long)f->src[k], (long long)f->dst[k], f->nodes - 1);
             return -1;
         }
+    for (Py_ssize_t i = 0; i < f->nodes; i++)
+        if (f->code[i] < 0 || f->code[i] >= f->rows) {
+            PyErr_Format(PyExc_ValueError, "node %zd has table row %lld outside 0..%zd", i, (long long)f->code[i],
+                         f->rows - 1);
+            return -1;
+        }
+    for (Py_ssize_t b = 0; b < f->graphs; b++)
+        if (f->graph_ptr[b] > f->graph_ptr[b + 1]) {
+            PyErr_Format(PyExc_ValueError, "graph_ptr must ascend from 0 to %zd", f->nodes);
+            return -1;
+        }
+    if (f->graph_ptr[0] != 0 || f->graph_ptr[f->graphs] != f->nodes) {
+        PyErr_Format(PyExc_ValueError, "graph_ptr must ascend from 0 to %zd", f->nodes);
+        return -1;
+    }
     return 0;
 }
 
-static void release(Py_buffer *views, int count) {
-    for (int i = 0; i < count; i++) PyBuffer_Release(&views[i]);
-}
-
-static PyObject *conv_update(PyObject *self, PyObject *args) {
-    enum { H_, P_, SRC, DST, INV_IN, INV_OUT, CTX_IN, CTX_OUT, W_IN, W_OUT, BIAS, COUNT };
+static PyObject *forward(PyObject *self, PyObject *args) {
+    enum { WEIGHTS, CODE, NODE_FEAT, GLOB, GRAPH_PTR, SRC, DST, EDGE_BYTES, SCRATCH, EDGE_LOGITS, SCHEDULE, POOLED, COUNT };
     Py_buffer v[COUNT];
-    if (!PyArg_ParseTuple(args, "w*w*y*y*y*y*y*y*y*y*y*", &v[H_], &v[P_], &v[SRC], &v[DST], &v[INV_IN],
-                          &v[INV_OUT], &v[CTX_IN], &v[CTX_OUT], &v[W_IN], &v[W_OUT], &v[BIAS]))
+    Py_ssize_t hidden, schedules, layers;
+    if (!PyArg_ParseTuple(args, "nnny*y*y*y*y*y*y*y*w*w*w*w*", &hidden, &schedules, &layers, &v[WEIGHTS], &v[CODE],
+                          &v[NODE_FEAT], &v[GLOB], &v[GRAPH_PTR], &v[SRC], &v[DST], &v[EDGE_BYTES], &v[SCRATCH],
+                          &v[EDGE_LOGITS], &v[SCHEDULE], &v[POOLED]))
         return NULL;
     PyObject *result = NULL;
-    Py_ssize_t m = v[INV_IN].len / 4, hidden = v[BIAS].len / 4, k = v[SRC].len / 8;
-    if (check_length(&v[H_], "h", 4, m * hidden) < 0 || check_length(&v[P_], "P", 4, m * 3 * hidden) < 0 ||
-        check_length(&v[SRC], "src", 8, k) < 0 || check_length(&v[DST], "dst", 8, k) < 0 ||
-        check_length(&v[INV_IN], "inv_in", 4, m) < 0 || check_length(&v[INV_OUT], "inv_out", 4, m) < 0 ||
-        check_length(&v[CTX_IN], "ctx_in", 4, m) < 0 || check_length(&v[CTX_OUT], "ctx_out", 4, m) < 0 ||
-        check_length(&v[W_IN], "w_ctx_in", 4, hidden) < 0 || check_length(&v[W_OUT], "w_ctx_out", 4, hidden) < 0 ||
-        check_length(&v[BIAS], "bias", 4, hidden) < 0)
+    Forward f = {.nodes = v[CODE].len / 8, .edges = v[SRC].len / 8, .graphs = v[GRAPH_PTR].len / 8 - 1,
+                 .schedules = schedules, .layers = layers};
+    const Py_ssize_t other_weights = NODE_FEATURES * hidden + layers * (3 * hidden * hidden + 3 * hidden) +
+                                     2 * hidden * hidden + 3 * hidden + 2 + (hidden + 1) * padded(schedules);
+    f.rows = hidden > 0 ? (v[WEIGHTS].len / 4 - other_weights) / hidden : 0;
+    if (hidden <= 0 || schedules <= 0 || layers < 0 || f.graphs < 1 || f.rows <= 0) {
+        PyErr_Format(PyExc_ValueError, "bad shapes: hidden %zd, schedules %zd, layers %zd, %zd graphs, %zd table rows",
+                     hidden, schedules, layers, f.graphs, f.rows);
         goto done;
-    const int64_t *src = v[SRC].buf, *dst = v[DST].buf;
-    if (check_edges(src, dst, k, m) < 0) goto done;
-    float *h = v[H_].buf, *p = v[P_].buf;
-    const float *inv_in = v[INV_IN].buf, *inv_out = v[INV_OUT].buf, *ctx_in = v[CTX_IN].buf, *ctx_out = v[CTX_OUT].buf;
-    const float *w_in = v[W_IN].buf, *w_out = v[W_OUT].buf, *bias = v[BIAS].buf;
-    Py_ssize_t stride = 3 * hidden;
+    }
+    if (check_length(&v[WEIGHTS], "weights", 4, f.rows * hidden + other_weights) < 0 ||
+        check_length(&v[CODE], "code", 8, f.nodes) < 0 ||
+        check_length(&v[NODE_FEAT], "node_feat", 4, f.nodes * NODE_FEATURES) < 0 ||
+        check_length(&v[GLOB], "glob", 4, f.graphs * hidden) < 0 ||
+        check_length(&v[SRC], "src", 8, f.edges) < 0 || check_length(&v[DST], "dst", 8, f.edges) < 0 ||
+        check_length(&v[EDGE_BYTES], "edge_bytes", 4, f.edges) < 0 ||
+        check_length(&v[SCRATCH], "scratch", 4, f.nodes * (4 * hidden + 4)) < 0 ||
+        check_length(&v[EDGE_LOGITS], "edge_logits", 4, f.edges) < 0 ||
+        check_length(&v[SCHEDULE], "schedule_logits", 4, f.nodes * schedules) < 0 ||
+        check_length(&v[POOLED], "pooled", 4, f.graphs * hidden) < 0)
+        goto done;
+    f.weights = v[WEIGHTS].buf, f.code = v[CODE].buf, f.node_feat = v[NODE_FEAT].buf, f.glob = v[GLOB].buf;
+    f.graph_ptr = v[GRAPH_PTR].buf, f.src = v[SRC].buf, f.dst = v[DST].buf, f.edge_bytes = v[EDGE_BYTES].buf;
+    f.scratch = v[SCRATCH].buf, f.edge_logits = v[EDGE_LOGITS].buf, f.schedule_logits = v[SCHEDULE].buf;
+    f.pooled = v[POOLED].buf;
+    if (check_indices(&f) < 0) goto done;
     Py_BEGIN_ALLOW_THREADS
-    /* The means are accumulated into P's self block: it is read only by its own node's update. */
-    for (Py_ssize_t e = 0; e < k; e++) {
-        float *into = p + dst[e] * stride, *out_of = p + src[e] * stride;
-        const float *from_src = p + src[e] * stride + hidden, *from_dst = p + dst[e] * stride + 2 * hidden;
-        float scale_in = inv_in[dst[e]], scale_out = inv_out[src[e]];
-        for (Py_ssize_t j = 0; j < hidden; j++) into[j] += scale_in * from_src[j];
-        for (Py_ssize_t j = 0; j < hidden; j++) out_of[j] += scale_out * from_dst[j];
-    }
-    for (Py_ssize_t i = 0; i < m; i++) {
-        const float *pre = p + i * stride;
-        float *row = h + i * hidden;
-        for (Py_ssize_t j = 0; j < hidden; j++) {
-            float value = pre[j] + ctx_in[i] * w_in[j] + ctx_out[i] * w_out[j] + bias[j];
-            row[j] += value > 0.0f ? value : 0.0f;
-        }
-    }
+#ifdef HAVE_AVX2_PATH
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        forward_avx2(&f, hidden);
+    else
+        forward_plain(&f, hidden);
+#else
+    forward_plain(&f, hidden);
+#endif
     Py_END_ALLOW_THREADS
     result = Py_NewRef(Py_None);
 done:
-    release(v, COUNT);
+    for (int i = 0; i < COUNT; i++) PyBuffer_Release(&v[i]);
     return result;
 }
 
-static PyObject *edge_scores(PyObject *self, PyObject *args) {
-    enum { UV, SRC, DST, W, TERM, OUT, COUNT };
-    Py_buffer v[COUNT];
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*w*", &v[UV], &v[SRC], &v[DST], &v[W], &v[TERM], &v[OUT])) return NULL;
-    PyObject *result = NULL;
-    Py_ssize_t hidden = v[W].len / 4, k = v[SRC].len / 8, m = hidden ? v[UV].len / (4 * 2 * hidden) : 0;
-    if (check_length(&v[UV], "UV", 4, m * 2 * hidden) < 0 || check_length(&v[SRC], "src", 8, k) < 0 ||
-        check_length(&v[DST], "dst", 8, k) < 0 || check_length(&v[TERM], "edge_term", 4, k) < 0 ||
-        check_length(&v[OUT], "out", 4, k) < 0)
-        goto done;
-    const int64_t *src = v[SRC].buf, *dst = v[DST].buf;
-    if (check_edges(src, dst, k, m) < 0) goto done;
-    const float *uv = v[UV].buf, *w = v[W].buf, *term = v[TERM].buf;
-    float *out = v[OUT].buf;
-    Py_BEGIN_ALLOW_THREADS
-    for (Py_ssize_t e = 0; e < k; e++) {
-        const float *u = uv + src[e] * 2 * hidden, *t = uv + dst[e] * 2 * hidden + hidden;
-        float score = term[e];
-        for (Py_ssize_t j = 0; j < hidden; j++) {
-            float pair = u[j] + t[j];
-            score += w[j] * (pair > 0.0f ? pair : 0.0f);
-        }
-        out[e] = score;
+/* float -> nearest float16 (ties to even) -> float, for finite or infinite x. */
+static float round_half_plain(float x) {
+    uint32_t bits;
+    memcpy(&bits, &x, sizeof bits);
+    const uint32_t sign = bits & 0x80000000u, magnitude = bits & 0x7fffffffu;
+    if (magnitude >= 0x7f800000u) return x;                           /* inf, nan */
+    if (magnitude >= 0x477ff000u) return sign ? -HUGE_VALF : HUGE_VALF;   /* beyond 65504 + half an ulp */
+    if (magnitude < 0x38800000u) {                                    /* float16 subnormal: steps of 2^-24 */
+        const float steps = nearbyintf(fabsf(x) * 16777216.0f);
+        return copysignf(steps / 16777216.0f, x);
     }
-    Py_END_ALLOW_THREADS
+    const uint32_t rounded = (magnitude + 0x0fffu + ((magnitude >> 13) & 1u)) & ~0x1fffu;   /* keep 10 bits */
+    bits = sign | rounded;
+    memcpy(&x, &bits, sizeof x);
+    return x;
+}
+
+#ifdef HAVE_AVX2_PATH
+__attribute__((target("avx,f16c"))) static Py_ssize_t round_half_f16c(const float *in, float scale, float *out,
+                                                                       Py_ssize_t n) {
+    const __m256 factor = _mm256_set1_ps(scale);
+    Py_ssize_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m128i half = _mm256_cvtps_ph(_mm256_loadu_ps(in + i), _MM_FROUND_TO_NEAREST_INT);
+        _mm256_storeu_ps(out + i, _mm256_mul_ps(_mm256_cvtph_ps(half), factor));
+    }
+    return i;
+}
+#endif
+
+static PyObject *round_half(PyObject *self, PyObject *args) {
+    Py_buffer in, out;
+    float scale;
+    if (!PyArg_ParseTuple(args, "y*fw*", &in, &scale, &out)) return NULL;
+    PyObject *result = NULL;
+    const Py_ssize_t n = in.len / 4;
+    if (check_length(&in, "values", 4, n) < 0 || check_length(&out, "out", 4, n) < 0) goto done;
+    const float *values = in.buf;
+    float *rounded = out.buf;
+    Py_ssize_t done_items = 0;
+#ifdef HAVE_AVX2_PATH
+    if (__builtin_cpu_supports("f16c")) done_items = round_half_f16c(values, scale, rounded, n);
+#endif
+    for (Py_ssize_t i = done_items; i < n; i++) rounded[i] = round_half_plain(values[i]) * scale;
     result = Py_NewRef(Py_None);
 done:
-    release(v, COUNT);
+    PyBuffer_Release(&in);
+    PyBuffer_Release(&out);
     return result;
 }
 
 static PyMethodDef methods[] = {
-    {"conv_update", conv_update, METH_VARARGS,
-     "conv_update(h, P, src, dst, inv_in, inv_out, ctx_in, ctx_out, w_ctx_in, w_ctx_out, bias): "
-     "one EdgeAwareConv after its matmul, h updated in place."},
-    {"edge_scores", edge_scores, METH_VARARGS,
-     "edge_scores(UV, src, dst, w, edge_term, out): fuse logit of every edge."},
+    {"forward", forward, METH_VARARGS,
+     "forward(hidden, schedules, layers, weights, code, node_feat, glob, graph_ptr, src, dst, edge_bytes, scratch, "
+     "edge_logits, schedule_logits, pooled): the start-state network."},
+    {"round_half", round_half, METH_VARARGS, "round_half(values, scale, out): float16-rounded values times scale."},
     {NULL, NULL, 0, NULL},
 };
 

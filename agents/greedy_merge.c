@@ -13,10 +13,9 @@
  * precedes B's last node. Buffers are int64 (src, dst, order, labels), passed through the
  * buffer protocol, so the module needs only the CPython API.
  *
- * group_members(labels, num_groups) -> list of G lists: the node ids of each group, ascending.
  * group_schedules(labels, logits, offered, chosen) writes chosen[g], the schedule index with
- * the highest logit (float32 [N, S]) on any node of group g among the ``offered`` ones (uint8 [S]).
- * Both are the plan's bookkeeping, linear in N, but a Python loop would cost more than the merges.
+ * the highest logit (float32 [N, S]) on any node of group g among the ``offered`` ones (uint8 [S]):
+ * the plan's bookkeeping, linear in N, but a Python loop would cost more than the merges.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -25,96 +24,58 @@
 #include <string.h>
 #include <math.h>
 
-/* A set of group roots as a small unsorted array (degrees in ML graphs are small): the first
- * LOCAL_ROOTS live inside the struct, so most nodes never allocate. */
-#define LOCAL_ROOTS 4
+/* The partition: union-find over nodes (int32: graphs stay far below 2^31 nodes), each root
+ * holding its group's size, first and last node and member list. Groups' neighbours are not
+ * kept: they are read off the graph's adjacency (CSR both ways) when a merge asks, through
+ * the members (at most max_group_size). Every array is O(N + K) int32, small enough for the
+ * allocator to reuse between calls: per-node neighbour sets, allocated fresh (a megabyte at
+ * 10k nodes), cost more in page faults than the merging itself. */
 typedef struct {
-    int64_t *items;
-    int64_t count;
-    int64_t capacity;
-    int64_t local[LOCAL_ROOTS];
-} RootSet;
-
-static void rootset_init(RootSet *set) {
-    set->items = set->local;
-    set->count = 0;
-    set->capacity = LOCAL_ROOTS;
-}
-
-static void rootset_free(RootSet *set) {
-    if (set->items != set->local) free(set->items);
-}
-
-static int rootset_add(RootSet *set, int64_t root) {
-    for (int64_t i = 0; i < set->count; i++)
-        if (set->items[i] == root) return 0;
-    if (set->count == set->capacity) {
-        int64_t capacity = 2 * set->capacity;
-        int64_t *items = malloc((size_t)capacity * sizeof(int64_t));
-        if (!items) return -1;
-        memcpy(items, set->items, (size_t)set->count * sizeof(int64_t));
-        rootset_free(set);
-        set->items = items;
-        set->capacity = capacity;
-    }
-    set->items[set->count++] = root;
-    return 0;
-}
-
-static void rootset_discard(RootSet *set, int64_t root) {
-    for (int64_t i = 0; i < set->count; i++)
-        if (set->items[i] == root) {
-            set->items[i] = set->items[--set->count];
-            return;
-        }
-}
-
-/* Replace ``gone`` by ``keep`` in ``set`` (the neighbour set of a neighbour of a merged pair). */
-static int rootset_rename(RootSet *set, int64_t gone, int64_t keep) {
-    rootset_discard(set, gone);
-    return rootset_add(set, keep);
-}
-
-typedef struct {
-    int64_t num_nodes;
-    int64_t *parent, *size, *first, *last;
-    int64_t *member_next, *member_tail;   /* members of a root: linked list from the root */
-    int64_t *stack, *seen;                /* path search scratch; seen holds search stamps */
-    int64_t stamp;
-    RootSet *succ, *pred;
+    int32_t num_nodes;
+    int32_t *parent, *size, *first, *last;
+    int32_t *member_next, *member_tail;   /* members of a root: linked list from the root */
+    int32_t *out_ptr, *out_node, *in_ptr, *in_node;   /* adjacency, CSR by producer and by consumer */
+    int32_t *stack, *seen;                 /* path search scratch; seen holds search stamps */
+    int32_t stamp;
 } Partition;
 
 static void partition_free(Partition *p) {
-    if (p->succ)
-        for (int64_t v = 0; v < p->num_nodes; v++) rootset_free(&p->succ[v]);
-    if (p->pred)
-        for (int64_t v = 0; v < p->num_nodes; v++) rootset_free(&p->pred[v]);
-    free(p->succ); free(p->pred);
-    free(p->parent); free(p->size); free(p->first); free(p->last);
-    free(p->member_next); free(p->member_tail); free(p->stack); free(p->seen);
+    free(p->parent); free(p->size); free(p->first); free(p->last); free(p->member_next); free(p->member_tail);
+    free(p->out_ptr); free(p->out_node); free(p->in_ptr); free(p->in_node); free(p->stack); free(p->seen);
 }
 
-static int partition_init(Partition *p, int64_t n) {
+/* Fill the CSR (ptr [N+1], node [K]) of the edges grouped by ``from``, listing ``to``. */
+static void build_csr(const int64_t *from, const int64_t *to, Py_ssize_t num_edges, int32_t n, int32_t *ptr,
+                      int32_t *node) {
+    memset(ptr, 0, (size_t)(n + 1) * sizeof(int32_t));
+    for (Py_ssize_t k = 0; k < num_edges; k++) ptr[from[k] + 1]++;
+    for (int32_t v = 0; v < n; v++) ptr[v + 1] += ptr[v];
+    for (Py_ssize_t k = 0; k < num_edges; k++) node[ptr[from[k]]++] = (int32_t)to[k];
+    for (int32_t v = n; v > 0; v--) ptr[v] = ptr[v - 1];
+    ptr[0] = 0;
+}
+
+static int partition_init(Partition *p, int32_t n, const int64_t *src, const int64_t *dst, Py_ssize_t num_edges) {
     memset(p, 0, sizeof(*p));
     p->num_nodes = n;
-    size_t bytes = (size_t)(n > 0 ? n : 1) * sizeof(int64_t);
+    size_t bytes = (size_t)(n + 1) * sizeof(int32_t), edge_bytes = (size_t)(num_edges + 1) * sizeof(int32_t);
     p->parent = malloc(bytes); p->size = malloc(bytes); p->first = malloc(bytes); p->last = malloc(bytes);
-    p->member_next = malloc(bytes); p->member_tail = malloc(bytes);
-    p->stack = malloc(bytes); p->seen = calloc((size_t)(n > 0 ? n : 1), sizeof(int64_t));
-    p->succ = calloc((size_t)(n > 0 ? n : 1), sizeof(RootSet));
-    p->pred = calloc((size_t)(n > 0 ? n : 1), sizeof(RootSet));
-    if (!p->parent || !p->size || !p->first || !p->last || !p->member_next || !p->member_tail ||
-        !p->stack || !p->seen || !p->succ || !p->pred)
+    p->member_next = malloc(bytes); p->member_tail = malloc(bytes); p->stack = malloc(bytes);
+    p->seen = calloc((size_t)n + 1, sizeof(int32_t));
+    p->out_ptr = malloc(bytes); p->in_ptr = malloc(bytes); p->out_node = malloc(edge_bytes); p->in_node = malloc(edge_bytes);
+    if (!p->parent || !p->size || !p->first || !p->last || !p->member_next || !p->member_tail || !p->stack ||
+        !p->seen || !p->out_ptr || !p->in_ptr || !p->out_node || !p->in_node)
         return -1;
-    for (int64_t v = 0; v < n; v++) {
+    for (int32_t v = 0; v < n; v++) {
         p->parent[v] = v; p->size[v] = 1; p->first[v] = v; p->last[v] = v;
         p->member_next[v] = -1; p->member_tail[v] = v;
-        rootset_init(&p->succ[v]); rootset_init(&p->pred[v]);
     }
+    build_csr(src, dst, num_edges, n, p->out_ptr, p->out_node);
+    build_csr(dst, src, num_edges, n, p->in_ptr, p->in_node);
     return 0;
 }
 
-static int64_t find(Partition *p, int64_t v) {
+static int32_t find(Partition *p, int32_t v) {
     while (p->parent[v] != v) {                 /* path halving */
         p->parent[v] = p->parent[p->parent[v]];
         v = p->parent[v];
@@ -122,36 +83,51 @@ static int64_t find(Partition *p, int64_t v) {
     return v;
 }
 
-/* Whether a successor group of ``a`` other than ``b`` reaches ``b``. */
-static int detour(Partition *p, int64_t a, int64_t b) {
-    int64_t bound = p->last[b], top = 0, stamp = ++p->stamp;
-    RootSet *out = &p->succ[a];
-    for (int64_t i = 0; i < out->count; i++) {
-        int64_t c = out->items[i];
-        if (c != b && p->first[c] < bound && p->seen[c] != stamp) {
-            p->seen[c] = stamp;
-            p->stack[top++] = c;
+/* Whether group ``a`` has a neighbour group other than ``b`` along ``ptr``/``node`` (its
+ * successors with the out-CSR, its predecessors with the in-CSR). */
+static int other_neighbour(Partition *p, const int32_t *ptr, const int32_t *node, int32_t a, int32_t b) {
+    for (int32_t v = a; v >= 0; v = p->member_next[v])
+        for (int32_t k = ptr[v]; k < ptr[v + 1]; k++) {
+            int32_t c = find(p, node[k]);
+            if (c != a && c != b) return 1;
         }
-    }
-    while (top > 0) {
-        RootSet *next = &p->succ[p->stack[--top]];
-        for (int64_t i = 0; i < next->count; i++) {
-            int64_t d = next->items[i];
-            if (d == b) return 1;
-            if (p->seen[d] != stamp && p->first[d] < bound) {
-                p->seen[d] = stamp;
-                p->stack[top++] = d;
-            }
-        }
-    }
     return 0;
 }
 
-static PyObject *members_list(Partition *p, int64_t root) {
+/* Push the successor groups of group ``c`` that start before ``bound`` and are unseen;
+ * 1 when one of them is ``b``. */
+static int push_successors(Partition *p, int32_t c, int32_t b, int32_t bound, int32_t *top, int first_step) {
+    for (int32_t v = c; v >= 0; v = p->member_next[v])
+        for (int32_t k = p->out_ptr[v]; k < p->out_ptr[v + 1]; k++) {
+            int32_t d = find(p, p->out_node[k]);
+            if (d == c) continue;
+            if (d == b) {
+                if (first_step) continue;   /* the merge's own edge(s) */
+                return 1;
+            }
+            if (p->seen[d] != p->stamp && p->first[d] < bound) {
+                p->seen[d] = p->stamp;
+                p->stack[(*top)++] = d;
+            }
+        }
+    return 0;
+}
+
+/* Whether a successor group of ``a`` other than ``b`` reaches ``b``. */
+static int detour(Partition *p, int32_t a, int32_t b) {
+    int32_t bound = p->last[b], top = 0;
+    p->stamp++;
+    push_successors(p, a, b, bound, &top, 1);
+    while (top > 0)
+        if (push_successors(p, p->stack[--top], b, bound, &top, 0)) return 1;
+    return 0;
+}
+
+static PyObject *members_list(Partition *p, int32_t root) {
     PyObject *list = PyList_New(0);
     if (!list) return NULL;
-    for (int64_t v = root; v >= 0; v = p->member_next[v]) {
-        PyObject *item = PyLong_FromLongLong(v);
+    for (int32_t v = root; v >= 0; v = p->member_next[v]) {
+        PyObject *item = PyLong_FromLong(v);
         if (!item || PyList_Append(list, item) < 0) {
             Py_XDECREF(item);
             Py_DECREF(list);
@@ -163,7 +139,7 @@ static PyObject *members_list(Partition *p, int64_t root) {
 }
 
 /* 1: allowed, 0: refused, -1: the callable raised. */
-static int call_allowed(Partition *p, PyObject *allowed, int64_t a, int64_t b) {
+static int call_allowed(Partition *p, PyObject *allowed, int32_t a, int32_t b) {
     PyObject *members_a = members_list(p, a), *members_b = members_a ? members_list(p, b) : NULL;
     PyObject *verdict = members_b ? PyObject_CallFunctionObjArgs(allowed, members_a, members_b, NULL) : NULL;
     int result = verdict ? PyObject_IsTrue(verdict) : -1;
@@ -171,27 +147,14 @@ static int call_allowed(Partition *p, PyObject *allowed, int64_t a, int64_t b) {
     return result;
 }
 
-/* Merge root ``gone`` into root ``keep``: sizes, spans, members and neighbour sets. */
-static int merge(Partition *p, int64_t keep, int64_t gone) {
+/* Merge root ``gone`` into root ``keep``: sizes, spans and members. */
+static void merge(Partition *p, int32_t keep, int32_t gone) {
     p->parent[gone] = keep;
     p->size[keep] += p->size[gone];
     if (p->first[gone] < p->first[keep]) p->first[keep] = p->first[gone];
     if (p->last[gone] > p->last[keep]) p->last[keep] = p->last[gone];
     p->member_next[p->member_tail[keep]] = gone;
     p->member_tail[keep] = p->member_tail[gone];
-    RootSet *gone_succ = &p->succ[gone], *gone_pred = &p->pred[gone];
-    for (int64_t i = 0; i < gone_succ->count; i++)
-        if (rootset_rename(&p->pred[gone_succ->items[i]], gone, keep) < 0) return -1;
-    for (int64_t i = 0; i < gone_pred->count; i++)
-        if (rootset_rename(&p->succ[gone_pred->items[i]], gone, keep) < 0) return -1;
-    for (int64_t i = 0; i < gone_succ->count; i++)
-        if (rootset_add(&p->succ[keep], gone_succ->items[i]) < 0) return -1;
-    for (int64_t i = 0; i < gone_pred->count; i++)
-        if (rootset_add(&p->pred[keep], gone_pred->items[i]) < 0) return -1;
-    rootset_discard(&p->succ[keep], keep); rootset_discard(&p->succ[keep], gone);
-    rootset_discard(&p->pred[keep], keep); rootset_discard(&p->pred[keep], gone);
-    gone_succ->count = gone_pred->count = 0;
-    return 0;
 }
 
 static int check_buffer(Py_buffer *view, const char *name, Py_ssize_t length) {
@@ -210,26 +173,25 @@ static PyObject *greedy_merge(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     Partition p;
-    int ready = partition_init(&p, num_nodes);
+    memset(&p, 0, sizeof p);
     Py_ssize_t num_edges = src.len / 8, num_order = order.len / 8;
-    if (ready < 0) {
-        PyErr_NoMemory();
+    if (num_nodes < 0 || num_nodes >= INT32_MAX) {
+        PyErr_Format(PyExc_ValueError, "num_nodes %lld is outside 0..%d", num_nodes, INT32_MAX - 1);
         goto done;
     }
     if (check_buffer(&src, "src", num_edges) < 0 || check_buffer(&dst, "dst", num_edges) < 0 ||
         check_buffer(&order, "order", num_order) < 0 || check_buffer(&labels, "labels", num_nodes) < 0)
         goto done;
     const int64_t *u = src.buf, *v = dst.buf, *edges = order.buf;
-    for (Py_ssize_t k = 0; k < num_edges; k++) {
+    for (Py_ssize_t k = 0; k < num_edges; k++)
         if (u[k] < 0 || u[k] >= num_nodes || v[k] < 0 || v[k] >= num_nodes) {
             PyErr_Format(PyExc_ValueError, "edge %zd (%lld -> %lld) names a node outside 0..%lld",
                          k, (long long)u[k], (long long)v[k], num_nodes - 1);
             goto done;
         }
-        if (rootset_add(&p.succ[u[k]], v[k]) < 0 || rootset_add(&p.pred[v[k]], u[k]) < 0) {
-            PyErr_NoMemory();
-            goto done;
-        }
+    if (partition_init(&p, (int32_t)num_nodes, u, v, num_edges) < 0) {
+        PyErr_NoMemory();
+        goto done;
     }
     int callable = allowed != Py_None;
     for (Py_ssize_t i = 0; i < num_order; i++) {
@@ -238,25 +200,24 @@ static PyObject *greedy_merge(PyObject *self, PyObject *args) {
             PyErr_Format(PyExc_ValueError, "order names edge %lld of %zd", (long long)edge, num_edges);
             goto done;
         }
-        int64_t a = find(&p, u[edge]), b = find(&p, v[edge]);
+        int32_t a = find(&p, (int32_t)u[edge]), b = find(&p, (int32_t)v[edge]);
         if (a == b || p.size[a] + p.size[b] > max_group_size) continue;
-        if (p.succ[a].count > 1 && p.pred[b].count > 1 && detour(&p, a, b)) continue;
+        if (other_neighbour(&p, p.out_ptr, p.out_node, a, b) && other_neighbour(&p, p.in_ptr, p.in_node, b, a) &&
+            detour(&p, a, b))
+            continue;
         if (callable) {
             int verdict = call_allowed(&p, allowed, a, b);
             if (verdict < 0) goto done;
             if (!verdict) continue;
         }
-        int64_t keep = p.size[a] >= p.size[b] ? a : b;
-        if (merge(&p, keep, keep == a ? b : a) < 0) {
-            PyErr_NoMemory();
-            goto done;
-        }
+        int32_t keep = p.size[a] >= p.size[b] ? a : b;
+        merge(&p, keep, keep == a ? b : a);
     }
     int64_t *out = labels.buf, groups = 0;
-    for (int64_t node = 0; node < num_nodes; node++) p.stack[node] = -1;   /* group index per root */
-    for (int64_t node = 0; node < num_nodes; node++) {
-        int64_t root = find(&p, node);
-        if (p.stack[root] < 0) p.stack[root] = groups++;
+    for (int32_t node = 0; node < num_nodes; node++) p.stack[node] = -1;   /* group index per root */
+    for (int32_t node = 0; node < num_nodes; node++) {
+        int32_t root = find(&p, node);
+        if (p.stack[root] < 0) p.stack[root] = (int32_t)groups++;
         out[node] = p.stack[root];
     }
     result = Py_NewRef(Py_None);
@@ -264,55 +225,6 @@ done:
     partition_free(&p);
     PyBuffer_Release(&src); PyBuffer_Release(&dst); PyBuffer_Release(&order); PyBuffer_Release(&labels);
     return result;
-}
-
-static PyObject *group_members(PyObject *self, PyObject *args) {
-    Py_buffer labels;
-    Py_ssize_t num_groups;
-    if (!PyArg_ParseTuple(args, "y*n", &labels, &num_groups)) return NULL;
-    Py_ssize_t n = labels.len / 8;
-    PyObject *groups = NULL;
-    Py_ssize_t *fill = NULL;
-    if (check_buffer(&labels, "labels", n) < 0) goto done;
-    const int64_t *label = labels.buf;
-    fill = calloc((size_t)(num_groups > 0 ? num_groups : 1), sizeof(Py_ssize_t));
-    if (!fill) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    for (Py_ssize_t v = 0; v < n; v++) {
-        if (label[v] < 0 || label[v] >= num_groups) {
-            PyErr_Format(PyExc_ValueError, "node %zd has group %lld outside 0..%zd", v, (long long)label[v], num_groups - 1);
-            goto done;
-        }
-        fill[label[v]]++;
-    }
-    /* G + N new objects: with the collector on, they would trigger collections that traverse
-     * every object of the process (milliseconds in a compiler holding big graphs); lists of
-     * ints cannot form cycles, so it is paused while they are built. */
-    int collecting = PyGC_Disable();
-    groups = PyList_New(num_groups);
-    if (!groups) goto fail;
-    for (Py_ssize_t g = 0; g < num_groups; g++) {
-        PyObject *members = PyList_New(fill[g]);
-        if (!members) goto fail;
-        PyList_SET_ITEM(groups, g, members);
-        fill[g] = 0;
-    }
-    for (Py_ssize_t v = 0; v < n; v++) {
-        PyObject *node = PyLong_FromSsize_t(v);
-        if (!node) goto fail;
-        PyList_SET_ITEM(PyList_GET_ITEM(groups, label[v]), fill[label[v]]++, node);
-    }
-    goto built;
-fail:
-    Py_CLEAR(groups);
-built:
-    if (collecting) PyGC_Enable();
-done:
-    free(fill);
-    PyBuffer_Release(&labels);
-    return groups;
 }
 
 static PyObject *group_schedules(PyObject *self, PyObject *args) {
@@ -363,7 +275,6 @@ done:
 static PyMethodDef methods[] = {
     {"greedy_merge", greedy_merge, METH_VARARGS,
      "greedy_merge(num_nodes, src, dst, order, max_group_size, allowed, labels): legal merges in order."},
-    {"group_members", group_members, METH_VARARGS, "group_members(labels, num_groups): node ids of each group."},
     {"group_schedules", group_schedules, METH_VARARGS,
      "group_schedules(labels, logits, offered, chosen): best offered schedule of each group."},
     {NULL, NULL, 0, NULL},

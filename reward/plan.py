@@ -8,7 +8,7 @@ every group with its schedule.
 from __future__ import annotations
 
 import json
-from dataclasses import InitVar, dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
@@ -25,25 +25,75 @@ class IllegalPlanError(ValueError):
     """A plan that no backend may run; the message says which rule it breaks."""
 
 
-@dataclass
 class Plan:
     """Groups of node ids (each one kernel) and one schedule name per group.
 
-    ``normalized=True`` says the groups are already lists of ascending Python ints, which
-    skips re-sorting them (a compiler building a plan of thousands of groups inline).
+    Built from lists, ``Plan(groups, schedules, graph_hash)`` (``normalized=True`` says the
+    groups are already lists of ascending Python ints and skips re-sorting them), or from a
+    group label per node, ``Plan.from_labels``: the form a compiler deciding thousands of
+    groups inline produces. A plan built from labels makes its Python lists on first use of
+    ``groups`` or ``schedules``; ``group_of`` and ``num_groups`` never need them.
     """
 
-    groups: list[list[int]]
-    schedules: list[str]
-    graph_hash: str
-    meta: dict = field(default_factory=dict)
-    normalized: InitVar[bool] = False
+    def __init__(self, groups: Sequence[Sequence[int]], schedules: Sequence[str], graph_hash: str,
+                 meta: dict | None = None, normalized: bool = False) -> None:
+        self._groups: list[list[int]] | None = (
+            list(groups) if normalized else [sorted(map(int, group)) for group in groups])   # type: ignore[arg-type]
+        self._schedules: list[str] | None = list(schedules)
+        self._labels: np.ndarray | None = None          # [N] group per node, when built from labels
+        self._schedule_index: np.ndarray | None = None  # [G] position in _menu, when built from labels
+        self._menu: tuple[str, ...] = ()
+        self.graph_hash = graph_hash
+        self.meta = meta if meta is not None else {}
+        if len(self._schedules) != len(self._groups):
+            raise IllegalPlanError(f"{len(self._groups)} groups but {len(self._schedules)} schedules")
 
-    def __post_init__(self, normalized: bool) -> None:
-        if not normalized:
-            self.groups = [sorted(map(int, group)) for group in self.groups]
-        if len(self.schedules) != len(self.groups):
-            raise IllegalPlanError(f"{len(self.groups)} groups but {len(self.schedules)} schedules")
+    @classmethod
+    def from_labels(cls, labels: np.ndarray, schedule_index: np.ndarray, menu: Sequence[str], graph_hash: str,
+                    meta: dict | None = None) -> "Plan":
+        """A plan from ``labels`` [N], each node's group, groups numbered 0, 1, ... in the
+        order of their first node, and ``schedule_index`` [G], each group's schedule as a
+        position in ``menu``."""
+        labels = np.asarray(labels)
+        schedule_index = np.asarray(schedule_index)
+        running_max = np.maximum.accumulate(labels) if labels.size else labels
+        if labels.size and (labels[0] != 0 or (np.diff(running_max) > 1).any() or (labels < 0).any()):
+            raise IllegalPlanError("labels must number the groups 0, 1, ... in the order of their first node")
+        num_groups = int(running_max[-1]) + 1 if labels.size else 0
+        if schedule_index.shape != (num_groups,):
+            raise IllegalPlanError(f"{num_groups} groups but {schedule_index.shape[0]} schedules")
+        if num_groups and not 0 <= int(schedule_index.min()) <= int(schedule_index.max()) < len(menu):
+            raise IllegalPlanError(f"schedule indices must lie in 0..{len(menu) - 1} (the menu {list(menu)})")
+        plan = cls([], [], graph_hash, meta, normalized=True)
+        plan._groups = plan._schedules = None
+        plan._labels, plan._schedule_index, plan._menu = labels, schedule_index, tuple(menu)
+        return plan
+
+    @property
+    def groups(self) -> list[list[int]]:
+        """The groups' node ids, each list ascending, groups in the order of their first node."""
+        if self._groups is None:
+            counts = np.bincount(self._labels, minlength=self.num_groups)                # [G]
+            members = np.argsort(self._labels, kind="stable").tolist()                   # nodes by group
+            bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
+            self._groups = [members[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
+        return self._groups
+
+    @property
+    def schedules(self) -> list[str]:
+        """One schedule name per group."""
+        if self._schedules is None:
+            self._schedules = np.array(self._menu, dtype=object)[self._schedule_index].tolist()
+        return self._schedules
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Plan):
+            return NotImplemented
+        return (self.graph_hash, self.groups, self.schedules, self.meta) == (
+            other.graph_hash, other.groups, other.schedules, other.meta)
+
+    def __repr__(self) -> str:
+        return f"Plan({self.num_groups} groups, graph {self.graph_hash[:12]}, meta={self.meta})"
 
     @staticmethod
     def singletons(graph: ComputeGraph, schedule: str = DEFAULT_SCHEDULE) -> "Plan":
@@ -66,10 +116,14 @@ class Plan:
 
     @property
     def num_groups(self) -> int:
-        return len(self.groups)
+        if self._groups is None:
+            return self._schedule_index.shape[0]
+        return len(self._groups)
 
     def group_of(self, num_nodes: int) -> np.ndarray:
         """[num_nodes] int32: the index of each node's group (-1 for nodes in no group)."""
+        if self._labels is not None and self._labels.shape[0] == num_nodes:
+            return self._labels.astype(np.int32)
         labels = np.full(num_nodes, -1, dtype=np.int32)
         for index, group in enumerate(self.groups):
             labels[group] = index

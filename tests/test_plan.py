@@ -119,3 +119,29 @@ def test_from_assignment_orders_groups_by_first_node(graph):
     plan = Plan.from_assignment(graph, [7, 7, 7, 2, 5], schedules={2: "parallel"})
     assert plan.groups == [[0, 1, 2], [3], [4]] and plan.schedules == ["default", "parallel", "default"]
     assert plan.group_of(graph.num_nodes).tolist() == [0, 0, 0, 1, 2]
+
+
+def test_a_plan_from_labels_is_the_plan_of_its_lists(graph):
+    """``Plan.from_labels`` (what ``decide`` returns) reads as the same plan as lists do."""
+    import numpy as np
+
+    labelled = Plan.from_labels(np.array([0, 0, 0, 1, 2]), np.array([1, 0, 0]), ["default", "parallel"], graph.hash)
+    listed = Plan([[0, 1, 2], [3], [4]], ["parallel", "default", "default"], graph.hash)
+    assert labelled.num_groups == 3
+    np.testing.assert_array_equal(labelled.group_of(5), [0, 0, 0, 1, 2])
+    assert labelled == listed and labelled.groups == listed.groups and labelled.schedules == listed.schedules
+    assert Plan.from_json(labelled.to_json()) == listed
+    assert is_legal(graph, labelled)
+
+
+@pytest.mark.parametrize("labels,schedule_index,problem", [
+    ([1, 0, 0, 1, 2], [0, 0, 0], "first node"),      # group 1 before group 0
+    ([0, 2, 2, 1, 1], [0, 0, 0], "first node"),      # a label skipped
+    ([0, 0, 1, 1, 2], [0, 0], "3 groups but 2 schedules"),
+    ([0, 0, 1, 1, 2], [0, 0, 5], "schedule indices must lie in 0..1"),
+])
+def test_bad_labels_are_refused_with_the_rule(labels, schedule_index, problem):
+    import numpy as np
+
+    with pytest.raises(IllegalPlanError, match=problem):
+        Plan.from_labels(np.array(labels), np.array(schedule_index), ["default", "parallel"], "hash")

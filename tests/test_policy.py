@@ -13,7 +13,7 @@ import torch
 
 from fusiongym.agents import FusionPolicy
 from fusiongym.agents.export import export_gnn, op_types, policy_metadata
-from fusiongym.agents.fusion_policy import FloatColumns, greedy_groups
+from fusiongym.agents.fusion_policy import FEATURE_SCALE, FloatColumns, greedy_groups, half_scaled
 from fusiongym.agents.policy import FusionGNNPolicy, GraphBatch, TorchEngine
 from fusiongym.envs import FusionEnv
 from fusiongym.envs.observation import OP_VOCAB
@@ -100,6 +100,38 @@ def test_export_matches_torch_outputs_and_plans(model, exported, engine):
         assert plan.canonical() == reference.canonical()
         merged += graph.num_nodes - plan.num_groups
     assert merged > 50                                           # the test exercises real fusion
+
+
+@pytest.mark.parametrize("hidden,layers", [(8, 2), (12, 1), (24, 3)])
+def test_kernel_engine_matches_torch_at_other_widths(hidden, layers, tmp_path):
+    """H = 8 takes the kernel's constant-width path, 12 and 24 its run-time-width loops
+    (3H not a multiple of 8, or wider than its registers); any layer count."""
+    from sb3_contrib import MaskablePPO
+
+    env = FusionEnv([synthetic(n_nodes=60, seed=3)], max_nodes=2048, max_edges=2048)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ppo = MaskablePPO(FusionGNNPolicy, env, n_steps=16, batch_size=16, seed=1, device="cpu",
+                          policy_kwargs={"features_extractor_kwargs": {"hidden": hidden, "layers": layers}})
+    path = export_gnn(ppo.policy.gnn, tmp_path / "policy.onnx", _metadata(ppo))
+    fast = FusionPolicy.load(path)
+    torch_policy = FusionPolicy(TorchEngine(ppo.policy.gnn), fast.metadata)
+    batch = fast.encode(graphs())
+    for ours, reference in zip(fast.engine.run(batch), torch_policy.engine.run(batch)):
+        np.testing.assert_allclose(ours, reference, rtol=1e-4, atol=1e-4)
+
+
+def test_features_round_through_float16_like_numpy():
+    """``half_scaled`` (C, F16C where the CPU has it) equals numpy's float16 cast times the
+    scale bit for bit; arrays shorter than 8 take the portable rounding."""
+    rng = np.random.default_rng(0)
+    special = np.array([0.0, 5.96e-8, 2.98e-8, 2.99e-8, 6.1e-5, 6.103515625e-05, 1.00048828125, 1.000732421875,
+                        65504.0, 65519.99, 65520.0, 7e4, np.inf, -3.0], dtype=np.float32)
+    values = np.concatenate([rng.uniform(0, 64, 10_000), np.exp(rng.uniform(-30, 12, 10_000)), special])
+    for chunk in [values.astype(np.float32), *np.array_split(special, 3)]:
+        with np.errstate(over="ignore"):
+            expected = chunk.astype(np.float16).astype(np.float32) * np.float32(FEATURE_SCALE)
+        np.testing.assert_array_equal(half_scaled(chunk), expected)
 
 
 def test_kernel_engine_decides_like_onnxruntime_with_the_shipped_policy():
