@@ -87,12 +87,45 @@ INLINE void row_times(float *restrict out, const float *restrict x, const float 
     }
     for (Py_ssize_t i = 0; i < vectors; i++) *(vec8 *)(out + 8 * i) = acc[i];
 }
+typedef int32_t vec8i __attribute__((vector_size(32), aligned(4)));
+
+/* into[0:n] += scale from[0:n]. */
+INLINE void add_scaled(float *into, const float *from, float scale, Py_ssize_t n) {
+    if (n % 8) {
+        for (Py_ssize_t j = 0; j < n; j++) into[j] += scale * from[j];
+        return;
+    }
+    for (Py_ssize_t j = 0; j < n; j += 8) *(vec8 *)(into + j) += scale * *(const vec8 *)(from + j);
+}
+
+/* row[0:n] += relu(pre + a u + b v + bias) (a convolution's residual update). */
+INLINE void add_relu(float *row, const float *pre, float a, const float *u, float b, const float *v, const float *bias,
+                     Py_ssize_t n) {
+    if (n % 8) {
+        for (Py_ssize_t j = 0; j < n; j++) row[j] += relu(pre[j] + a * u[j] + b * v[j] + bias[j]);
+        return;
+    }
+    for (Py_ssize_t j = 0; j < n; j += 8) {
+        const vec8 sum = *(const vec8 *)(pre + j) + a * *(const vec8 *)(u + j) + b * *(const vec8 *)(v + j) +
+                         *(const vec8 *)(bias + j);
+        *(vec8 *)(row + j) += (vec8)((vec8i)sum & (sum > (vec8){0}));   /* relu: keep the positive lanes */
+    }
+}
 #else
 #define row_times row_times_scalar
+
+INLINE void add_scaled(float *into, const float *from, float scale, Py_ssize_t n) {
+    for (Py_ssize_t j = 0; j < n; j++) into[j] += scale * from[j];
+}
+
+INLINE void add_relu(float *row, const float *pre, float a, const float *u, float b, const float *v, const float *bias,
+                     Py_ssize_t n) {
+    for (Py_ssize_t j = 0; j < n; j++) row[j] += relu(pre[j] + a * u[j] + b * v[j] + bias[j]);
+}
 #endif
 
-/* The pass at width H (a constant where forward_at inlines it). */
-INLINE void forward_body(const Forward *f, const Py_ssize_t H) {
+/* The pass at width H, S8 = padded(S) (constants where forward_at inlines it). */
+INLINE void forward_body(const Forward *f, const Py_ssize_t H, const Py_ssize_t S8) {
     const Py_ssize_t M = f->nodes, K = f->edges, S = f->schedules;
     const int64_t *src = f->src, *dst = f->dst;
     const float *w = f->weights, *table = w;
@@ -102,9 +135,9 @@ INLINE void forward_body(const Forward *f, const Py_ssize_t H) {
     const float *layer_w = w;                      /* layers, then the heads */
     const float *ends_w = layer_w + f->layers * (3 * H * H + 3 * H), *ends_b = ends_w + 2 * H * H;
     const float *edge_w = ends_b + 2 * H, w_bytes = edge_w[H], b_edge = edge_w[H + 1];
-    const Py_ssize_t S8 = padded(S);
     const float *schedule_w = edge_w + H + 2, *schedule_b = schedule_w + H * S8;
-    float *h = f->scratch, *p = h + M * H, *ctx = p + M * 3 * H;   /* ctx [M, 4]: inv_in, inv_out, bytes in, out */
+    float *restrict h = f->scratch, *restrict p = h + M * H, *restrict ctx = p + M * 3 * H;   /* ctx [M, 4]: inv_in,
+                                                                                     inv_out, bytes in, bytes out */
 
     /* Degrees and mean edge bytes per node. */
     memset(ctx, 0, (size_t)(4 * M) * sizeof(float));
@@ -122,8 +155,10 @@ INLINE void forward_body(const Forward *f, const Py_ssize_t H) {
         for (Py_ssize_t i = f->graph_ptr[b]; i < f->graph_ptr[b + 1]; i++) {
             float *row = h + i * H;
             const float *start = table + f->code[i] * H, *glob = f->glob + b * H;
-            row_times(row, f->node_feat + i * NODE_FEATURES, feat_w, start, NODE_FEATURES, H);
-            for (Py_ssize_t j = 0; j < H; j++) row[j] = relu(row[j] + glob[j]);
+            float pre[H];
+            row_times(pre, f->node_feat + i * NODE_FEATURES, feat_w, start, NODE_FEATURES, H);
+            memset(row, 0, (size_t)H * sizeof(float));
+            add_relu(row, pre, 0.0f, glob, 0.0f, glob, glob, H);   /* relu(pre + glob) */
         }
     /* Convolutions: matmul per node, neighbour means per edge, residual update per node. */
     for (Py_ssize_t l = 0; l < f->layers; l++) {
@@ -134,13 +169,12 @@ INLINE void forward_body(const Forward *f, const Py_ssize_t H) {
             float *into = p + dst[e] * 3 * H, *out_of = p + src[e] * 3 * H;
             const float *from_src = p + src[e] * 3 * H + H, *from_dst = p + dst[e] * 3 * H + 2 * H;
             const float scale_in = ctx[4 * dst[e]], scale_out = ctx[4 * src[e] + 1];
-            for (Py_ssize_t j = 0; j < H; j++) into[j] += scale_in * from_src[j];
-            for (Py_ssize_t j = 0; j < H; j++) out_of[j] += scale_out * from_dst[j];
+            add_scaled(into, from_src, scale_in, H);
+            add_scaled(out_of, from_dst, scale_out, H);
         }
         for (Py_ssize_t i = 0; i < M; i++) {
-            const float *pre = p + i * 3 * H, *c = ctx + 4 * i;
-            float *row = h + i * H;
-            for (Py_ssize_t j = 0; j < H; j++) row[j] += relu(pre[j] + c[2] * w_in[j] + c[3] * w_out[j] + bias[j]);
+            const float *c = ctx + 4 * i;
+            add_relu(h + i * H, p + i * 3 * H, c[2], w_in, c[3], w_out, bias, H);
         }
     }
     /* Heads: edge-head ends (into P's rows, stride 3H), schedule logits, graph means. */
@@ -167,14 +201,15 @@ INLINE void forward_body(const Forward *f, const Py_ssize_t H) {
     }
 }
 
-/* The widths with constant-trip loops; others run with the width read at run time. */
+/* The widths with constant-trip loops (up to 8 schedules); others run with widths read at run time. */
 INLINE void forward_at(const Forward *f, Py_ssize_t hidden) {
-    if (hidden == 8)
-        forward_body(f, 8);
-    else if (hidden == 16)
-        forward_body(f, 16);
+    const Py_ssize_t schedules = padded(f->schedules);
+    if (hidden == 8 && schedules == 8)
+        forward_body(f, 8, 8);
+    else if (hidden == 16 && schedules == 8)
+        forward_body(f, 16, 8);
     else
-        forward_body(f, hidden);
+        forward_body(f, hidden, schedules);
 }
 
 static void forward_plain(const Forward *f, Py_ssize_t hidden) { forward_at(f, hidden); }

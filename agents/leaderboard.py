@@ -435,7 +435,9 @@ def run_leaderboard(config: LeaderboardConfig, case_list: Sequence[Case] | None 
     context = _RunContext(
         config=config, backend=measuring, planner=planner, fingerprint=device_fingerprint(config.device),
         versions={k: machine.get(k) for k in ("python", "torch", "tvm", "fusiongym")})
-    rows = [] if config.fresh or not config.csv_path.exists() else read_results(config.csv_path)
+    rows = read_results(config.csv_path) if config.csv_path.exists() else []
+    if config.fresh:   # this run's methods are recomputed; the other methods' rows stay
+        rows = [r for r in rows if r.method not in {m.name for m in methods}]
     done = {(r.case_id, r.graph_hash, r.method) for r in rows if r.status == "ok" or r.status.startswith("n/a")}
     with tqdm(total=len(chosen) * len(methods), desc=f"leaderboard {config.stem}", unit="plan",
               disable=not progress) as bar:

@@ -132,12 +132,13 @@ class GraphFeatures:
 def node_log_features(arrays: GraphArrays) -> np.ndarray:
     """[N, 5] float32: min(log2(1 + x), FEATURE_HIGH) of each NODE_FEATURES column, before
     the observation's float16 rounding."""
-    counts = np.stack([arrays.flops, arrays.bytes_read, arrays.bytes_written, arrays.param_bytes],
-                      axis=1).astype(np.float32)                                       # [N, 4]
-    moved = counts[:, 1] + counts[:, 2]
-    intensity = np.divide(counts[:, 0], moved, out=np.zeros_like(moved), where=moved > 0)
-    values = np.concatenate([counts, intensity[:, None]], axis=1)                      # [N, 5]
-    return np.minimum(np.log2(1.0 + values, out=values), FEATURE_HIGH, out=values)
+    values = np.zeros((arrays.flops.shape[0], len(NODE_FEATURES)), dtype=np.float32)      # [N, 5]
+    for column, counts in enumerate((arrays.flops, arrays.bytes_read, arrays.bytes_written, arrays.param_bytes)):
+        values[:, column] = counts
+    moved = values[:, 1] + values[:, 2]
+    np.divide(values[:, 0], moved, out=values[:, 4], where=moved > 0)                     # intensity
+    values += 1.0
+    return np.minimum(np.log2(values, out=values), FEATURE_HIGH, out=values)
 
 
 def edge_log_features(arrays: GraphArrays) -> np.ndarray:

@@ -7,6 +7,7 @@ every group with its schedule.
 
 from __future__ import annotations
 
+import gc
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
@@ -76,7 +77,13 @@ class Plan:
             counts = np.bincount(self._labels, minlength=self.num_groups)                # [G]
             members = np.argsort(self._labels, kind="stable").tolist()                   # nodes by group
             bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
-            self._groups = [members[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
+            collecting = gc.isenabled()
+            gc.disable()   # thousands of new lists would trigger collections that traverse the whole process
+            try:
+                self._groups = [members[start:stop] for start, stop in zip(bounds[:-1], bounds[1:])]
+            finally:
+                if collecting:
+                    gc.enable()
         return self._groups
 
     @property

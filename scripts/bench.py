@@ -209,6 +209,7 @@ def bench_policy(quick: bool) -> list[BenchFigure]:
     graph = synthetic(n_nodes=9_400, seed=0)
     policy.decide(graph)  # warm-up: scratch arrays, analytical tables
     decide_ms = _median_ms(lambda: policy.decide(graph), 5 if quick else 30)
+    with_lists_ms = _median_ms(lambda: policy.decide(graph).groups, 5 if quick else 30)
     parts = [policy.decide(graph).meta for _ in range(5 if quick else 30)]
     part_ms = {part: statistics.median(meta[f"{part}_ms"] for meta in parts) for part in ("encode", "forward", "plan")}
     resnet50 = zoo.load("resnet50", "full", batch=1, image=224)
@@ -229,6 +230,9 @@ def bench_policy(quick: bool) -> list[BenchFigure]:
         BenchFigure("agents", f"policy decide() on a {graph.num_edges:,}-edge graph, 1 thread", decide_ms, "ms",
                     "≤ 1 ms", decide_ms <= 1.0, f"synthetic(9400 nodes), graph arrays cached, H={hidden}, "
                     "kernels engine; parts: " + ", ".join(f"{part} {ms:.2f} ms" for part, ms in part_ms.items())),
+        BenchFigure("agents", "policy decide(), then its plan's groups as Python lists", with_lists_ms, "ms", "",
+                    None, f"the same graph; decide returns group labels, and plan.groups builds "
+                    f"{graph.num_nodes:,} ints in lists on first use"),
         BenchFigure("agents", f"policy decide() on ResNet-50 ({resnet50.num_edges} edges), 1 thread", resnet50_ms,
                     "ms", "≤ 1 ms", resnet50_ms <= 1.0, "zoo resnet50 full, batch 1, image 224"),
         BenchFigure("agents", "policy forward, batched", batch_edges / batch_s, "edges/s", "≥ 2,000,000",

@@ -4,7 +4,7 @@ Example: ``fusiongym leaderboard --methods tvm_default,inductor_rules,annealing 
 --backend tvm --device cpu --variant small --cases-per-workload 2``. Results go to
 ``<out>/results/<suite>[-<variant>][-cap<dims>][-idle]-<backend>-<device>.csv``, ``<out>/LEADERBOARD.md`` and a
 PNG chart beside the CSV. A re-run skips the case × method rows already in the CSV
-(``--fresh`` recomputes them); measured kernels come from the MeasurementStore either way.
+(``--fresh`` recomputes those of the methods named); measured kernels come from the MeasurementStore either way.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--validate-max-nodes", type=int, default=None,
                         help="on tvm, check fused vs unfused outputs for graphs up to this size "
                              "(default 64; 0: never)")
-    parser.add_argument("--fresh", action="store_true", help="recompute rows already in the results CSV")
+    parser.add_argument("--fresh", action="store_true", help="recompute the rows of the methods named by --methods (others are kept)")
     parser.add_argument("--list-cases", action="store_true", help="print the cases and exit")
 
 

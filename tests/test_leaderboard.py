@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
+import time
 
 import pytest
 
@@ -79,6 +81,14 @@ def test_analytical_leaderboard_writes_results_that_revalidate(tmp_path):
     # A re-run resumes: nothing is decided or measured again.
     again = run_leaderboard(config, tiny_cases(), progress=False)
     assert [r.measured_at for r in again.rows] == [r.measured_at for r in rows]
+    # --fresh recomputes the named methods (and the references they are compared with) only.
+    time.sleep(1.1)                                              # measured_at has whole seconds
+    redone = run_leaderboard(dataclasses.replace(config, methods=["greedy_cost"], fresh=True), tiny_cases(),
+                             progress=False)
+    before = {(r.case_id, r.method): r.measured_at for r in rows}
+    kept = {(r.case_id, r.method) for r in redone.rows if r.measured_at == before[(r.case_id, r.method)]}
+    assert len(redone.rows) == len(rows)
+    assert {method for _, method in kept} == {"inductor_rules", "annealing", "beam", "exhaustive"}
 
     # A submission is measured like everything else: its own numbers are ignored, bad plans caught.
     submission = tmp_path / "plans.csv"
