@@ -14,9 +14,9 @@ import pytest
 import torch
 
 import fusiongym  # noqa: F401  (registers FusionEnv-v0)
-from fusiongym.agents import FusionPolicy
+from fusiongym.agents import FusionPolicy, baselines
 from fusiongym.graphs import zoo
-from fusiongym.reward import get_backend
+from fusiongym.reward import Plan, get_backend
 from fusiongym.reward.calibrate import collect_samples
 from fusiongym.reward.devices import get_profile
 from fusiongym.reward.costmodel import CostModelError, MeasuredSet, ProfileLog, load_measured_set
@@ -133,9 +133,10 @@ def test_learned_backend_batches_a_plan_and_runs_in_the_env(trained, measured, t
     graph = next(g for h, g in measured.graphs.items() if measured.model_of[h] == "mixtral_moe")
     backend = get_backend("learned", model=path)
     rng = np.random.default_rng(0)
-    plan = FusionPolicy.pretrained().decide(graph, backend)           # legal, with internal edges
-    assert graph.num_nodes - plan.num_groups >= 8                     # merges: groups with internal edges
-    plan.schedules = [backend.schedules[i] for i in rng.integers(len(backend.schedules), size=plan.num_groups)]
+    fused = baselines.get("inductor_rules").decide(graph, backend)   # legal, with internal edges
+    assert graph.num_nodes - fused.num_groups >= 8                    # merges: groups with internal edges
+    plan = Plan(fused.groups, [backend.schedules[i] for i in rng.integers(len(backend.schedules),
+                                                                          size=fused.num_groups)], graph.hash)
     report = backend.latency(graph, plan)
     one_by_one = [backend.group_latency(graph, g, s).us for g, s in zip(plan.groups, plan.schedules)]
     np.testing.assert_allclose(report.group_us, one_by_one, rtol=1e-4)
