@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from importlib import resources
+
 import pytest
 import torch
 from torch import nn
@@ -58,7 +60,18 @@ MODELS = _models()
 
 @pytest.fixture(scope="module")
 def policy() -> FusionPolicy:
-    return FusionPolicy.pretrained()
+    """The shipped policy with its stop logit lowered by 2: as shipped it fuses nothing on
+    these tiny models (every fuse logit stays below its stop logit there), and the tests
+    need plans with fused regions."""
+    import onnx
+
+    from fusiongym.agents.kernel_engine import KernelEngine, onnx_weights
+
+    shipped = FusionPolicy.pretrained()
+    with resources.as_file(resources.files("fusiongym.agents").joinpath("pretrained", "policy.onnx")) as path:
+        weights = onnx_weights(onnx.load(str(path)))
+    weights["gnn.stop_head.net.2.bias"] = weights["gnn.stop_head.net.2.bias"] - 2.0
+    return FusionPolicy(KernelEngine(weights, len(shipped.schedules)), shipped.metadata, name="pretrained")
 
 
 @pytest.mark.slow
