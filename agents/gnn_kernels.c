@@ -155,10 +155,10 @@ INLINE void forward_body(const Forward *f, const Py_ssize_t H, const Py_ssize_t 
         for (Py_ssize_t i = f->graph_ptr[b]; i < f->graph_ptr[b + 1]; i++) {
             float *row = h + i * H;
             const float *start = table + f->code[i] * H, *glob = f->glob + b * H;
-            float pre[H];
-            row_times(pre, f->node_feat + i * NODE_FEATURES, feat_w, start, NODE_FEATURES, H);
-            memset(row, 0, (size_t)H * sizeof(float));
-            add_relu(row, pre, 0.0f, glob, 0.0f, glob, glob, H);   /* relu(pre + glob) */
+            float bias[H];
+            for (Py_ssize_t j = 0; j < H; j++) bias[j] = start[j] + glob[j];
+            row_times(row, f->node_feat + i * NODE_FEATURES, feat_w, bias, NODE_FEATURES, H);
+            for (Py_ssize_t j = 0; j < H; j++) row[j] = relu(row[j]);
         }
     /* Convolutions: matmul per node, neighbour means per edge, residual update per node. */
     for (Py_ssize_t l = 0; l < f->layers; l++) {
