@@ -24,7 +24,7 @@ def tiny(out, **options) -> TrainConfig:
 
 
 def test_short_ppo_run_improves_the_deterministic_return():
-    """~4k steps on one fixed 40-node graph (analytical CPU): the deterministic policy gets much better."""
+    """~4k steps on one fixed 40-node graph (analytical CPU), default width: the deterministic policy gets much better."""
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -45,7 +45,9 @@ def test_short_ppo_run_improves_the_deterministic_return():
     before, _ = rollout(model, env, graph)
     model.learn(4096)
     after, _ = rollout(model, env, graph)
-    assert after > before + 0.3, (before, after)
+    # The untrained network's return depends on its width and seed (0.54 at 16 units, 0.73 at 8), so the
+    # bar is relative: training closes over half of what it left between it and 1.
+    assert after - before > 0.5 * (1.0 - before), (before, after)
     assert after > 0.85                       # removes > 85 % of the unfused latency (schedules and fusion)
 
 
