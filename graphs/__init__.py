@@ -6,6 +6,7 @@ TVM is imported lazily (``import tvm`` costs seconds): only ``from_torch`` and
 
 from . import zoo
 from .ir import ComputeGraph, Edge, GraphError, OpKind, OpNode, SymbolRange, TensorSpec
+from .shape_program import GraphInstance, ShapeProgram
 from .synthetic import synthetic
 from .workloads import DimRange, LoadRange, Routing, Workload, get_workload, load_suite, suite_names
 
@@ -27,6 +28,6 @@ def from_relax(*args, **kwargs):
 
 from_relax.__doc__ = "See fusiongym.graphs.relax_import.from_relax."
 
-__all__ = ["ComputeGraph", "DimRange", "Edge", "GraphError", "LoadRange", "OpKind", "OpNode", "Routing",
-           "SymbolRange", "TensorSpec", "Workload", "from_relax", "from_torch", "get_workload", "load_suite",
-           "suite_names", "synthetic", "zoo"]
+__all__ = ["ComputeGraph", "DimRange", "Edge", "GraphError", "GraphInstance", "LoadRange", "OpKind", "OpNode",
+           "Routing", "ShapeProgram", "SymbolRange", "TensorSpec", "Workload", "from_relax", "from_torch",
+           "get_workload", "load_suite", "suite_names", "synthetic", "zoo"]

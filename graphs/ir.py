@@ -292,16 +292,7 @@ class ComputeGraph:
         An MoE expert that receives zero tokens has empty outputs: it and the nodes that
         only fed it (its weight transposes) leave the graph, as they would at run time.
         """
-        missing = sorted(set(self.symbols) - set(dims))
-        if missing:
-            raise GraphError(f"{self.name}: instantiate needs values for dims {missing}")
-        for name, value in dims.items():
-            if name not in self.symbols:
-                raise GraphError(f"{self.name}: unknown dim {name!r}; dims are {sorted(self.symbols)}")
-            rng = self.symbols[name]
-            if value != 0 and not rng.min <= value <= rng.max:  # 0: the ops this dim sizes do not run
-                raise GraphError(f"{self.name}: dim {name}={value} outside its range [{rng.min}, {rng.max}]")
-        values = {name: int(value) for name, value in dims.items()}
+        values = self.checked_dims(dims)
         memo: dict[str, int] = {}
         nodes = [_instantiate_node(node, values, memo) for node in self.nodes]
         graph = ComputeGraph(
@@ -312,9 +303,31 @@ class ComputeGraph:
         graph.source = {**self.source, "template_hash": self.hash}
         return graph.without_dead_nodes()
 
+    def checked_dims(self, dims: Mapping[str, int]) -> dict[str, int]:
+        """``dims`` as ints, every dim of the template given and within its range (or 0)."""
+        missing = sorted(set(self.symbols) - set(dims))
+        if missing:
+            raise GraphError(f"{self.name}: instantiate needs values for dims {missing}")
+        for name, value in dims.items():
+            if name not in self.symbols:
+                raise GraphError(f"{self.name}: unknown dim {name!r}; dims are {sorted(self.symbols)}")
+            rng = self.symbols[name]
+            if value != 0 and not rng.min <= value <= rng.max:  # 0: the ops this dim sizes do not run
+                raise GraphError(f"{self.name}: dim {name}={value} outside its range [{rng.min}, {rng.max}]")
+        return {name: int(value) for name, value in dims.items()}
+
     def without_dead_nodes(self) -> "ComputeGraph":
         """Drop nodes whose outputs are all empty, then nodes whose results nobody uses."""
-        keep = [not all(0 in t.shape for t in node.outputs) for node in self.nodes]
+        keep = self.live_nodes([all(0 in t.shape for t in node.outputs) for node in self.nodes])
+        if all(keep):
+            return self
+        return self.subgraph([node.id for node in self.nodes if keep[node.id]])
+
+    def live_nodes(self, outputs_empty: list[bool]) -> list[bool]:
+        """Per node, whether it survives when the nodes flagged in ``outputs_empty`` produce
+        nothing: those go, then (reverse topological order) every node whose results nobody
+        left uses and that is no graph output."""
+        keep = [not empty for empty in outputs_empty]
         consumers = [0] * self.num_nodes
         for edge in self.edges:
             if keep[edge.src] and keep[edge.dst]:
@@ -326,9 +339,7 @@ class ComputeGraph:
                 keep[node.id] = False
                 for edge in in_edges[node.id]:
                     consumers[edge.src] -= 1
-        if all(keep):
-            return self
-        return self.subgraph([node.id for node in self.nodes if keep[node.id]])
+        return keep
 
     def _in_edges(self) -> list[list[Edge]]:
         in_edges: list[list[Edge]] = [[] for _ in self.nodes]
