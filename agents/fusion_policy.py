@@ -33,7 +33,7 @@ import numpy as np
 
 from fusiongym.envs.observation import (GLOBAL_FEATURES, GLOBAL_HIGH, KIND_CODES, OP_VOCAB, context_features,
                                         edge_log_features, node_log_features, op_ids)
-from fusiongym.graphs import ComputeGraph
+from fusiongym.graphs import ComputeGraph, GraphInstance
 from fusiongym.reward import DEFAULT_SCHEDULE, LatencyBackend, Plan, get_backend
 from fusiongym.reward.devices import DeviceProfile
 
@@ -160,7 +160,7 @@ class EncodedBatch:
         return {name: csr[name] if name in csr else getattr(self, name) for name in ONNX_INPUTS}
 
 
-def encode_graphs(graphs: Sequence[ComputeGraph], device: FeatureDevice | LatencyBackend, vocab_size: int,
+def encode_graphs(graphs: Sequence[ComputeGraph | GraphInstance], device: FeatureDevice | LatencyBackend, vocab_size: int,
                   num_schedules: int) -> EncodedBatch:
     """Encode graphs in the env's start state (singletons, no schedule chosen) as one batch.
 
@@ -371,15 +371,17 @@ class FusionPolicy:
         return policy
 
     # ------------------------------------------------------------------ deciding
-    def encode(self, graphs: Sequence[ComputeGraph]) -> EncodedBatch:
+    def encode(self, graphs: Sequence[ComputeGraph | GraphInstance]) -> EncodedBatch:
         """The network inputs of ``graphs`` in their start state, as one batch."""
         return encode_graphs(graphs, self.feature_device, self.vocab_size, len(self.schedules))
 
-    def decide(self, graph: ComputeGraph, backend: LatencyBackend | None = None) -> Plan:
+    def decide(self, graph: ComputeGraph | GraphInstance, backend: LatencyBackend | None = None) -> Plan:
         """A legal plan for ``graph`` on ``backend`` (None: the analytical CPU model, whose
         64-node group limit also keeps the plan legal on the TVM backend).
 
-        ``plan.meta`` records the policy, the decision time and its parts (ms).
+        ``graph`` may be a ``GraphInstance`` (``ShapeProgram(template).instance(dims)``): new
+        shapes at run time without building the graph. ``plan.graph_hash`` is computed when
+        first read. ``plan.meta`` records the policy, the decision time and its parts (ms).
         """
         if graph.is_template:
             raise ValueError(f"{graph.name} is a template over {sorted(graph.symbols)}; instantiate it first")
@@ -398,7 +400,7 @@ class FusionPolicy:
         meta = {"method": f"policy:{self.name}", "decision_ms": (done - started) * 1e3,
                 "encode_ms": (encoded - started) * 1e3, "forward_ms": (forward - encoded) * 1e3,
                 "plan_ms": (done - forward) * 1e3}
-        return Plan.from_labels(labels, chosen, menu, graph.hash, meta)
+        return Plan.from_labels(labels, chosen, menu, graph, meta)
 
     def default_backend(self) -> LatencyBackend:
         if self._default_backend is None:
@@ -406,12 +408,13 @@ class FusionPolicy:
         return self._default_backend
 
     @staticmethod
-    def _merge_check(graph: ComputeGraph, backend: LatencyBackend) -> MergeCheck | None:
+    def _merge_check(graph: ComputeGraph | GraphInstance, backend: LatencyBackend) -> MergeCheck | None:
         """The backend's own group constraint, unless it is only the size limit (analytical:
         merges along edges keep groups weakly connected) or absent (the base class)."""
         if backend.name == "analytical" or type(backend).group_constraint is LatencyBackend.group_constraint:
             return None
-        return lambda a, b: backend.group_constraint(graph, sorted(a + b)) is None
+        concrete = graph.materialize() if isinstance(graph, GraphInstance) else graph   # its nodes are needed
+        return lambda a, b: backend.group_constraint(concrete, sorted(a + b)) is None
 
     def __repr__(self) -> str:
         training = self.metadata.get("training", {})

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
-from fusiongym.graphs import ComputeGraph
+from fusiongym.graphs import ComputeGraph, GraphInstance
 
 if TYPE_CHECKING:
     from .backend import LatencyBackend
@@ -34,24 +34,39 @@ class Plan:
     group label per node, ``Plan.from_labels``: the form a compiler deciding thousands of
     groups inline produces. A plan built from labels makes its Python lists on first use of
     ``groups`` or ``schedules``; ``group_of`` and ``num_groups`` never need them.
+    ``graph_hash`` may be given as the graph itself, whose hash is read on first use:
+    hashing a graph built for new shapes costs more than deciding its plan, and a run-time
+    caller may never ask.
     """
 
-    def __init__(self, groups: Sequence[Sequence[int]], schedules: Sequence[str], graph_hash: str,
-                 meta: dict | None = None, normalized: bool = False) -> None:
+    def __init__(self, groups: Sequence[Sequence[int]], schedules: Sequence[str],
+                 graph_hash: str | ComputeGraph | GraphInstance, meta: dict | None = None,
+                 normalized: bool = False) -> None:
         self._groups: list[list[int]] | None = (
             list(groups) if normalized else [sorted(map(int, group)) for group in groups])   # type: ignore[arg-type]
         self._schedules: list[str] | None = list(schedules)
         self._labels: np.ndarray | None = None          # [N] group per node, when built from labels
         self._schedule_index: np.ndarray | None = None  # [G] position in _menu, when built from labels
         self._menu: tuple[str, ...] = ()
-        self.graph_hash = graph_hash
+        self._graph_hash = graph_hash
         self.meta = meta if meta is not None else {}
         if len(self._schedules) != len(self._groups):
             raise IllegalPlanError(f"{len(self._groups)} groups but {len(self._schedules)} schedules")
 
+    @property
+    def graph_hash(self) -> str:
+        """The hash of the graph this plan is for (read on first use when given the graph)."""
+        if not isinstance(self._graph_hash, str):
+            self._graph_hash = self._graph_hash.hash
+        return self._graph_hash
+
+    def __getstate__(self) -> dict:
+        """Pickled with the hash, not the graph."""
+        return {**self.__dict__, "_graph_hash": self.graph_hash}
+
     @classmethod
-    def from_labels(cls, labels: np.ndarray, schedule_index: np.ndarray, menu: Sequence[str], graph_hash: str,
-                    meta: dict | None = None) -> "Plan":
+    def from_labels(cls, labels: np.ndarray, schedule_index: np.ndarray, menu: Sequence[str],
+                    graph_hash: str | ComputeGraph | GraphInstance, meta: dict | None = None) -> "Plan":
         """A plan from ``labels`` [N], each node's group, groups numbered 0, 1, ... in the
         order of their first node, and ``schedule_index`` [G], each group's schedule as a
         position in ``menu``."""

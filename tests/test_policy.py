@@ -252,3 +252,30 @@ def test_greedy_asks_the_backend_check_and_passes_its_errors_on():
         greedy_groups(graph.num_nodes, edges[0], edges[1], logits, threshold=-1.0, allowed=broken)
     with pytest.raises(ValueError, match="outside"):
         greedy_groups(3, np.array([0, 1]), np.array([1, 5]), np.array([1.0, 1.0]), threshold=0.0)
+
+
+def test_a_run_time_instance_gets_the_plan_of_the_instantiated_graph(exported, tmp_path):
+    """``decide`` on ``ShapeProgram(template).instance(dims)`` (no graph built) plans exactly as
+    on ``template.instantiate(dims)``, on the analytical model and through a backend's own
+    group check (which needs the graph's nodes); the graph hash is computed when read."""
+    import pickle
+
+    from fusiongym.graphs import ShapeProgram
+
+    policy = FusionPolicy.load(exported)
+    template = zoo.template("llama", "small")
+    program = ShapeProgram(template)
+    load = {"device_load": {"compute": 0.5, "bandwidth": 0.3}}
+    for dims in ({"batch": 1, "seq": 40}, {"batch": 3, "seq": 200}):
+        graph, instance = template.instantiate(dims, load), program.instance(dims, load)
+        expected, plan = policy.decide(graph), policy.decide(instance)
+        assert plan.num_groups < graph.num_nodes                       # it fused
+        assert instance._graph is None                                 # not built for the decision
+        assert np.array_equal(plan.group_of(graph.num_nodes), expected.group_of(graph.num_nodes))
+        assert plan.schedules == expected.schedules and plan.graph_hash == graph.hash
+        assert is_legal(graph, plan, policy.default_backend())
+        assert pickle.loads(pickle.dumps(plan)).graph_hash == graph.hash
+    inductor = get_backend("torch", device="cpu", store=tmp_path / "store.db")   # checks each merge on the nodes
+    plan = policy.decide(instance, inductor)
+    assert instance._graph is not None and plan.num_groups < graph.num_nodes
+    assert plan.canonical() == policy.decide(graph, inductor).canonical()
