@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     if unknown:
         raise ValueError(f"unknown bench sections {unknown}; choose from {list(SECTIONS)}")
     figures: list[BenchFigure] = []
+    _steady_heap()
     for name in tqdm(names, desc="bench", unit="section"):
         measured_at = time.strftime("%Y-%m-%d %H:%M:%S")
         figures.extend(replace(figure, bench_section=name, measured_at=measured_at)
@@ -207,8 +208,11 @@ def bench_policy(quick: bool) -> list[BenchFigure]:
 
     policy = FusionPolicy.pretrained()
     graph = synthetic(n_nodes=9_400, seed=0)
-    fresh_heap_ms = _decide_ms_in_a_fresh_process(5 if quick else 30)
-    _steady_heap()
+    fresh_process_ms = _fresh_process_ms(
+        "from fusiongym.agents.fusion_policy import FusionPolicy\n"
+        "from fusiongym.graphs import synthetic\n"
+        "policy, graph = FusionPolicy.pretrained(), synthetic(n_nodes=9_400, seed=0)",
+        "policy.decide(graph)", 5 if quick else 30)
     policy.decide(graph)  # warm-up: scratch arrays, analytical tables
     decide_ms = _median_ms(lambda: policy.decide(graph), 5 if quick else 30)
     with_lists_ms = _median_ms(lambda: policy.decide(graph).groups, 5 if quick else 30)
@@ -233,7 +237,7 @@ def bench_policy(quick: bool) -> list[BenchFigure]:
         BenchFigure("agents", f"policy decide() on a {graph.num_edges:,}-edge graph, 1 thread", decide_ms, "ms",
                     "≤ 1 ms", decide_ms <= 1.0, f"synthetic(9400 nodes), graph arrays cached, H={hidden}, "
                     "kernels engine; parts: " + ", ".join(f"{part} {ms:.2f} ms" for part, ms in part_ms.items())),
-        BenchFigure("agents", "policy decide() on the same graph, fresh process", fresh_heap_ms, "ms", "", None,
+        BenchFigure("agents", "policy decide() on the same graph, fresh process", fresh_process_ms, "ms", "", None,
                     "a new Python process that has loaded nothing else: glibc unmaps or trims the call's "
                     "few hundred KB of arrays after every call, and the next call faults them back in"),
         BenchFigure("agents", "policy decide(), then its plan's groups as Python lists", with_lists_ms, "ms", "",
@@ -292,6 +296,13 @@ def bench_costmodel(quick: bool) -> list[BenchFigure]:
     model.predict_groups_us(graph, labels, schedules)  # warm-up: per-graph arrays, static projection
     repeats = 10 if quick else 50
     plan_ms = _median_ms(lambda: model.predict_groups_us(graph, labels, schedules), repeats)
+    inputs = Path(tempfile.mkdtemp()) / "plan.npz"
+    np.savez(inputs, labels=labels, schedules=schedules)
+    fresh_process_ms = _fresh_process_ms(
+        "import numpy as np\nfrom fusiongym.graphs import synthetic\n"
+        "from fusiongym.reward.costmodel.model import CostModel\n"
+        f"model, graph, plan = CostModel.load({str(path)!r}), synthetic(n_nodes=9_400, seed=0), np.load({str(inputs)!r})",
+        "model.predict_groups_us(graph, plan['labels'], plan['schedules'])", repeats)
     group = [0, *(e.dst for e in graph.edges if e.src == 0)][:4]
     group_us = 1e3 * _median_ms(lambda: model.predict_group_log_us(graph, group, model.schedules[0]), repeats)
     size_kb = path.stat().st_size / 1024
@@ -301,6 +312,8 @@ def bench_costmodel(quick: bool) -> list[BenchFigure]:
                     "≤ 1 ms", plan_ms <= 1.0, f"predict_groups_us on synthetic(9400 nodes), 4,700 groups, "
                     f"numpy + C kernels, analytical prior included, OPENBLAS_NUM_THREADS={threads}; "
                     f"model: {origin}"),
+        BenchFigure("costmodel", "learned cost model, the same plan, fresh process", fresh_process_ms, "ms", "",
+                    None, "a new Python process that has loaded nothing else (see the policy's fresh-process figure)"),
         BenchFigure("costmodel", "learned cost model, one group (env step)", group_us, "µs", "",
                     None, f"predict_group_log_us on a {len(group)}-node group of the same graph"),
         BenchFigure("costmodel", "learned cost model file", size_kb, "KB", "≤ 300 KB", size_kb <= 300,
@@ -331,19 +344,14 @@ def _steady_heap() -> None:
     np.ones(4_000_000).sum()   # 32 MB allocated, touched and freed
 
 
-def _decide_ms_in_a_fresh_process(repeats: int) -> float:
-    """Median ``decide`` time on the 10k-edge graph in a new interpreter (heap as at start)."""
+def _fresh_process_ms(setup: str, call: str, repeats: int) -> float:
+    """Median time of ``call`` (after ``setup``, one warm-up call) in a new interpreter whose
+    heap is as at start: the contrast to ``_steady_heap``."""
     import subprocess
     import sys
 
-    script = ("import statistics, time\n"
-              "from fusiongym.agents.fusion_policy import FusionPolicy\n"
-              "from fusiongym.graphs import synthetic\n"
-              "policy, graph = FusionPolicy.pretrained(), synthetic(n_nodes=9_400, seed=0)\n"
-              "policy.decide(graph)\n"
-              "samples = []\n"
-              f"for _ in range({repeats}):\n"
-              "    started = time.perf_counter(); policy.decide(graph); samples.append(time.perf_counter() - started)\n"
+    script = (f"import statistics, time\n{setup}\n{call}\nsamples = []\nfor _ in range({repeats}):\n"
+              f"    started = time.perf_counter(); {call}; samples.append(time.perf_counter() - started)\n"
               "print(statistics.median(samples) * 1e3)\n")
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
     return float(result.stdout.strip().splitlines()[-1])
