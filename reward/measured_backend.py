@@ -18,9 +18,14 @@ from fusiongym.graphs import ComputeGraph
 
 from .backend import GroupLatency, LatencyBackend, MeasurementStats
 from .device_load import load_level
+from .plan import DEFAULT_SCHEDULE
 from .signature import group_signature
 from .store import Measurement, MeasurementKey, MeasurementStore
 from .timing import Timing
+
+SUSPECT_RATIO = 20.0   # an idle timing over this multiple of the roofline estimate is taken again
+MAX_RETAKES = 2
+SETTLE_S = 0.25        # pause before a retake, so a passing burst of other work can end
 
 
 class MeasuredBackend(LatencyBackend):
@@ -29,15 +34,21 @@ class MeasuredBackend(LatencyBackend):
     ``store``: a MeasurementStore, a path to one, or None for the default store
     (``$FUSIONGYM_STORE`` or ``~/.cache/fusiongym``). ``measure_load``: time under a real
     load at the graph's ``context["device_load"]``; off, every group is timed idle.
+    ``suspect_ratio``: an idle timing over this multiple of the roofline estimate on
+    ``roofline_device``'s generic profile is taken again (``_plausible_timing``); None: never.
     """
 
     deterministic = False
     platform_dependent = True
+    roofline_device: str | None = None   # analytical profile bounding plausible idle timings
 
-    def __init__(self, store: MeasurementStore | str | os.PathLike | None, measure_load: bool) -> None:
+    def __init__(self, store: MeasurementStore | str | os.PathLike | None, measure_load: bool,
+                 suspect_ratio: float | None = SUSPECT_RATIO) -> None:
         super().__init__()
         self.store = store if isinstance(store, MeasurementStore) else MeasurementStore(store)
         self.measure_load = measure_load
+        self.suspect_ratio = suspect_ratio
+        self._roofline: LatencyBackend | None = None
         self.stats = MeasurementStats()
 
     @property
@@ -71,8 +82,43 @@ class MeasuredBackend(LatencyBackend):
         if stored is not None:
             self.stats.cached += 1
             return GroupLatency(stored.median_us, "cached", stored.spread)
-        result, meta = self.measure_group(graph, nodes, schedule, signature, load)
+        result, meta = self._plausible_timing(graph, nodes, schedule, signature, load)
         self.store.put(Measurement(key, result.median_us, result.spread, result.repeats, time.time(), meta={
             "graph": graph.name, "ops": [graph.nodes[n].op for n in nodes], **meta, "timing": result.to_dict(),
         }))
         return GroupLatency(result.median_us, "measured", result.spread)
+
+    def _plausible_timing(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str, signature: str,
+                          load: float) -> tuple[Timing, dict[str, Any]]:
+        """``measure_group``, taken again (after a pause, at most ``MAX_RETAKES`` times) while an
+        idle timing stays over ``suspect_ratio`` times the roofline; the fastest take is kept.
+
+        Why: on a shared machine, a process holding a core stalls a parallel kernel's barrier
+        for whole scheduler slices. The repeats then agree (low spread) on a latency 100-5000x
+        the real one: 4.0 ms for a 0.8 µs kernel (``tests/test_tvm_backend.py`` reproduces
+        it). Contention only ever slows a kernel down, so the fastest take is the best
+        estimate; the takes are recorded with the measurement.
+        """
+        takes = [self.measure_group(graph, nodes, schedule, signature, load)]
+        bound_us = self._plausible_bound_us(graph, nodes, schedule, load)
+        while bound_us is not None and min(t.median_us for t, _ in takes) > bound_us and len(takes) <= MAX_RETAKES:
+            time.sleep(SETTLE_S)
+            takes.append(self.measure_group(graph, nodes, schedule, signature, load))
+        result, meta = min(takes, key=lambda take: take[0].median_us)
+        if len(takes) > 1:
+            meta = {**meta, "takes_us": [t.median_us for t, _ in takes], "plausible_bound_us": bound_us}
+        return result, meta
+
+    def _plausible_bound_us(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str,
+                            load: float) -> float | None:
+        """The idle latency above which a timing is suspect; None when not checked (under a
+        deliberate load slowdowns are the point, and backends without a roofline device)."""
+        if self.suspect_ratio is None or self.roofline_device is None or load > 0:
+            return None
+        if self._roofline is None:
+            from .analytical import AnalyticalBackend
+            from .devices import get_profile
+
+            self._roofline = AnalyticalBackend(get_profile(self.roofline_device, use_calibrated=False))
+        known = schedule if schedule in self._roofline.schedules else DEFAULT_SCHEDULE
+        return self.suspect_ratio * self._roofline.group_latency(graph, nodes, known).us

@@ -89,6 +89,7 @@ class TorchBackend(MeasuredBackend):
         self.num_threads = (num_threads or timing.AVAILABLE_CORES) if device == "cpu" else None
         self.protocol = protocol or timing.TimingProtocol(num_threads=self.num_threads)
         super().__init__(store, measure_load)
+        self.roofline_device = "cpu" if device == "cpu" else None
         self.l2_flush_bytes = l2_flush_bytes
         self._gpu_problem = None if device == "cpu" else _cuda_problem()
         self.device = cpu_fingerprint() if device == "cpu" else (

@@ -88,6 +88,7 @@ class TVMBackend(MeasuredBackend):
         self.protocol = protocol or timing.TimingProtocol(
             num_threads=self.num_cores if target == "llvm" else None)
         super().__init__(store, measure_load and target == "llvm")  # DeviceLoad loads the CPU only
+        self.roofline_device = "cpu" if target == "llvm" else None
         self.schedules = CPU_SCHEDULES if target == "llvm" else GPU_SCHEDULES
         self.target = self._make_target(cuda_arch)
         self._gpu_problem = None if target == "llvm" else _cuda_problem()
