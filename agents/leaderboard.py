@@ -575,17 +575,9 @@ class _RunContext:
         for group, schedule in zip(plan.groups, plan.schedules):
             key = (graph.hash, tuple(group), schedule)
             if key not in self.replayed:
-                self.replayed[key] = remeasure_group(self.backend, graph, group, schedule)
+                self.replayed[key] = self.backend.remeasure_group(graph, group, schedule).us
             total += self.replayed[key]
         return total
-
-
-def remeasure_group(backend: LatencyBackend, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> float:
-    """A fresh latency of one group: re-built and re-timed on a real backend, recomputed on a model."""
-    if hasattr(backend, "build_group") and hasattr(backend, "time_group"):
-        built = backend.build_group(graph, nodes, schedule)
-        return backend.time_group(built, backend.load_level(graph)).median_us
-    return backend.group_latency(graph, nodes, schedule).us
 
 
 def replay_agrees(measured_us: float, spread: float, replayed_us: float,
@@ -608,8 +600,7 @@ def revalidate(csv_path: str | os.PathLike, backend: LatencyBackend,
         graph = graphs[row.case_id]
         if graph.hash != row.graph_hash:
             raise LeaderboardError(f"case {row.case_id} rebuilds graph {graph.hash}, the CSV has {row.graph_hash}")
-        plan = Plan.from_json(row.plan)
-        fresh = sum(remeasure_group(backend, graph, g, s) for g, s in zip(plan.groups, plan.schedules))
+        fresh = backend.remeasure(graph, Plan.from_json(row.plan)).total_us
         checks.append((row, fresh, replay_agrees(row.latency_us, row.spread, fresh, tolerance)))
     return checks
 
