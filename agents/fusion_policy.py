@@ -160,8 +160,8 @@ class EncodedBatch:
         return {name: csr[name] if name in csr else getattr(self, name) for name in ONNX_INPUTS}
 
 
-def encode_graphs(graphs: Sequence[ComputeGraph | GraphInstance], device: FeatureDevice | LatencyBackend, vocab_size: int,
-                  num_schedules: int) -> EncodedBatch:
+def encode_graphs(graphs: Sequence[ComputeGraph | GraphInstance], device: FeatureDevice | LatencyBackend,
+                  vocab_size: int, num_schedules: int) -> EncodedBatch:
     """Encode graphs in the env's start state (singletons, no schedule chosen) as one batch.
 
     ``device`` supplies the device-profile part of the context (anything with a

@@ -49,16 +49,17 @@ class LivePart:
 class ShapeProgram:
     """The arrays of ``template.instantiate(dims)`` without building the graph.
 
-    Value table: position 0 holds 1, then the template's numeric constants, then its dim
-    expressions; a tensor shape is a row of positions (padded with 0), a node's FLOPs one
-    position. Everything else is index arrays fixed at construction.
+    Value table: position 0 holds 1, then every distinct dim of the template (a number or
+    an expression) in order of first use; a tensor shape is a row of positions (padded
+    with 0), a node's FLOPs one position. Everything else is index arrays fixed at
+    construction.
     """
 
     def __init__(self, template: ComputeGraph) -> None:
         self.template = template
-        self._position: dict[Dim, int] = {1: 0}   # value table: 1 first, then dims in order of first use
+        self._position: dict[Dim, int] = {1: 0}
         shapes: dict[tuple[Dim, ...], int] = {}
-        read, written, params, outputs = [], [], [], []   # (node, shape row, dtype bytes)
+        read, written, params = [], [], []   # (node, shape row, dtype bytes)
         for node in template.nodes:
             for tensor in node.inputs:
                 term = (node.id, self._shape_row(shapes, tensor.shape), dtype_bytes(tensor.dtype))
@@ -67,7 +68,6 @@ class ShapeProgram:
                     params.append(term)
             for tensor in node.outputs:
                 written.append((node.id, self._shape_row(shapes, tensor.shape), dtype_bytes(tensor.dtype)))
-            outputs.append(len(node.outputs))
         self._read, self._written, self._params = (_terms(t) for t in (read, written, params))
         self._external = _terms([(node_id, self._output_row(shapes, node_id, index), self._output_bytes(node_id, index))
                                  for node_id, index in sorted(set(template.outputs))])
@@ -82,7 +82,6 @@ class ShapeProgram:
         self._expressions = [dim for dim in self._position if isinstance(dim, str)]
         self._expression_positions = np.array([self._position[dim] for dim in self._expressions], dtype=np.int64)
         self._constant_values = np.array([0.0 if isinstance(dim, str) else float(dim) for dim in self._position])
-        self._num_outputs = np.array(outputs, dtype=np.int64)
         self._kind_index = np.array([_KIND_ORDER[node.kind] for node in template.nodes], dtype=np.int8)
         self._live_parts: dict[bytes, LivePart] = {}
         self._whole = self._live_part(np.ones(template.num_nodes, dtype=bool))
