@@ -4,6 +4,10 @@
 ``get_backend("learned", model=DIR/model.npz)`` loads) and DIR/lightgbm.json.
 ``fusiongym costmodel eval --data data.pt --model DIR`` scores both and the analytical
 backend on the test split: DIR/metrics.csv, metrics.md (printed) and metrics.png.
+``fusiongym costmodel online --data data.pt --model DIR --store STORE`` streams the test
+models' measured groups (shuffled with --seed) through online updates of the GNN, as an env
+on a real backend would meet them: DIR/online.csv and online.png, the error of the updated
+model against the model as trained.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("train", "eval"))
+    parser.add_argument("action", choices=("train", "eval", "online"))
     parser.add_argument("--data", required=True, help="dataset from `fusiongym dataset export`")
     parser.add_argument("--out", default="runs/costmodel", help="train: folder for the models")
     parser.add_argument("--model", default=None, help="eval: folder holding the models (default: --out)")
@@ -21,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="mse alone, or mse plus a pairwise (hinge) or listwise (ListMLE) ranking term")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--store", default=None,
+                        help="online: the measurement store the dataset was exported from (default: $FUSIONGYM_STORE "
+                             "or ~/.cache)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -50,8 +57,36 @@ def run(args: argparse.Namespace) -> int:
               f"{trained.losses[-1]:.3f}, best val RMSE of ln µs {trained.gnn.meta['best_val_rmse_ln']}) and "
               f"{folder / BOOSTED_FILE}")
         return 0
+    if args.action == "online":
+        return _online(dataset, CostModel.load(folder / GNN_FILE), args.store, args.seed, folder)
     rows, predicted = compare(dataset, CostModel.load(folder / GNN_FILE), BoostedModel.load(folder / BOOSTED_FILE))
     paths = write_report(rows, predicted, dataset.indices("test"), folder)
     print(markdown_table(rows))
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _online(dataset, model, store: str | None, seed: int, folder) -> int:
+    import numpy as np
+
+    from fusiongym.reward.costmodel.evaluate import write_stream_report
+    from fusiongym.reward.costmodel.online import OnlineLearner, stream_groups
+    from fusiongym.reward.costmodel.records import CostModelError, load_measured_set
+
+    measured = load_measured_set(store)
+    test_models = set(dataset.source.get("models", {}).get("test", []))
+    stream = [s for s in measured.samples if measured.model_of.get(s.graph_hash) in test_models]
+    if not stream:
+        raise CostModelError(f"the store holds no group of the dataset's test models {sorted(test_models)}; "
+                             f"pass the --store the dataset was exported from")
+    stream = [stream[i] for i in np.random.default_rng(seed).permutation(len(stream))]
+    learner = OnlineLearner(model, replay=dataset.subset("train"))
+    errors = stream_groups(learner, stream, measured.graphs)
+    paths = write_stream_report(errors, folder)
+    quarter = max(len(stream) // 4, 1)
+    print(f"{len(stream)} groups of {', '.join(sorted(test_models))} streamed, {learner.updates} online updates; "
+          f"mean |ln error| over the last {quarter}: updated {errors.online[-quarter:].mean():.3f}, "
+          f"as trained {errors.frozen[-quarter:].mean():.3f} (first {quarter}: "
+          f"{errors.online[:quarter].mean():.3f} / {errors.frozen[:quarter].mean():.3f})")
     print("wrote " + ", ".join(map(str, paths)))
     return 0

@@ -22,10 +22,11 @@ from fusiongym.reward.devices import get_profile
 from fusiongym.reward.costmodel import CostModelError, MeasuredSet, ProfileLog, load_measured_set
 from fusiongym.reward.costmodel.dataset import CostDataset, build_dataset
 from fusiongym.reward.costmodel.features import GraphTensors, group_example, plan_features
-from fusiongym.reward.costmodel.evaluate import compare, gnn_log_us, train_models
+from fusiongym.reward.costmodel.evaluate import compare, gnn_log_us, train_models, write_stream_report
 from fusiongym.reward.costmodel.gnn import GroupGNN, TrainConfig, build_model
 from fusiongym.reward.costmodel.model import CostModel
-from fusiongym.reward.costmodel.online import OnlineBackend, OnlineConfig, OnlineLearner
+from fusiongym.reward.costmodel.online import (OnlineBackend, OnlineConfig, OnlineLearner, moving_mean,
+                                               stream_groups)
 from fusiongym.reward.timing import TimingProtocol
 from fusiongym.scripts.cli import main
 
@@ -176,6 +177,25 @@ def test_online_updates_reduce_error_on_new_groups(trained, dataset, measured, t
     assert after["streamed"] < 0.9 * before["streamed"], (before, after)
     curve = learner.error_curve(window=4)
     assert curve.shape == (len(stream),) and np.isfinite(curve).all()
+
+
+def test_streamed_groups_are_scored_before_learning_and_against_the_frozen_model(trained, dataset, measured,
+                                                                               tmp_path):
+    """What ``fusiongym costmodel online`` plots: per streamed group the updated model's error,
+    made before it saw that group, beside the error of the model as trained."""
+    stream = [measured.samples[int(d.sample_id)] for d in dataset.subset("test")][:24]
+    learner = OnlineLearner(trained.gnn, OnlineConfig(update_every=4, steps=40, seed=0), replay=dataset.subset("train"))
+    errors = stream_groups(learner, stream, measured.graphs)
+    expected = [abs(trained.gnn.predict_group_log_us(measured.graphs[s.graph_hash], s.nodes, s.schedule)
+                    - np.log(s.measured_us)) for s in stream]
+    np.testing.assert_allclose(errors.frozen, expected, rtol=1e-12)
+    np.testing.assert_allclose(errors.online[:4], expected[:4], rtol=1e-12)   # no update before the 4th group
+    assert learner.updates == 6 and not np.allclose(errors.online[4:], expected[4:])
+    csv_path, png_path = write_stream_report(errors, tmp_path, window=8)
+    rows = csv_path.read_text().splitlines()
+    assert len(rows) == 1 + len(stream) and png_path.stat().st_size > 10_000
+    assert float(rows[-1].split(",")[3]) == pytest.approx(errors.online[-8:].mean())
+    np.testing.assert_allclose(moving_mean(np.array([1.0, 3.0, 5.0, 7.0]), 2), [1.0, 2.0, 4.0, 6.0])
 
 
 def test_corrupt_or_missing_model_files_name_the_problem(trained, tmp_path):

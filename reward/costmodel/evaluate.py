@@ -2,7 +2,7 @@
 
 Every model is scored on the same test split (models never trained on) with
 ``metrics.score``; ``write_report`` leaves a CSV, a Markdown table and a PNG of predicted
-vs measured latency per model.
+vs measured latency per model; ``write_stream_report`` the error curve of online updates.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from .dataset import CostDataset
 from .gnn import GroupGNN, TrainConfig, train_gnn
 from .metrics import Metrics, markdown_table, score, write_csv
 from .model import CostModel
+from .online import StreamErrors, moving_mean
 from .records import CostModelError
 
 GNN_FILE = "model.npz"
@@ -112,3 +113,36 @@ def write_report(rows: Sequence[Metrics], predicted: dict[str, np.ndarray], test
         figure.savefig(tmp, format="png", dpi=100)
     plt.close(figure)
     return [csv_path, md_path, png_path]
+
+
+def write_stream_report(errors: StreamErrors, folder: str | os.PathLike, window: int = 32) -> list[Path]:
+    """online.csv (error per streamed group, learning and frozen model, and their moving
+    means over ``window`` groups) and online.png (the two moving means)."""
+    import csv
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(folder)
+    online, frozen = moving_mean(errors.online, window), moving_mean(errors.frozen, window)
+    csv_path = folder / "online.csv"
+    with atomic_output(csv_path) as tmp:
+        with tmp.open("w", newline="", encoding="utf-8") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["group", "online_abs_log_error", "frozen_abs_log_error",
+                             f"online_mean{window}", f"frozen_mean{window}"])
+            writer.writerows(zip(range(len(online)), errors.online, errors.frozen, online, frozen))
+    figure, axis = plt.subplots(figsize=(7, 4))
+    axis.plot(frozen, label="model as trained")
+    axis.plot(online, label="updated online (bandit feedback)")
+    axis.set_xlabel("groups measured on the real backend")
+    axis.set_ylabel(f"|ln predicted - ln measured|, mean of last {window}")
+    axis.legend()
+    figure.tight_layout()
+    png_path = folder / "online.png"
+    with atomic_output(png_path) as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+    return [csv_path, png_path]

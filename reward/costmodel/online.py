@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,6 +27,7 @@ from .dataset import example_data
 from .features import group_example
 from .gnn import GroupGNN, build_model
 from .model import CostModel
+from .records import GroupSample
 
 
 @dataclass(frozen=True)
@@ -107,13 +108,36 @@ class OnlineLearner:
 
     def error_curve(self, window: int = 16) -> np.ndarray:
         """[len(curve)] moving mean of the absolute ln error over the last ``window`` groups."""
-        errors = np.array([p.abs_log_error for p in self.curve])
-        if not len(errors):
-            return errors
-        sums = np.cumsum(errors)
-        counts = np.minimum(np.arange(1, len(errors) + 1), window)
-        shifted = np.concatenate([np.zeros(window), sums])[:len(errors)]
-        return (sums - shifted) / counts
+        return moving_mean(np.array([p.abs_log_error for p in self.curve]), window)
+
+
+def moving_mean(values: np.ndarray, window: int) -> np.ndarray:
+    """[T] mean of each value and the ``window - 1`` before it (fewer at the start)."""
+    if not len(values):
+        return values
+    sums = np.cumsum(values)
+    counts = np.minimum(np.arange(1, len(values) + 1), window)
+    shifted = np.concatenate([np.zeros(window), sums])[:len(values)]
+    return (sums - shifted) / counts
+
+
+@dataclass(frozen=True)
+class StreamErrors:
+    """|ln predicted µs - ln measured µs| per streamed group, in stream order."""
+
+    online: np.ndarray   # [T] the learning model, each prediction made before it saw that group
+    frozen: np.ndarray   # [T] the model as it was before the stream
+
+
+def stream_groups(learner: OnlineLearner, stream: Sequence[GroupSample],
+                  graphs: Mapping[str, ComputeGraph]) -> StreamErrors:
+    """Feed measured groups to ``learner`` one by one, as an env on a real backend meets them,
+    and score the same groups with the model it started from."""
+    frozen = learner.model
+    frozen_errors = [abs(frozen.predict_group_log_us(graphs[s.graph_hash], s.nodes, s.schedule)
+                         - math.log(s.measured_us)) for s in stream]
+    online_errors = [learner.observe(graphs[s.graph_hash], s.nodes, s.schedule, s.measured_us) for s in stream]
+    return StreamErrors(np.array(online_errors), np.array(frozen_errors))
 
 
 class OnlineBackend(LatencyBackend):
