@@ -34,9 +34,9 @@ class Plan:
     group label per node, ``Plan.from_labels``: the form a compiler deciding thousands of
     groups inline produces. A plan built from labels makes its Python lists on first use of
     ``groups`` or ``schedules``; ``group_of`` and ``num_groups`` never need them.
-    ``graph_hash`` may be given as the graph itself, whose hash is read on first use:
-    hashing a graph built for new shapes costs more than deciding its plan, and a run-time
-    caller may never ask.
+    ``graph_hash`` may be given as the graph itself, whose hash is read on first use (the
+    plan keeps the graph alive until then): hashing a graph built for new shapes costs more
+    than deciding its plan, and a run-time caller may never ask.
     """
 
     def __init__(self, groups: Sequence[Sequence[int]], schedules: Sequence[str],

@@ -14,10 +14,14 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from fusiongym.agents.fusion_policy import FusionPolicy
+    from fusiongym.graphs import ComputeGraph
 
 
 @dataclass
@@ -332,13 +336,12 @@ SECTIONS: dict[str, Callable[[bool], list[BenchFigure]]] = {
 }
 
 
-# -------------------------------------------------------------------- report
 def _steady_heap() -> None:
     """Put glibc's heap in the state of a process that has loaded a model.
 
     glibc serves allocations over its mmap threshold (128 KB at start) with fresh mappings
     and trims the heap top beyond twice that, so the arrays of a call on a 10k-edge graph
-    are unmapped after it and page-faulted back (~165 faults, 0.3-0.8 ms) on the next.
+    are unmapped after it and page-faulted back (~165 faults, 0.3-0.9 ms) on the next.
     Freeing any block of several MB (weights, a compiled module, a JSON text) raises both
     thresholds for the rest of the process; a host that has loaded a model is in that state.
     """
@@ -358,13 +361,16 @@ def _fresh_process_ms(setup: str, call: str, repeats: int) -> float:
     return float(result.stdout.strip().splitlines()[-1])
 
 
-def _run_time_plan_ms(policy, template, large, repeats: int) -> dict[str, float]:
+def _run_time_plan_ms(policy: FusionPolicy, template: ComputeGraph, large: ComputeGraph,
+                      repeats: int) -> dict[str, float]:
     """Plans for shapes seen only at run time: ``decide`` on a ShapeProgram instance and on
     ``template.instantiate`` at a new (batch, image) each call; a fresh instance of ``large``."""
+    import itertools
+
     from fusiongym.graphs import ShapeProgram
 
     program, large_program = ShapeProgram(template), ShapeProgram(large)
-    shapes = iter([{"batch": 1 + step % 64, "image": 96 + 32 * (step // 64 % 8)} for step in range(100_000)])
+    shapes = ({"batch": 1 + step % 64, "image": 96 + 32 * (step // 64 % 8)} for step in itertools.count())
     policy.decide(program.instance(next(shapes)))
     return {"instance": _median_ms(lambda: policy.decide(program.instance(next(shapes))), 3 * repeats),
             "instantiate": _median_ms(lambda: policy.decide(template.instantiate(next(shapes))), repeats),
@@ -380,6 +386,7 @@ def _median_ms(function: Callable[[], object], repeats: int) -> float:
     return statistics.median(samples) * 1e3
 
 
+# -------------------------------------------------------------------- report
 def _figure_line(figure: BenchFigure) -> str:
     verdict = "" if figure.met is None else (" ✓" if figure.met else " ✗")
     goal = f"  (goal {figure.goal}{verdict})" if figure.goal else ""
