@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 from fusiongym.graphs import get_workload, load_suite, suite_names
 
-DEFAULT_HIDDEN = 8    # the shipped policy's width: 16 units scored 7 % higher on the analytical eval, decide ran 2.5x slower
+DEFAULT_HIDDEN = 8    # the shipped policy's width; 16 units scored 7 % higher on the analytical eval, 2.5x slower
 DEFAULT_LAYERS = 2
 WANDB_MODES = ("auto", "offline", "online", "disabled")
 

@@ -24,7 +24,8 @@ def tiny(out, **options) -> TrainConfig:
 
 
 def test_short_ppo_run_improves_the_deterministic_return():
-    """~4k steps on one fixed 40-node graph (analytical CPU), default width: the deterministic policy gets much better."""
+    """~4k steps on one fixed 40-node graph (analytical CPU), default width: the deterministic
+    policy gets much better."""
     from sb3_contrib import MaskablePPO
     from stable_baselines3.common.vec_env import DummyVecEnv
 
