@@ -307,7 +307,7 @@ class ComputeGraph:
         """``dims`` as ints, every dim of the template given and within its range (or 0)."""
         missing = sorted(set(self.symbols) - set(dims))
         if missing:
-            raise GraphError(f"{self.name}: instantiate needs values for dims {missing}")
+            raise GraphError(f"{self.name}: needs values for dims {missing} (a template over {sorted(self.symbols)})")
         for name, value in dims.items():
             if name not in self.symbols:
                 raise GraphError(f"{self.name}: unknown dim {name!r}; dims are {sorted(self.symbols)}")
