@@ -172,6 +172,9 @@ def test_online_updates_reduce_error_on_new_groups(trained, dataset, measured, t
     for sample in stream:  # the real backend answers from the store: these groups were timed above
         online.cached_group_latency(measured.graphs[sample.graph_hash], sample.nodes, sample.schedule)
     assert learner.updates >= 2 and len(learner.curve) == len(stream)
+    first = stream[0]                                     # validation re-times on the real backend, teaches nothing
+    assert online.remeasure_group(measured.graphs[first.graph_hash], first.nodes, first.schedule).origin == "measured"
+    assert len(learner.curve) == len(stream)
     after = {"streamed": error(learner.model, stream), "unseen": error(learner.model, unseen)}
     print("online: mean |ln error|", {k: f"{before[k]:.3f} -> {after[k]:.3f}" for k in before})
     assert after["streamed"] < 0.9 * before["streamed"], (before, after)
