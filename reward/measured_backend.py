@@ -101,7 +101,7 @@ class MeasuredBackend(LatencyBackend):
         idle timing stays over ``suspect_ratio`` times the roofline; the fastest take is kept.
 
         Why: on a shared machine, a process holding a core stalls a parallel kernel's barrier
-        for whole scheduler slices. The repeats then agree (low spread) on a latency 100-5000x
+        for whole scheduler slices. The repeats then agree (low spread) on a latency 100-6,000x
         the real one: 4.0 ms for a 0.8 µs kernel (``tests/test_tvm_backend.py`` reproduces
         it). Contention only ever slows a kernel down, so the fastest take is the best
         estimate; the takes are recorded with the measurement.
