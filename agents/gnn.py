@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from torch_geometric.utils import scatter
 
+from .config import DEFAULT_HIDDEN, DEFAULT_LAYERS
+
 
 class ScatterStructure:
     """Graph structure as edge lists (training): sums by ``scatter`` over edge indices.
@@ -189,7 +191,7 @@ class FusionGNN(nn.Module):
     """
 
     def __init__(self, vocab_size: int, num_floats: int, num_globals: int, edge_dim: int, num_schedules: int,
-                 hidden: int = 16, layers: int = 2) -> None:
+                 hidden: int = DEFAULT_HIDDEN, layers: int = DEFAULT_LAYERS) -> None:
         super().__init__()
         self.encoder = NodeEncoder(vocab_size, num_floats, num_globals, hidden)
         self.convs = nn.ModuleList(EdgeAwareConv(hidden, edge_dim) for _ in range(layers))

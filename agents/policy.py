@@ -157,7 +157,7 @@ class SplitLatent(nn.Module):
 class FusionGNNPolicy(MaskableActorCriticPolicy):
     """MaskablePPO policy whose features extractor is the whole GNN actor-critic.
 
-    Sizes: ``policy_kwargs=dict(features_extractor_kwargs=dict(hidden=16, layers=2))``.
+    Sizes: ``policy_kwargs=dict(features_extractor_kwargs=dict(hidden=8, layers=2))`` (the defaults).
     """
 
     def __init__(self, observation_space: spaces.Dict, action_space: spaces.Discrete, lr_schedule,
