@@ -107,11 +107,7 @@ def write_report(rows: Sequence[Metrics], predicted: dict[str, np.ndarray], test
         axis.set_title(f"{row.model}: τ groups {row.group_tau:.2f}, plans {row.plan_tau:.2f}")
         axis.set_xlabel("measured µs")
         axis.set_ylabel("predicted µs")
-    figure.tight_layout()
-    png_path = folder / "metrics.png"
-    with atomic_output(png_path) as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
+    png_path = _save_png(figure, folder / "metrics.png")
     return [csv_path, md_path, png_path]
 
 
@@ -140,9 +136,15 @@ def write_stream_report(errors: StreamErrors, folder: str | os.PathLike, window:
     axis.set_xlabel("groups measured on the real backend")
     axis.set_ylabel(f"|ln predicted - ln measured|, mean of last {window}")
     axis.legend()
+    return [csv_path, _save_png(figure, folder / "online.png")]
+
+
+def _save_png(figure, path: Path) -> Path:
+    """``figure`` laid out, written atomically as a PNG and closed."""
+    import matplotlib.pyplot as plt
+
     figure.tight_layout()
-    png_path = folder / "online.png"
-    with atomic_output(png_path) as tmp:
+    with atomic_output(path) as tmp:
         figure.savefig(tmp, format="png", dpi=100)
     plt.close(figure)
-    return [csv_path, png_path]
+    return path
