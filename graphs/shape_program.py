@@ -83,6 +83,8 @@ class ShapeProgram:
         self._expression_positions = np.array([self._position[dim] for dim in self._expressions], dtype=np.int64)
         self._constant_values = np.array([0.0 if isinstance(dim, str) else float(dim) for dim in self._position])
         self._kind_index = np.array([_KIND_ORDER[node.kind] for node in template.nodes], dtype=np.int8)
+        self._src, self._dst = (np.array([getattr(e, end) for e in template.edges], dtype=np.int64)
+                                for end in ("src", "dst"))
         self._live_parts: dict[bytes, LivePart] = {}
         self._whole = self._live_part(np.ones(template.num_nodes, dtype=bool))
 
@@ -102,7 +104,7 @@ class ShapeProgram:
     def _live_part(self, alive: np.ndarray) -> LivePart:
         node_ids = np.flatnonzero(alive)
         new_id = np.cumsum(alive) - 1
-        src, dst = (np.array([getattr(e, end) for e in self.template.edges], dtype=np.int64) for end in ("src", "dst"))
+        src, dst = self._src, self._dst
         edge_ids = np.flatnonzero(alive[src] & alive[dst])
         op_names = tuple(self.template.nodes[i].op for i in node_ids)
         op_position: dict[str, int] = {}
