@@ -30,6 +30,7 @@ from fusiongym.graphs import ComputeGraph, GraphError, OpKind, TensorSpec
 from fusiongym.graphs.ir import dtype_bytes
 from fusiongym.graphs.workloads import LoadShare
 
+from . import _roofline
 from .backend import GroupLatency, LatencyBackend, LatencyReport, register_backend
 from .devices import DeviceProfile, get_profile
 from .plan import Plan, require_legal
@@ -245,10 +246,13 @@ class AnalyticalBackend(LatencyBackend):
         Batched: ``group_of`` [B, N] and ``schedule_of_group`` [B, G] (plans padded to a
         common G; a label with no nodes costs only the overhead) return [B, G].
         Convexity and group constraints are not checked here (``latency`` checks them).
+        One plan is priced by one C pass (``reward/roofline.c``), a batch by numpy bincounts.
         """
         costs = self._costs(graph)
         labels = np.asarray(group_of)
         schedules = np.asarray(schedule_of_group)
+        if labels.ndim == 1 and schedules.ndim == 1 and len(labels) == costs.num_nodes:
+            return _one_plan_us(costs, labels, schedules)
         batched = labels.ndim == 2
         labels, schedules = np.atleast_2d(labels), np.atleast_2d(schedules)
         batch, num_nodes = labels.shape
@@ -349,6 +353,17 @@ class AnalyticalBackend(LatencyBackend):
         else:
             self._costs_cache.move_to_end(key)
         return costs
+
+
+def _one_plan_us(costs: _GraphCosts, group_of: np.ndarray, schedule_of_group: np.ndarray) -> np.ndarray:
+    """[G] µs of one plan: ``evaluate``'s numbers in one C pass (``reward/roofline.c``)."""
+    group_us = np.empty(len(schedule_of_group), dtype=np.float64)
+    _roofline.plan_us(np.ascontiguousarray(group_of, dtype=np.int64),
+                      np.ascontiguousarray(schedule_of_group, dtype=np.int64), costs.compute_us, costs.us_per_byte,
+                      costs.own_read_bytes, costs.edge_src, costs.edge_dst, costs.edge_read_bytes, costs.edge_tensor,
+                      costs.tensor_node, costs.tensor_bytes, costs.tensor_elems,
+                      costs.tensor_always_written.view(np.uint8), costs.schedule_table, group_us)
+    return group_us
 
 
 def _per_plan(index: np.ndarray, width: int, batch: int) -> np.ndarray:

@@ -370,6 +370,8 @@ def test_evaluate_rejects_labels_beyond_the_schedule_list():
         backend.evaluate(graph, np.array([0, 1, 2]), np.array([0, 0]))
     with pytest.raises(ValueError, match="group_of \\[N=3\\]"):
         backend.evaluate(graph, np.array([0, 1]), np.array([0, 0]))
+    with pytest.raises(ValueError, match="group 1 has schedule 9 outside 0..5"):
+        backend.evaluate(graph, np.array([0, 1, 1]), np.array([0, 9]))
 
 
 def test_group_constraint_refuses_big_and_disconnected_groups():
