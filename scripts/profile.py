@@ -5,7 +5,11 @@ merges and schedules, and the plans of baselines that search on the analytical m
 measures every group of every plan on the real backend and appends the graphs and plans to
 the profile log beside the store: the data the learned cost model trains on
 (``fusiongym dataset export``). Re-running the same command resumes: groups already in the
-store and plans already in the log are skipped.
+store and plans already in the log are skipped. ``--takes K`` then makes K passes over every
+group of the suite's logged plans, each in a new process and adding a take where a group has
+fewer, and keeps each group's fastest take: a kernel's timing drifts with the machine's and
+the process's state, and the fastest of takes spread over time and processes reproduces
+where one take does not (``MeasuredBackend.take_again``).
 
 Without ``--plans`` it measures a seeded set of single groups; with ``--calibrate`` those
 fit the analytical CPU profile to this machine (saved to ~/.cache/fusiongym/cpu_profile.json
@@ -17,6 +21,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
@@ -44,6 +52,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     plans.add_argument("--methods", default=DEFAULT_PLAN_METHODS,
                        help="baselines the plans come from: each deterministic one once, then the seeded "
                             "ones (random, annealing) in turn with a new seed per plan")
+    plans.add_argument("--takes", type=int, default=1,
+                       help="time every group of the suite's logged plans in this many takes, one pass over "
+                            "all of them per take, and keep the fastest (timings drift with the machine's state)")
     plans.add_argument("--log", default=None, help="profile log (default: <store>.plans.jsonl)")
 
 
@@ -80,14 +91,15 @@ def _profile_plans(args: argparse.Namespace) -> int:
 
     from .leaderboard import _parse_dims
 
-    if args.plans < 1:
-        raise ValueError(f"--plans must be at least 1, got {args.plans}")
+    if args.plans < 1 or args.takes < 1:
+        raise ValueError(f"--plans and --takes must be at least 1, got {args.plans} and {args.takes}")
     backend = get_backend(args.backend, store=args.store)
     if not isinstance(backend, MeasuredBackend):
         raise ValueError(f"backend {args.backend!r} keeps no MeasurementStore entries; profile --plans "
                          f"needs a measuring backend such as tvm")
     log = ProfileLog(args.log) if args.log else ProfileLog.beside(backend.store.path)
     known_graphs, known_plans = log.known()
+    run_graphs: set[str] = set()  # hashes of every graph of this run
     methods = [baselines.get(m.strip()) for m in args.methods.split(",") if m.strip()]
     deterministic = [m for m in methods if not m.seeded]
     seeded = [m for m in methods if m.seeded] or [baselines.get("random")]
@@ -98,6 +110,7 @@ def _profile_plans(args: argparse.Namespace) -> int:
         if chosen and case.workload not in chosen:
             continue
         graph = case.graph()
+        run_graphs.add(graph.hash)
         if graph.hash not in known_graphs:
             log.append_graph(graph, case.model, case.workload)
             known_graphs.add(graph.hash)
@@ -119,9 +132,56 @@ def _profile_plans(args: argparse.Namespace) -> int:
             bar.set_postfix(measured=backend.stats.measurements, cached=backend.stats.cached)
             log.append_plan(plan, method, StoreKeyFields(backend.device, backend.store_backend,
                                                          backend.version(), backend.load_level(graph)))
+    if args.takes > 1:   # pass 1 measures logged groups missing from the store; each later pass adds a take
+        for take in range(1, args.takes + 1):
+            measured, cached = _take_pass_in_new_process(args.backend, backend.store.path, log.path, run_graphs, take,
+                                                         args.seed * 1000 + take)
+            backend.stats.measurements += measured
+            backend.stats.cached += cached
     print(f"{len(work)} new plans, {backend.stats.measurements} groups measured, {backend.stats.cached} "
           f"from the store; log {log.path}")
     return 0
+
+
+def _take_pass_in_new_process(backend_name: str, store: Path, log: Path, graph_hashes: Iterable[str], take: int,
+                              seed: int) -> tuple[int, int]:
+    """``_take_pass`` in a fresh process: (groups measured, groups already with enough takes).
+
+    Why a process per take: a kernel's timing also depends on the process that times it. On
+    the 2-core development VM ms-long parallel kernels measured 10-30 % apart in different
+    processes while agreeing within one (where the buffers land in memory), so takes from
+    one process share that offset.
+    """
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(_take_pass, backend_name, str(store), str(log), sorted(graph_hashes), take, seed).result()
+
+
+def _take_pass(backend_name: str, store: str, log_path: str, graph_hashes: list[str], take: int,
+               seed: int) -> tuple[int, int]:
+    """One more take of every group of the logged plans of ``graph_hashes`` that has fewer than
+    ``take``, in a shuffled order (so a slow spell of the machine falls on unrelated groups)."""
+    from tqdm import tqdm
+
+    from fusiongym.graphs import ComputeGraph
+    from fusiongym.reward import get_backend
+    from fusiongym.reward.costmodel.records import ProfileLog
+
+    backend = get_backend(backend_name, store=store)
+    records = list(ProfileLog(log_path).records())
+    wanted = set(graph_hashes)
+    graphs = {r["graph_hash"]: ComputeGraph.from_json(json.dumps(r["graph"]))
+              for r in records if r["kind"] == "graph" and r["graph_hash"] in wanted}
+    groups = {(r["graph_hash"], tuple(group), schedule)
+              for r in records if r["kind"] == "plan" and r["graph_hash"] in wanted
+              for group, schedule in zip(r["plan"]["groups"], r["plan"]["schedules"])}
+    order = sorted(groups)
+    np.random.default_rng(seed).shuffle(order)
+    with tqdm(order, unit="group", desc=f"take {take}", dynamic_ncols=True) as bar:
+        for graph_hash, nodes, schedule in bar:
+            backend.take_again(graphs[graph_hash], list(nodes), schedule, take)
+            bar.set_postfix(measured=backend.stats.measurements, cached=backend.stats.cached)
+    return backend.stats.measurements, backend.stats.cached
 
 
 def calibrate(samples: list, holdout: float, seed: int) -> dict:

@@ -99,6 +99,24 @@ def test_remeasure_times_again_and_leaves_the_store_alone(twins: ComputeGraph, t
     assert list(backend.store.iter_all()) == rows
 
 
+def test_take_again_adds_one_take_per_call_and_keeps_the_fastest(twins: ComputeGraph, tmp_path: Path) -> None:
+    """Timings drift with the machine's state; the store keeps the fastest of spaced takes."""
+    backend = TVMBackend(store=tmp_path / "store.db", protocol=FAST)
+    group = block_groups(twins)[0]
+    first = backend.take_again(twins, group, "parallel", takes=3)
+    assert first.origin == "measured" and backend.stats.measurements == 1   # new: one take, stored
+    assert backend.take_again(twins, group, "parallel", takes=1).origin == "cached"
+    for take in (2, 3):
+        latency = backend.take_again(twins, group, "parallel", takes=3)
+        (stored,) = backend.store.iter_all()
+        assert len(stored.meta["spaced_takes_us"]) == take and backend.stats.measurements == take
+        assert latency.origin == "measured" and latency.us == stored.median_us == min(stored.meta["spaced_takes_us"])
+    assert backend.take_again(twins, group, "parallel", takes=3).origin == "cached" and backend.stats.measurements == 3
+    assert backend.group_latency(twins, group, "parallel").us == stored.median_us
+    with pytest.raises(ValueError, match="takes must be at least 1"):
+        backend.take_again(twins, group, "parallel", takes=0)
+
+
 def test_plan_latency_and_end_to_end(twins: ComputeGraph, tmp_path: Path) -> None:
     backend = get_backend("tvm", store=tmp_path / "store.db", protocol=FAST)
     assert isinstance(backend, TVMBackend) and backend.name == "tvm" and not backend.deterministic
