@@ -21,8 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset from `fusiongym dataset export`")
     parser.add_argument("--out", default="runs/costmodel", help="train: folder for the models")
     parser.add_argument("--model", default=None, help="eval: folder holding the models (default: --out)")
-    parser.add_argument("--loss", default="mse", choices=("mse", "hinge", "listmle"),
-                        help="mse alone, or mse plus a pairwise (hinge) or listwise (ListMLE) ranking term")
+    parser.add_argument("--loss", default="mse", choices=("mse", "hinge", "listmle", "plans"),
+                        help="mse alone, or mse plus a ranking term: pairwise (hinge) or listwise (ListMLE) over "
+                             "groups of one graph, or listwise over whole plans of one graph (plans)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--store", default=None,

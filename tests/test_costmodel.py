@@ -17,16 +17,17 @@ import fusiongym  # noqa: F401  (registers FusionEnv-v0)
 from fusiongym.agents import FusionPolicy, baselines
 from fusiongym.graphs import zoo
 from fusiongym.reward import Plan, get_backend
-from fusiongym.reward.calibrate import collect_samples
+from fusiongym.reward.calibrate import collect_samples, kendall_tau
 from fusiongym.reward.devices import get_profile
 from fusiongym.reward.costmodel import CostModelError, MeasuredSet, ProfileLog, load_measured_set
 from fusiongym.reward.costmodel.dataset import CostDataset, build_dataset
 from fusiongym.reward.costmodel.features import GraphTensors, group_example, plan_features
 from fusiongym.reward.costmodel.evaluate import compare, gnn_log_us, train_models, write_stream_report
-from fusiongym.reward.costmodel.gnn import GroupGNN, TrainConfig, build_model
+from fusiongym.reward.costmodel.gnn import GroupGNN, PlanRankingLoss, TrainConfig, build_model, train_gnn
 from fusiongym.reward.costmodel.model import CostModel
 from fusiongym.reward.costmodel.online import (OnlineBackend, OnlineConfig, OnlineLearner, moving_mean,
                                                stream_groups)
+from fusiongym.reward.store import MeasurementStore
 from fusiongym.reward.timing import TimingProtocol
 from fusiongym.scripts.cli import main
 
@@ -89,6 +90,40 @@ def test_gnn_trains_and_numpy_path_matches_torch(trained, dataset, measured, tmp
     numpy_log_us = [model.predict_group_log_us(measured.graphs[d.graph_hash], d.nodes.tolist(),
                                                dataset.schedules[int(d.schedule)]) for d in samples]
     np.testing.assert_allclose(numpy_log_us, gnn_log_us(model, samples), rtol=1e-4, atol=1e-4)
+
+
+def test_plans_loss_ranks_whole_plans_by_their_summed_groups():
+    """The plans loss scores a plan by the sum of its groups' µs: its largest group decides."""
+    measured_log_us = torch.log(torch.tensor([100.0, 1.0, 1.0, 60.0, 60.0, 5.0]))
+    plans = [[0, 1, 2], [3, 4], [5]]            # 102 µs, 120 µs, 5 µs: fastest last, slowest second
+    loss = PlanRankingLoss(plans, np.zeros(6, dtype=np.int64), measured_log_us, torch.zeros(6), torch.tensor(1.0),
+                           temperature=0.05)
+    assert [ids.tolist() for ids in loss.lists] == [[2, 0, 1]]
+    right = torch.log(torch.tensor([90.0, 2.0, 2.0, 70.0, 70.0, 4.0]))   # other groups, the same plan order
+    wrong = torch.log(torch.tensor([10.0, 1.0, 1.0, 60.0, 60.0, 50.0]))   # a group order closer to measured
+    assert loss(right, None, None) < 0.1 < loss(wrong, None, None)
+    with pytest.raises(ValueError, match="two or more measured plans of one training graph"):
+        PlanRankingLoss(plans, np.arange(6), measured_log_us, torch.zeros(6), torch.tensor(1.0), 0.05)
+
+
+def test_training_with_the_plans_loss_orders_the_training_plans(dataset):
+    """Plans made of the measured training groups (the test's data has groups, not plans)."""
+    train = dataset.subset("train")
+    by_graph: dict[str, list[int]] = {}
+    for index, sample in enumerate(train):
+        by_graph.setdefault(sample.graph_hash, []).append(index)
+    rng = np.random.default_rng(0)
+    plans = [sorted(rng.choice(members, size=4, replace=False).tolist())
+             for members in by_graph.values() for _ in range(6)]
+    config = TrainConfig(epochs=300, loss="plans", seed=0)
+    result = train_gnn(train, [], dataset.op_vocab, dataset.schedules, PROFILE.to_dict(), config, plans=plans)
+    predicted = gnn_log_us(result.model, train)
+    measured = np.array([float(d.y) for d in train])
+    tau = [kendall_tau([np.exp(predicted[p]).sum() for p in plans[k:k + 6]],
+                       [np.exp(measured[p]).sum() for p in plans[k:k + 6]]) for k in range(0, len(plans), 6)]
+    assert np.mean(tau) > 0.6, tau
+    with pytest.raises(ValueError, match="needs the training graphs' measured plans"):
+        train_gnn(train, [], dataset.op_vocab, dataset.schedules, PROFILE.to_dict(), config)
 
 
 @pytest.mark.parametrize("hidden, head", [(16, 32), (8, 24)])
@@ -231,6 +266,13 @@ def test_profile_plans_then_dataset_export_resumes_and_roundtrips(tmp_path, caps
     assert main(command) == 0  # resumed: nothing new to sample or measure
     assert "0 new plans, 0 groups measured" in capsys.readouterr().out
     records = list(ProfileLog.beside(store).records())
+    with MeasurementStore(store) as measured:
+        kernels = len(measured)   # distinct kernels (the experts share some)
+    assert main([*command, "--takes", "2"]) == 0    # one more take of every logged group
+    assert f"0 new plans, {kernels} groups measured" in capsys.readouterr().out
+    with MeasurementStore(store) as measured:
+        takes = [m.meta["spaced_takes_us"] for m in measured.iter_all()]
+    assert len(takes) == kernels and all(len(t) == 2 for t in takes)
     assert [r["kind"] for r in records] == ["graph", "plan"]
     out = tmp_path / "data.pt"
     assert main(["dataset", "export", "--store", str(store), "--out", str(out)]) == 0

@@ -53,6 +53,12 @@ class CostDataset:
     def subset(self, split: str) -> list[Data]:
         return [self.samples[i] for i in self.indices(split)]
 
+    def plans_of(self, split: str) -> list[list[int]]:
+        """The plans whose groups all lie in ``split``, as indices into ``subset(split)``."""
+        position = {index: k for k, index in enumerate(self.indices(split))}
+        return [[position[i] for i in plan["samples"]] for plan in self.plans
+                if all(i in position for i in plan["samples"])]
+
     @property
     def content_hash(self) -> str:
         """Digest of the measurements and their split: recorded in every model trained on them."""

@@ -43,7 +43,8 @@ def train_models(dataset: CostDataset, config: TrainConfig = TrainConfig(), out:
     if not train:
         raise ValueError("the dataset's train split is empty: re-export it holding out fewer models")
     meta = {"data_hash": dataset.source.get("content_hash", dataset.content_hash), "source": dataset.source}
-    result = train_gnn(train, val, dataset.op_vocab, dataset.schedules, analytical_profile(dataset), config, meta)
+    result = train_gnn(train, val, dataset.op_vocab, dataset.schedules, analytical_profile(dataset), config, meta,
+                       plans=dataset.plans_of("train"))
     boosted = BoostedModel.train(train, val, config.seed, meta)
     if out is not None:
         folder = Path(out)

@@ -5,9 +5,12 @@ analytical prior, ln measured µs - ln analytical µs, standardized: the rooflin
 it knows to models never trained on, the network learns what it gets wrong.
 ``loss``: ``mse`` alone, or mse plus a ranking term over groups of the same graph —
 ``hinge`` (pairwise: the faster group must score lower by a margin) or ``listmle``
-(listwise: likelihood of the measured order under a Plackett-Luce model). The ranking
-term teaches order directly, which is what choosing a plan needs; the mse term keeps the
-scale, which a backend reporting µs needs.
+(listwise: likelihood of the measured order under a Plackett-Luce model) — or over whole
+plans of the same graph, ``plans`` (ListMLE on each plan's predicted latency, the sum of
+its groups' µs). The ranking term teaches order directly, which is what choosing a plan
+needs; the mse term keeps the scale, which a backend reporting µs needs. Group order is a
+proxy for plan order, which the largest groups of a plan decide; ``plans`` ranks what
+is chosen.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from torch_geometric.utils import scatter
 from .features import GROUP_FEATURES, NODE_FEATURES, PRIOR_FEATURE, PRIOR_INPUT_SCALE
 from .model import MODEL_FORMAT, CostModel
 
-LOSSES = ("mse", "hinge", "listmle")
+LOSSES = ("mse", "hinge", "listmle", "plans")
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class TrainConfig:
     margin: float = 0.1           # hinge margin, in standardized ln µs
     pairs: int = 4096             # hinge pairs per step
     list_size: int = 16           # ListMLE list length (groups of one graph)
+    plan_temperature: float = 0.05  # plans loss: the ln µs between two plans' latencies worth one unit of score
     eval_every: int = 20          # epochs between validation checks (best state kept)
     seed: int = 0
 
@@ -168,19 +172,58 @@ class RankingLoss:
             if count >= 2:
                 picked = self.order[start + rng.choice(count, size=min(count, self.config.list_size), replace=False)]
                 lists.append(picked[np.argsort(target[picked].numpy())])   # fastest first
-        losses = []
-        for items in lists:
-            scores = -predicted[items]                                      # [L] higher = faster
-            tail_logsumexp = torch.logcumsumexp(scores.flip(0), 0).flip(0)  # [L] over items i..L
-            losses.append((tail_logsumexp - scores).mean())
+        losses = [listmle(-predicted[items]) for items in lists]
         return torch.stack(losses).mean() if losses else predicted.sum() * 0
 
 
+class PlanRankingLoss:
+    """ListMLE over the plans of each training graph, a plan's predicted latency being the
+    sum of its groups' µs. ``plans``: sample indices of each plan's groups (into the batch);
+    ``offset`` [B] and ``scale``: ln µs = standardized output * scale + offset (the network's
+    fixed de-standardization plus each sample's prior)."""
+
+    def __init__(self, plans: Sequence[Sequence[int]], graph_ids: np.ndarray, measured_log_us: torch.Tensor,
+                 offset: torch.Tensor, scale: torch.Tensor, temperature: float) -> None:
+        if not plans:
+            raise ValueError("the plans loss needs the training graphs' measured plans (train_gnn(plans=...))")
+        self.item_sample = torch.as_tensor(np.concatenate([np.asarray(p, dtype=np.int64) for p in plans]))  # [M]
+        self.item_plan = torch.as_tensor(np.repeat(np.arange(len(plans)), [len(p) for p in plans]))        # [M]
+        self.num_plans = len(plans)
+        self.offset, self.scale, self.temperature = offset, scale, temperature
+        measured = self._plan_log_us(measured_log_us.double()).numpy()                                   # [P]
+        graph_of_plan = np.array([graph_ids[p[0]] for p in plans])
+        self.lists = [torch.as_tensor(ids[np.argsort(measured[ids], kind="stable")])                     # fastest first
+                      for ids in (np.flatnonzero(graph_of_plan == g) for g in np.unique(graph_of_plan))
+                      if len(ids) >= 2]
+        if not self.lists:
+            raise ValueError("the plans loss needs two or more measured plans of one training graph; "
+                             "the training split has none. Fix: profile with --plans 2 or more, or use "
+                             "another --loss")
+
+    def _plan_log_us(self, log_us: torch.Tensor) -> torch.Tensor:
+        """[P] ln of each plan's summed group µs."""
+        totals = torch.zeros(self.num_plans, dtype=log_us.dtype).index_add(0, self.item_plan,
+                                                                            torch.exp(log_us[self.item_sample]))
+        return torch.log(totals)
+
+    def __call__(self, predicted: torch.Tensor, target: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        plan_log_us = self._plan_log_us(predicted * self.scale + self.offset)                           # [P]
+        return torch.stack([listmle(-plan_log_us[ids] / self.temperature) for ids in self.lists]).mean()
+
+
+def listmle(scores: torch.Tensor) -> torch.Tensor:
+    """Plackett-Luce negative log-likelihood of ``scores`` [L] (higher = faster) being in the
+    order given (fastest first), averaged over positions."""
+    tail_logsumexp = torch.logcumsumexp(scores.flip(0), 0).flip(0)   # [L] over items i..L
+    return (tail_logsumexp - scores).mean()
+
+
 def train_gnn(train: Sequence[Data], val: Sequence[Data], op_vocab: Sequence[str], schedules: Sequence[str],
-              analytical_profile: dict, config: TrainConfig = TrainConfig(), meta: dict | None = None
-              ) -> TrainResult:
+              analytical_profile: dict, config: TrainConfig = TrainConfig(), meta: dict | None = None,
+              plans: Sequence[Sequence[int]] = ()) -> TrainResult:
     """Train on ``train``, keep the state with the best validation RMSE (last state without ``val``).
-    ``analytical_profile``: the profile the samples' ``prior`` was computed with."""
+    ``analytical_profile``: the profile the samples' ``prior`` was computed with; ``plans``:
+    the measured plans of the training graphs as indices into ``train`` (the ``plans`` loss)."""
     if not train:
         raise ValueError("train_gnn needs at least one training sample")
     torch.manual_seed(config.seed)
@@ -193,8 +236,13 @@ def train_gnn(train: Sequence[Data], val: Sequence[Data], op_vocab: Sequence[str
     net.y_mean.fill_(float(residual.mean()))
     net.y_std.fill_(float(residual.std()) if len(train) > 1 else 1.0)
     target = net.target(batch)
-    ranking = RankingLoss(np.unique(np.array(batch.graph_hash), return_inverse=True)[1], config) \
-        if config.loss != "mse" else None
+    graph_ids = np.unique(np.array(batch.graph_hash), return_inverse=True)[1]
+    ranking: RankingLoss | PlanRankingLoss | None = None
+    if config.loss == "plans":
+        ranking = PlanRankingLoss(plans, graph_ids, batch.y, net.y_mean + batch.prior.float(), net.y_std,
+                                  config.plan_temperature)
+    elif config.loss != "mse":
+        ranking = RankingLoss(graph_ids, config)
     optimizer = torch.optim.Adam(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     result = TrainResult(model=None)  # type: ignore[arg-type]
     best = (float("inf"), copy.deepcopy(net.state_dict()))
