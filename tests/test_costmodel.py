@@ -24,6 +24,7 @@ from fusiongym.reward.costmodel.dataset import CostDataset, build_dataset
 from fusiongym.reward.costmodel.features import GraphTensors, group_example, plan_features
 from fusiongym.reward.costmodel.evaluate import compare, gnn_log_us, train_models, write_stream_report
 from fusiongym.reward.costmodel.gnn import GroupGNN, PlanRankingLoss, TrainConfig, build_model, train_gnn
+from fusiongym.reward.costmodel.metrics import score
 from fusiongym.reward.costmodel.model import CostModel
 from fusiongym.reward.costmodel.online import (OnlineBackend, OnlineConfig, OnlineLearner, moving_mean,
                                                stream_groups)
@@ -90,6 +91,21 @@ def test_gnn_trains_and_numpy_path_matches_torch(trained, dataset, measured, tmp
     numpy_log_us = [model.predict_group_log_us(measured.graphs[d.graph_hash], d.nodes.tolist(),
                                                dataset.schedules[int(d.schedule)]) for d in samples]
     np.testing.assert_allclose(numpy_log_us, gnn_log_us(model, samples), rtol=1e-4, atol=1e-4)
+
+
+def test_plan_metrics_on_a_worked_example():
+    """Four one-group plans of one graph: 100, 105, 150, 200 µs measured."""
+    measured = np.array([100.0, 105.0, 150.0, 200.0])
+    predicted = np.array([110.0, 100.0, 160.0, 190.0])   # swaps the two plans 5 % apart only
+    plans = [{"graph_hash": "g", "samples": [i]} for i in range(4)]
+    row = score("m", predicted, measured, [0, 1, 2, 3], plans)
+    assert row.plan_tau == pytest.approx(4 / 6) and row.group_tau == pytest.approx(4 / 6)
+    assert row.plan_tau_apart == 1.0                       # the swapped pair is under 10 % apart
+    assert row.rmse_pct_of_delta == pytest.approx(100 * np.sqrt(325 / 4) / (345 / 6))
+    assert row.top1_slowdown == pytest.approx(1.05) and row.top5_slowdown == 1.0
+    assert row.mape_pct == pytest.approx(100 * np.mean([10 / 100, 5 / 105, 10 / 150, 10 / 200]))
+    close = score("m", predicted[:2], measured[:2], [0, 1], plans[:2])
+    assert np.isnan(close.plan_tau_apart) and close.plan_tau == -1.0
 
 
 def test_plans_loss_ranks_whole_plans_by_their_summed_groups():

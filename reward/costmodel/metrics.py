@@ -2,6 +2,8 @@
 
 Group level: MAPE and Kendall τ over the test groups. Plan level, per test graph (a plan's
 latency is the sum of its groups'): Kendall τ of the plans' predicted vs measured order;
+the same over the pairs of plans measured at least ``APART`` (10 %) apart (plans closer than
+that swap places between two measurements of the same plans, so no model can order them);
 RMSE of plan latency as a percentage of the mean latency difference between that graph's
 plans (an error small next to the differences being ranked does not reorder them); and
 the slowdown of the plan the model would pick (its top 1, or the best of its top 5) over
@@ -23,9 +25,12 @@ import numpy as np
 from ..calibrate import kendall_tau, mape
 from ..store import atomic_output
 
+APART = 0.10  # plans whose measured latencies differ by more than this share count as apart
+
 COLUMNS = (("model", "model"), ("groups", "test groups"), ("mape_pct", "MAPE per group %"),
            ("group_tau", "Kendall τ groups"), ("plans", "test plans"), ("graphs", "test graphs"),
            ("plan_tau", "Kendall τ plans (mean per graph)"),
+           ("plan_tau_apart", f"Kendall τ plans ≥ {APART:.0%} apart"),
            ("rmse_pct_of_delta", "plan RMSE % of mean Δ between plans"),
            ("top1_slowdown", "top-1 slowdown"), ("top5_slowdown", "top-5 slowdown"))
 
@@ -41,6 +46,7 @@ class Metrics:
     plans: int
     graphs: int
     plan_tau: float
+    plan_tau_apart: float
     rmse_pct_of_delta: float
     top1_slowdown: float
     top5_slowdown: float
@@ -66,18 +72,18 @@ def score(model: str, predicted_us: np.ndarray, measured_us: np.ndarray, test_sa
     per_graph = [_plan_scores(predicted_us, measured_us, group_lists)
                  for group_lists in by_graph.values() if len(group_lists) >= 2]
     per_graph = [s for s in per_graph if s is not None]
-    columns = list(zip(*per_graph)) if per_graph else [[math.nan]] * 4
+    columns = list(zip(*per_graph)) if per_graph else [[math.nan]] * 5
     return Metrics(
         model=model, groups=len(test), mape_pct=100 * mape(predicted_us[test], measured_us[test]),
         group_tau=kendall_tau(predicted_us[test], measured_us[test]),
         plans=sum(len(lists) for lists in by_graph.values()), graphs=len(per_graph),
-        plan_tau=float(np.nanmean(columns[0])) if per_graph else math.nan,
-        rmse_pct_of_delta=float(np.mean(columns[1])),
-        top1_slowdown=_geomean(columns[2]), top5_slowdown=_geomean(columns[3]))
+        plan_tau=_nanmean(columns[0]), plan_tau_apart=_nanmean(columns[1]),
+        rmse_pct_of_delta=float(np.mean(columns[2])),
+        top1_slowdown=_geomean(columns[3]), top5_slowdown=_geomean(columns[4]))
 
 
 def _plan_scores(predicted_us: np.ndarray, measured_us: np.ndarray, group_lists: list[list[int]]
-                 ) -> tuple[float, float, float, float] | None:
+                 ) -> tuple[float, float, float, float, float] | None:
     predicted = np.array([predicted_us[g].sum() for g in group_lists])   # [P] µs
     measured = np.array([measured_us[g].sum() for g in group_lists])     # [P] µs
     delta = np.abs(measured[:, None] - measured[None, :])[np.triu_indices(len(measured), 1)].mean()
@@ -86,8 +92,23 @@ def _plan_scores(predicted_us: np.ndarray, measured_us: np.ndarray, group_lists:
     rmse = float(np.sqrt(np.mean((predicted - measured) ** 2)))
     ranking = np.argsort(predicted, kind="stable")
     best = measured.min()
-    return (kendall_tau(predicted, measured), 100 * rmse / delta, measured[ranking[0]] / best,
-            measured[ranking[:5]].min() / best)
+    return (kendall_tau(predicted, measured), _tau_apart(predicted, measured), 100 * rmse / delta,
+            measured[ranking[0]] / best, measured[ranking[:5]].min() / best)
+
+
+def _tau_apart(predicted: np.ndarray, measured: np.ndarray) -> float:
+    """Kendall τ over the pairs of plans measured more than ``APART`` apart (nan: no such pair)."""
+    first, second = np.triu_indices(len(measured), 1)
+    apart = np.abs(np.log(measured[first] / measured[second])) > math.log1p(APART)
+    if not apart.any():
+        return math.nan
+    agree = np.sign(predicted[first] - predicted[second]) == np.sign(measured[first] - measured[second])
+    return float(2 * agree[apart].mean() - 1)
+
+
+def _nanmean(values: Sequence[float]) -> float:
+    values = np.asarray(values, dtype=np.float64)
+    return float(np.nanmean(values)) if len(values) and not np.isnan(values).all() else math.nan
 
 
 def _geomean(values: Sequence[float]) -> float:
