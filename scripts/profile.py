@@ -54,7 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "ones (random, annealing) in turn with a new seed per plan")
     plans.add_argument("--takes", type=int, default=1,
                        help="time every group of the suite's logged plans in this many takes, one pass over "
-                            "all of them per take, and keep the fastest (timings drift with the machine's state)")
+                            "all of them per take, each pass in a new process, and keep the fastest (timings "
+                            "drift with the machine's and the process's state)")
     plans.add_argument("--log", default=None, help="profile log (default: <store>.plans.jsonl)")
 
 
@@ -149,8 +150,8 @@ def _take_pass_in_new_process(backend_name: str, store: Path, log: Path, graph_h
 
     Why a process per take: a kernel's timing also depends on the process that times it. On
     the 2-core development VM ms-long parallel kernels measured 10-30 % apart in different
-    processes while agreeing within one (where the buffers land in memory), so takes from
-    one process share that offset.
+    processes while agreeing within one (the cause, perhaps where a process's buffers land
+    in physical memory, was not pinned down), so takes from one process share that offset.
     """
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
