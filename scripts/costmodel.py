@@ -3,7 +3,9 @@
 ``fusiongym costmodel train --data data.pt --out DIR`` writes DIR/model.npz (the GNN, what
 ``get_backend("learned", model=DIR/model.npz)`` loads) and DIR/lightgbm.json.
 ``fusiongym costmodel eval --data data.pt --model DIR`` scores both and the analytical
-backend on the test split: DIR/metrics.csv, metrics.md (printed) and metrics.png.
+backend on the test split: DIR/metrics.csv, metrics.md (printed) and metrics.png; with
+``--remeasured DATA2`` (the same groups profiled again into a second store) also that second
+measurement, scored as if it were a model: the ceiling any model is held to.
 ``fusiongym costmodel online --data data.pt --model DIR --store STORE`` streams the test
 models' measured groups (shuffled with --seed) through online updates of the GNN, as an env
 on a real backend would meet them: DIR/online.csv and online.png, the error of the updated
@@ -24,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss", default="mse", choices=("mse", "hinge", "listmle", "plans"),
                         help="mse alone, or mse plus a ranking term: pairwise (hinge) or listwise (ListMLE) over "
                              "groups of one graph, or listwise over whole plans of one graph (plans)")
+    parser.add_argument("--remeasured", default=None,
+                        help="eval: a dataset of the same test groups profiled again into another store, scored "
+                             "as one more model (how far the measurements agree with themselves)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--store", default=None,
@@ -60,7 +65,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.action == "online":
         return _online(dataset, CostModel.load(folder / GNN_FILE), args.store, args.seed, folder)
-    rows, predicted = compare(dataset, CostModel.load(folder / GNN_FILE), BoostedModel.load(folder / BOOSTED_FILE))
+    remeasured = CostDataset.load(args.remeasured) if args.remeasured else None
+    rows, predicted = compare(dataset, CostModel.load(folder / GNN_FILE), BoostedModel.load(folder / BOOSTED_FILE),
+                              remeasured)
     paths = write_report(rows, predicted, dataset.indices("test"), folder)
     print(markdown_table(rows))
     print("wrote " + ", ".join(map(str, paths)))

@@ -22,7 +22,8 @@ from fusiongym.reward.devices import get_profile
 from fusiongym.reward.costmodel import CostModelError, MeasuredSet, ProfileLog, load_measured_set
 from fusiongym.reward.costmodel.dataset import CostDataset, build_dataset
 from fusiongym.reward.costmodel.features import GraphTensors, group_example, plan_features
-from fusiongym.reward.costmodel.evaluate import compare, gnn_log_us, train_models, write_stream_report
+from fusiongym.reward.costmodel.evaluate import (compare, gnn_log_us, remeasured_us, train_models,
+                                                 write_stream_report)
 from fusiongym.reward.costmodel.gnn import GroupGNN, PlanRankingLoss, TrainConfig, build_model, train_gnn
 from fusiongym.reward.costmodel.metrics import score
 from fusiongym.reward.costmodel.model import CostModel
@@ -106,6 +107,24 @@ def test_plan_metrics_on_a_worked_example():
     assert row.mape_pct == pytest.approx(100 * np.mean([10 / 100, 5 / 105, 10 / 150, 10 / 200]))
     close = score("m", predicted[:2], measured[:2], [0, 1], plans[:2])
     assert np.isnan(close.plan_tau_apart) and close.plan_tau == -1.0
+
+
+def test_a_second_measurement_is_scored_group_for_group(dataset, tmp_path):
+    """``costmodel eval --remeasured``: the same groups from another store, matched by graph,
+    nodes and schedule, whatever their order there."""
+    other = CostDataset.load(dataset.save(tmp_path / "again.pt"))
+    other.samples.reverse()
+    for data in other.samples:
+        data.y = data.y + np.log(1.1)                 # every group 10 % slower the second time
+    test = dataset.indices("test")
+    measured = np.exp(np.array([float(d.y) for d in dataset.samples]))
+    again = remeasured_us(dataset, other, test)
+    np.testing.assert_allclose(again[test], 1.1 * measured[test], rtol=1e-5)
+    train = dataset.indices("train")
+    np.testing.assert_allclose(again[train], measured[train], rtol=1e-6)   # not asked for: kept
+    other.samples = [d for d in other.samples if d.graph_hash != dataset.samples[test[0]].graph_hash]
+    with pytest.raises(CostModelError, match=f"{len(test)} of the {len(test)} test groups are not in"):
+        remeasured_us(dataset, other, test)
 
 
 def test_plans_loss_ranks_whole_plans_by_their_summed_groups():

@@ -70,8 +70,11 @@ def gnn_log_us(model: CostModel, samples: Sequence[Data]) -> np.ndarray:
     return net.log_us(batch).double().numpy()
 
 
-def compare(dataset: CostDataset, gnn: CostModel, boosted: BoostedModel) -> tuple[list[Metrics], dict[str, np.ndarray]]:
-    """Metrics of the GNN, LightGBM and analytical backend on the test split, and their µs per sample."""
+def compare(dataset: CostDataset, gnn: CostModel, boosted: BoostedModel, remeasured: CostDataset | None = None
+            ) -> tuple[list[Metrics], dict[str, np.ndarray]]:
+    """Metrics of the GNN, LightGBM and analytical backend on the test split, and their µs per
+    sample; with ``remeasured`` (the same test groups profiled again into another store), also
+    those timings scored as a model: how far the measurements agree with themselves."""
     test = dataset.indices("test")
     if len(test) < 2:
         raise ValueError(f"the dataset's test split has {len(test)} groups; export it with --test-models naming "
@@ -80,10 +83,33 @@ def compare(dataset: CostDataset, gnn: CostModel, boosted: BoostedModel) -> tupl
     predicted = {"gnn": np.exp(gnn_log_us(gnn, dataset.samples)),
                  "lightgbm": np.exp(boosted.predict_log_us(dataset.samples)),
                  "analytical": np.array([float(d.analytical_us) for d in dataset.samples])}
+    if remeasured is not None:
+        predicted["re-measured"] = remeasured_us(dataset, remeasured, test)
     test_models = set(dataset.source.get("models", {}).get("test", []))
     plans = [p for p in dataset.plans if p["model"] in test_models]
     rows = [score(name, us, measured, test, plans) for name, us in predicted.items()]
     return rows, {**predicted, "measured": measured}
+
+
+def remeasured_us(dataset: CostDataset, remeasured: CostDataset, samples: Sequence[int]) -> np.ndarray:
+    """[num_samples] µs: ``dataset``'s own measurement, replaced for ``samples`` by the same
+    group's (graph, nodes, schedule) measurement in ``remeasured``."""
+    def key(data: Data, schedules: Sequence[str]) -> tuple:
+        return data.graph_hash, tuple(data.nodes.tolist()), schedules[int(data.schedule)]
+
+    other = {key(d, remeasured.schedules): float(d.y) for d in remeasured.samples}
+    log_us = np.array([float(d.y) for d in dataset.samples])
+    missing = 0
+    for index in samples:
+        found = other.get(key(dataset.samples[index], dataset.schedules))
+        missing += found is None
+        log_us[index] = log_us[index] if found is None else found
+    if missing:
+        raise CostModelError(f"{missing} of the {len(samples)} test groups are not in the re-measured dataset. Fix: "
+                             f"profile the same log into the second store (copy <store>.plans.jsonl beside it, "
+                             f"then `fusiongym profile ... --takes K --store SECOND`) and export it with the same "
+                             f"--test-models")
+    return np.exp(log_us)
 
 
 def write_report(rows: Sequence[Metrics], predicted: dict[str, np.ndarray], test: Sequence[int],
