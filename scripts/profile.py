@@ -149,7 +149,7 @@ def _take_pass_in_new_process(backend_name: str, store: Path, log: Path, graph_h
     """``_take_pass`` in a fresh process: (groups measured, groups already with enough takes).
 
     Why a process per take: a kernel's timing also depends on the process that times it. On
-    the 2-core development VM ms-long parallel kernels measured 10-30 % apart in different
+    the 2-core development VM ms-long parallel kernels measured 5-30 % apart in different
     processes while agreeing within one (the cause, perhaps where a process's buffers land
     in physical memory, was not pinned down), so takes from one process share that offset.
     """
