@@ -102,8 +102,10 @@ def remeasured_us(dataset: CostDataset, remeasured: CostDataset, samples: Sequen
     missing = 0
     for index in samples:
         found = other.get(key(dataset.samples[index], dataset.schedules))
-        missing += found is None
-        log_us[index] = log_us[index] if found is None else found
+        if found is None:
+            missing += 1
+        else:
+            log_us[index] = found
     if missing:
         raise CostModelError(f"{missing} of the {len(samples)} test groups are not in the re-measured dataset. Fix: "
                              f"profile the same log into the second store (copy <store>.plans.jsonl beside it, "
