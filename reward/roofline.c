@@ -21,6 +21,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "buffers.h"
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -29,15 +30,6 @@ enum {
     GROUP_OF, SCHEDULE, COMPUTE_US, US_PER_BYTE, OWN_READ, EDGE_SRC, EDGE_DST, EDGE_READ, EDGE_TENSOR,
     TENSOR_NODE, TENSOR_BYTES, TENSOR_ELEMS, ALWAYS_WRITTEN, SCHEDULE_TABLE, OUT, COUNT
 };
-
-static int check(Py_buffer *view, const char *name, Py_ssize_t itemsize, Py_ssize_t items) {
-    if (view->itemsize != itemsize || view->len != items * itemsize) {
-        PyErr_Format(PyExc_ValueError, "%s must be a contiguous buffer of %zd items of %zd bytes, got %zd bytes",
-                     name, items, itemsize, view->len);
-        return -1;
-    }
-    return 0;
-}
 
 /* The plan's labels and schedules; the graph's own arrays are built together and trusted. */
 static int check_plan(const int64_t *group, Py_ssize_t n, const int64_t *schedule, Py_ssize_t groups,

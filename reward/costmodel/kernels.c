@@ -31,6 +31,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "../buffers.h"
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -174,15 +175,6 @@ __attribute__((target("avx2,fma"))) static void forward_avx2(const Network *f) {
 }
 
 #endif
-
-static int check(Py_buffer *view, const char *name, Py_ssize_t itemsize, Py_ssize_t items) {
-    if (view->itemsize != itemsize || view->len != items * itemsize) {
-        PyErr_Format(PyExc_ValueError, "%s must be a contiguous buffer of %zd items of %zd bytes, got %zd bytes",
-                     name, items, itemsize, view->len);
-        return -1;
-    }
-    return 0;
-}
 
 /* Indices the loops follow unchecked: row pointers, edge sources, group labels, schedules. */
 static int check_indices(const Network *f, Py_ssize_t edges, Py_ssize_t schedules) {
