@@ -7,8 +7,8 @@
  * computes, for n nodes in G groups (H hidden, P plan node features, K group inputs, D head):
  *   h0[i]  = relu(static_proj[i] + plan_node[i] w_plan)                        [n, H]
  *   m[i]   = sum of h0[in_src e] over the in-edges e of i with in_mask[e]       (CSR by consumer)
- *   h1[i]  = h0[i] + relu(h0[i] w_self + m[i] w_msg + b_msg)                    (only summed per group)
- *   z[g]   = relu([sum of h1 over g ; group_input[g] ; prior[g] prior_scale] w_head + schedule_bias[schedule[g]])
+ *   h1[i]  = h0[i] + relu(h0[i] w_self + m[i] w_msg + b_msg)                    (only pooled per group)
+ *   z[g]   = relu([mean of h1 over g ; group_input[g] ; prior[g] prior_scale] w_head + schedule_bias[schedule[g]])
  *   out[g] = prior[g] + (z[g] . w_out + b_out) y_std + y_mean                   [G] ln µs
  *
  * which is ``CostModel``'s network (reward/costmodel/model.py). In numpy it was fifteen
@@ -16,7 +16,8 @@
  * nodes and edges and one over groups. At the shipped widths (H = 16, D = 32) on a CPU with
  * AVX2 and FMA the rows are held in vector registers (two for a node, four for a group);
  * other widths or CPUs take the plain loops, which compute the same sums (4x slower: their
- * accumulators live in memory). h0 [n, H] and pooled [G, H] are the caller's scratch,
+ * accumulators live in memory). h0 [n, H] and pooled [G, H] (the group sums, then scaled by
+ * each group's 1 / size as its row enters the head) are the caller's scratch,
  * kept between calls: fresh pages would cost more faults than the arithmetic. Float arrays
  * are contiguous float32 (prior and out float64), indices int64.
  *
@@ -52,6 +53,7 @@ typedef struct {
     const double *prior;
     double b_out, y_std, y_mean, prior_scale;
     float *h0, *pooled, *scratch;   /* scratch [2 * max(H, D)] */
+    float *inverse_size;            /* [G] 1 / nodes of the group */
     double *out;
 } Network;
 
@@ -85,7 +87,9 @@ static void forward_plain(const Network *f) {
     }
     for (Py_ssize_t g = 0; g < f->groups; g++) {
         memcpy(acc, f->schedule_bias + f->schedule[g] * head, (size_t)head * sizeof(float));
-        add_vector_matrix(acc, f->pooled + g * hidden, f->w_head, hidden, head);
+        float *mean = f->pooled + g * hidden;
+        for (Py_ssize_t c = 0; c < hidden; c++) mean[c] *= f->inverse_size[g];
+        add_vector_matrix(acc, mean, f->w_head, hidden, head);
         add_vector_matrix(acc, f->group_input + g * f->inputs, f->w_head + hidden * head, f->inputs, head);
         float prior_input = (float)(f->prior[g] * f->prior_scale);
         add_vector_matrix(acc, &prior_input, f->w_head + (hidden + f->inputs) * head, 1, head);
@@ -151,7 +155,7 @@ __attribute__((target("avx2,fma"))) static void forward_avx2(const Network *f) {
         __m256 z[4], y[4];   /* two FMA chains: the pooled rows and the group-input rows */
         for (int q = 0; q < 4; q++) z[q] = _mm256_loadu_ps(bias + 8 * q), y[q] = zero;
         for (int r = 0; r < 16; r++) {
-            __m256 x = _mm256_set1_ps(f->pooled[g * 16 + r]);
+            __m256 x = _mm256_set1_ps(f->pooled[g * 16 + r] * f->inverse_size[g]);
             for (int q = 0; q < 4; q++) z[q] = _mm256_fmadd_ps(x, _mm256_loadu_ps(f->w_head + r * 32 + 8 * q), z[q]);
         }
         const float *w_inputs = f->w_head + 16 * 32;
@@ -203,6 +207,14 @@ static int check_indices(const Network *f, Py_ssize_t edges, Py_ssize_t schedule
     return 0;
 }
 
+/* inverse_size[g] = 1 / (nodes labelled g), from labels already checked; a group without nodes keeps 1. */
+static void count_inverse_sizes(const Network *f) {
+    memset(f->inverse_size, 0, (size_t)f->groups * sizeof(float));
+    for (Py_ssize_t i = 0; i < f->n; i++) f->inverse_size[f->label[i]] += 1.0f;
+    for (Py_ssize_t g = 0; g < f->groups; g++)
+        f->inverse_size[g] = f->inverse_size[g] > 0.0f ? 1.0f / f->inverse_size[g] : 1.0f;
+}
+
 enum {
     STATIC, PLAN_NODE, W_PLAN, IN_INDPTR, IN_SRC, IN_MASK, W_SELF, W_MSG, B_MSG, LABELS, GROUP_INPUT, W_HEAD,
     SCHEDULE_BIAS, SCHEDULE, W_OUT, PRIOR, H0, POOLED, OUT, COUNT
@@ -241,11 +253,14 @@ static PyObject *forward(PyObject *self, PyObject *args) {
     f.schedule = v[SCHEDULE].buf, f.w_out = v[W_OUT].buf, f.prior = v[PRIOR].buf;
     f.h0 = v[H0].buf, f.pooled = v[POOLED].buf, f.out = v[OUT].buf;
     if (check_indices(&f, edges, schedules) < 0) goto done;
-    f.scratch = malloc((size_t)(2 * (hidden > head ? hidden : head) + 1) * sizeof(float));
+    Py_ssize_t scratch_floats = 2 * (hidden > head ? hidden : head) + 1;
+    f.scratch = malloc((size_t)(scratch_floats + f.groups) * sizeof(float));
     if (!f.scratch) {
         PyErr_NoMemory();
         goto done;
     }
+    f.inverse_size = f.scratch + scratch_floats;
+    count_inverse_sizes(&f);
     memset(f.pooled, 0, (size_t)(f.groups * hidden) * sizeof(float));
     Py_BEGIN_ALLOW_THREADS
 #ifdef HAVE_AVX2_PATH

@@ -9,12 +9,12 @@ CPU thread, and PyG's scatter under onnxruntime takes 13-20 ms (DESIGN.md):
   (``features.plan_features``);
 * the network is one C pass over nodes and their in-edges and one over groups
   (``reward/costmodel/kernels.c``): messages follow the in-edges in consumer order (row
-  pointers fixed per graph; the plan masks out crossing edges), then group sums and the
+  pointers fixed per graph; the plan masks out crossing edges), then group means and the
   two-layer head. In numpy the same network was fifteen passes over [N, H] arrays.
 
 Per plan: h0 = relu(static_proj + P W_plan),
 h1 = h0 + relu(h0 W_a + A h0 W_b + b) with A the [N, N] adjacency of internal edges,
-z = relu([sum of h1 over the group ; group features ; prior / 8] W_head + S_head[schedule] + b),
+z = relu([mean of h1 over the group ; group features ; prior / 8] W_head + S_head[schedule] + b),
 prior = ln µs of the analytical backend (``prior.AnalyticalPrior``, one vectorized
 ``evaluate`` per plan), ln µs = prior + (z w_out + b_out) * y_std + y_mean.
 
@@ -48,7 +48,7 @@ from .features import (GROUP_FEATURES, NODE_FEATURES, NUM_KINDS, PRIOR_FEATURE, 
 from .prior import AnalyticalPrior
 from .records import CostModelError
 
-MODEL_FORMAT = "fusiongym.CostModel/2"
+MODEL_FORMAT = "fusiongym.CostModel/3"  # /3: mean pooling (sum in /2)
 NUM_STATIC = len(STATIC_NODE_FEATURES) + NUM_KINDS  # leading columns of the node features
 GRAPH_CACHE_SIZE = 32
 # name -> shape in terms of V ops, F node features, H hidden, K group features, S schedules, D head
