@@ -10,6 +10,9 @@ measurement, scored as if it were a model: the ceiling any model is held to.
 models' measured groups (shuffled with --seed) through online updates of the GNN, as an env
 on a real backend would meet them: DIR/online.csv and online.png, the error of the updated
 model against the model as trained.
+``fusiongym costmodel seeds --data data.pt --out DIR --loss L --seeds N`` trains the GNN
+with seeds 0..N-1 and scores each on val and test: DIR/seeds-L.csv (one row per seed and
+split) and the mean, min and max per split, printed.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("train", "eval", "online"))
+    parser.add_argument("action", choices=("train", "eval", "online", "seeds"))
     parser.add_argument("--data", required=True, help="dataset from `fusiongym dataset export`")
     parser.add_argument("--out", default="runs/costmodel", help="train: folder for the models")
     parser.add_argument("--model", default=None, help="eval: folder holding the models (default: --out)")
@@ -31,6 +34,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "as one more model (how far the measurements agree with themselves)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seeds", type=int, default=8, help="seeds: how many seeds to train and score")
+    parser.add_argument("--weight-decay", type=float, default=None,
+                        help="train, seeds: Adam's L2 weight decay (default: TrainConfig's)")
     parser.add_argument("--store", default=None,
                         help="online: the measurement store the dataset was exported from (default: $FUSIONGYM_STORE "
                              "or ~/.cache)")
@@ -53,10 +59,13 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     dataset = CostDataset.load(args.data)
     folder = Path(args.model or args.out)
+    config = TrainConfig(loss=args.loss, seed=args.seed)
+    for option, value in (("epochs", args.epochs), ("weight_decay", args.weight_decay)):
+        if value is not None:
+            config = dataclasses.replace(config, **{option: value})
+    if args.action == "seeds":
+        return _seeds(dataset, config, args.seeds, folder)
     if args.action == "train":
-        config = TrainConfig(loss=args.loss, seed=args.seed)
-        if args.epochs is not None:
-            config = dataclasses.replace(config, epochs=args.epochs)
         trained = train_models(dataset, config, folder)
         gnn_path = folder / GNN_FILE
         print(f"wrote {gnn_path} ({os.path.getsize(gnn_path) / 1024:.1f} KB; loss {trained.losses[0]:.3f} -> "
@@ -71,6 +80,20 @@ def run(args: argparse.Namespace) -> int:
     paths = write_report(rows, predicted, dataset.indices("test"), folder)
     print(markdown_table(rows))
     print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _seeds(dataset, config, seeds: int, folder) -> int:
+    from fusiongym.reward.costmodel.evaluate import seed_spread, spread_summary
+    from fusiongym.reward.costmodel.metrics import markdown_table, write_csv
+
+    if seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {seeds}")
+    rows = seed_spread(dataset, config, seeds)
+    path = write_csv(rows, folder / f"seeds-{config.loss}.csv")
+    splits = [split for split in ("val", "test") if any(row.model.endswith(f", {split}") for row in rows)]
+    print(markdown_table([summary for split in splits for summary in spread_summary(rows, split)]))
+    print(f"wrote {path}")
     return 0
 
 

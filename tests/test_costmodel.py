@@ -6,6 +6,7 @@ the session's store); one model is held out, as the dataset export does for test
 
 from __future__ import annotations
 
+import csv
 import json
 
 import gymnasium as gym
@@ -107,6 +108,24 @@ def test_plan_metrics_on_a_worked_example():
     assert row.mape_pct == pytest.approx(100 * np.mean([10 / 100, 5 / 105, 10 / 150, 10 / 200]))
     close = score("m", predicted[:2], measured[:2], [0, 1], plans[:2])
     assert np.isnan(close.plan_tau_apart) and close.plan_tau == -1.0
+
+
+def test_seeds_scores_one_model_per_seed_and_summarizes_them(dataset, tmp_path, capsys):
+    """``costmodel seeds``: N models that differ only in their seed, each scored on the val and
+    the test split, and their mean, min and max per split."""
+    data = dataset.save(tmp_path / "data.pt")
+    assert main(["costmodel", "seeds", "--data", str(data), "--out", str(tmp_path), "--seeds", "3",
+                 "--epochs", "60"]) == 0
+    with open(tmp_path / "seeds-mse.csv", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["model"] for row in rows] == [f"seed {seed}, {split}" for seed in range(3) for split in ("val", "test")]
+    mape = np.array([float(row["mape_pct"]) for row in rows if row["model"].endswith("test")])
+    assert len(set(mape)) == 3                                   # the seed changes the model
+    summary = {line.split("|")[1].strip(): float(line.split("|")[3]) for line in capsys.readouterr().out.splitlines()
+               if line.startswith(("| mean", "| min", "| max"))}
+    assert summary["mean of 3 seeds, test"] == pytest.approx(mape.mean(), rel=1e-2)
+    assert summary["min of 3 seeds, test"] == pytest.approx(mape.min(), rel=1e-2)
+    assert summary["max of 3 seeds, test"] == pytest.approx(mape.max(), rel=1e-2)
 
 
 def test_a_second_measurement_is_scored_group_for_group(dataset, tmp_path):

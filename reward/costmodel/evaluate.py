@@ -8,7 +8,7 @@ vs measured latency per model; ``write_stream_report`` the error curve of online
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -85,10 +85,39 @@ def compare(dataset: CostDataset, gnn: CostModel, boosted: BoostedModel, remeasu
                  "analytical": np.array([float(d.analytical_us) for d in dataset.samples])}
     if remeasured is not None:
         predicted["re-measured"] = remeasured_us(dataset, remeasured, test)
-    test_models = set(dataset.source.get("models", {}).get("test", []))
-    plans = [p for p in dataset.plans if p["model"] in test_models]
-    rows = [score(name, us, measured, test, plans) for name, us in predicted.items()]
+    rows = [score(name, us, measured, test, plans_of_split(dataset, "test")) for name, us in predicted.items()]
     return rows, {**predicted, "measured": measured}
+
+
+def plans_of_split(dataset: CostDataset, split: str) -> list[dict]:
+    """The measured plans of the models in ``split``."""
+    models = set(dataset.source.get("models", {}).get(split, []))
+    return [plan for plan in dataset.plans if plan["model"] in models]
+
+
+def seed_spread(dataset: CostDataset, config: TrainConfig, seeds: int) -> list[Metrics]:
+    """The GNN trained with seeds 0..seeds-1 (``config`` otherwise), each scored on the val and
+    the test split: what a metric owes to the seed rather than to the model (trained on a
+    handful of architectures, a model's plan τ on unseen ones moves with the seed)."""
+    measured = np.exp(np.array([float(d.y) for d in dataset.samples]))
+    rows = []
+    for seed in range(seeds):
+        trained = train_gnn(dataset.subset("train"), dataset.subset("val"), dataset.op_vocab, dataset.schedules,
+                            analytical_profile(dataset), replace(config, seed=seed),
+                            plans=dataset.plans_of("train"))
+        predicted = np.exp(gnn_log_us(trained.model, dataset.samples))
+        rows += [score(f"seed {seed}, {split}", predicted, measured, dataset.indices(split),
+                       plans_of_split(dataset, split)) for split in ("val", "test") if dataset.indices(split)]
+    return rows
+
+
+def spread_summary(rows: Sequence[Metrics], split: str) -> list[Metrics]:
+    """Mean, min and max over the seeds of ``seed_spread``'s rows of ``split``."""
+    chosen = [row for row in rows if row.model.endswith(f", {split}")]
+    numbers = [key for key, value in asdict(chosen[0]).items() if isinstance(value, float)]
+    return [replace(chosen[0], model=f"{name} of {len(chosen)} seeds, {split}",
+                    **{key: float(reduce([getattr(row, key) for row in chosen])) for key in numbers})
+            for name, reduce in (("mean", np.mean), ("min", np.min), ("max", np.max))]
 
 
 def remeasured_us(dataset: CostDataset, remeasured: CostDataset, samples: Sequence[int]) -> np.ndarray:
