@@ -202,6 +202,8 @@ def test_suites_hold_out_test_models_and_ranges():
             assert any(held_out.min > seen.dims[dim].max for dim, held_out in workload.dims.items()), \
                 workload.name
     assert {"resnet50", "vit"} <= {w.model for w in test} - {w.model for w in train}
+    extra = {w.model for w in load_suite("train_extra")}   # architectures only the cost model trains on
+    assert extra and not extra & {w.model for w in [*train, *test]}
 
 
 def test_workload_sample_is_seeded_and_pins_context():

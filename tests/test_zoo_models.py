@@ -10,12 +10,16 @@ from fusiongym.graphs.zoo import models
 from fusiongym.graphs.zoo.models import UnknownModelError, ZooModel, build, names
 from fusiongym.graphs.zoo.moe import NUM_EXPERTS, routing_inputs
 
-CORE_MODELS = ["bert", "llama", "mixtral_moe", "mobilenet_v2", "resnet18", "resnet50", "vit"]
+CORE_MODELS = ["bert", "convnext", "gpt", "llama", "mixtral_moe", "mlp_mixer", "mobilenet_v2", "resnet18",
+               "resnet50", "vit"]
 HF_MODELS = ["hf_gpt2", "hf_llama"]
 
 # Output shape of each small variant at its example inputs.
 SMALL_OUTPUT_SHAPES = {
     "bert": (2, 16, 32),
+    "convnext": (2, 10),
+    "gpt": (2, 16, 1000),
+    "mlp_mixer": (2, 10),
     "llama": (2, 16, 512),
     "mixtral_moe": (40, 32),
     "mobilenet_v2": (2, 10),
@@ -82,7 +86,7 @@ def test_hf_models_hidden_without_transformers(monkeypatch: pytest.MonkeyPatch) 
 
 def test_small_variant_metadata(small: ZooModel) -> None:
     assert small.variant == "small"
-    assert small.family in {"cnn", "transformer", "moe"}
+    assert small.family in {"cnn", "transformer", "moe", "mlp"}
     assert not small.module.training
     assert len(small.dynamic_shapes) == len(small.example_inputs)
     for dim in small.dims:
@@ -132,6 +136,17 @@ def test_cnn_full_macs_match_published(name: str, expected: float) -> None:
     assert abs(macs - expected) / expected < 0.03
 
 
+@pytest.mark.parametrize(
+    ("name", "expected"),
+    # GPT-2 small 124 M (tied LM head); Mixer-S/16 18.5 M; ConvNeXt-T 28.6 M with 2x2 downsampling
+    # convs, here 3x3 ones: 5 more weights per input-output channel pair of the three.
+    [("gpt", 124.4e6), ("mlp_mixer", 18.5e6), ("convnext", 28.6e6 + 5 * (96 * 192 + 192 * 384 + 384 * 768))],
+)
+def test_full_parameter_counts_match_published(name: str, expected: float) -> None:
+    params = sum(p.numel() for p in build(name, "full").module.parameters())
+    assert abs(params - expected) / expected < 0.01
+
+
 def test_moe_matches_dense_reference_for_any_routing() -> None:
     zoo = build("mixtral_moe", "small")
     layer = zoo.module
@@ -164,11 +179,12 @@ def test_moe_routing_inputs_partition_tokens() -> None:
     assert ids is expert_ids
 
 
-def test_llama_is_causal() -> None:
-    zoo = build("llama", "small")
+@pytest.mark.parametrize(("name", "vocab"), [("llama", 512), ("gpt", 1000)])
+def test_decoders_are_causal(name: str, vocab: int) -> None:
+    zoo = build(name, "small")
     (input_ids,) = zoo.example_inputs
     changed = input_ids.clone()
-    changed[:, -1] = (changed[:, -1] + 1) % 512
+    changed[:, -1] = (changed[:, -1] + 1) % vocab
     with torch.no_grad():
         a, b = zoo.module(input_ids), zoo.module(changed)
     torch.testing.assert_close(a[:, :-1], b[:, :-1])

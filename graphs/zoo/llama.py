@@ -147,14 +147,38 @@ class LlamaDecoder(nn.Module):
         seq = input_ids.shape[1]
         positions = torch.arange(seq, device=input_ids.device)
         cos, sin = self.rope_cos(positions), self.rope_sin(positions)
-        future = positions[None, :] > positions[:, None]
-        # finfo.min rather than -inf: TVM's importer turns masked_fill's -inf into a bare
-        # constant binding, and exp(min - max) is 0 all the same.
-        mask_bias = future.to(torch.float32) * torch.finfo(torch.float32).min
+        mask_bias = causal_mask_bias(positions)
         x = self.embed(input_ids)
         for layer in self.layers:
             x = layer(x, cos, sin, mask_bias)
         return self.lm_head(self.norm(x))
+
+
+def causal_mask_bias(positions: torch.Tensor) -> torch.Tensor:
+    """[S, S] additive attention mask: 0 where a query may see a key, float32 min where the key is in its future.
+
+    finfo.min rather than -inf: TVM's importer turns masked_fill's -inf into a bare constant
+    binding, and exp(min - max) is 0 all the same.
+    """
+    future = positions[None, :] > positions[:, None]
+    return future.to(torch.float32) * torch.finfo(torch.float32).min
+
+
+def decoder_zoo_model(name: str, variant: str, module: nn.Module, vocab: int, max_seq: int,
+                      description: str) -> ZooModel:
+    """Wrap a decoder taking (batch, seq) token ids into a ZooModel."""
+    batch = DynamicDim("batch", min=1, max=64, default=2)
+    seq = DynamicDim("seq", min=16, max=max_seq, default=128 if variant == "full" else 16)
+    return ZooModel(
+        name=name,
+        variant=variant,
+        module=module,
+        example_inputs=(torch.randint(0, vocab, (batch.default, seq.default)),),
+        dynamic_shapes=({0: batch.export_dim(), 1: seq.export_dim()},),
+        dims=(batch, seq),
+        family="transformer",
+        description=description,
+    )
 
 
 def build_llama(variant: str) -> ZooModel:
@@ -162,15 +186,5 @@ def build_llama(variant: str) -> ZooModel:
     cfg = LLAMA[variant]
     torch.manual_seed(0)
     module = LlamaDecoder(cfg).eval()
-    batch = DynamicDim("batch", min=1, max=64, default=2)
-    seq = DynamicDim("seq", min=16, max=cfg.max_seq, default=128 if variant == "full" else 16)
-    return ZooModel(
-        name="llama",
-        variant=variant,
-        module=module,
-        example_inputs=(torch.randint(0, cfg.vocab, (batch.default, seq.default)),),
-        dynamic_shapes=({0: batch.export_dim(), 1: seq.export_dim()},),
-        dims=(batch, seq),
-        family="transformer",
-        description="Llama-style decoder prefill (RMSNorm, RoPE, GQA causal attention, SwiGLU) with LM head",
-    )
+    return decoder_zoo_model("llama", variant, module, cfg.vocab, cfg.max_seq,
+                             "Llama-style decoder prefill (RMSNorm, RoPE, GQA causal attention, SwiGLU) with LM head")

@@ -98,6 +98,9 @@ _BUILDERS: dict[str, tuple[str, str]] = {
     "bert": ("bert", "build_bert"),
     "llama": ("llama", "build_llama"),
     "mixtral_moe": ("moe", "build_mixtral_moe"),
+    "convnext": ("convnext", "build_convnext"),
+    "mlp_mixer": ("mixer", "build_mlp_mixer"),
+    "gpt": ("gpt", "build_gpt"),
 }
 
 # Built from transformers configs; listed only when transformers is installed.

@@ -81,14 +81,22 @@ def build_vit(variant: str) -> ZooModel:
     cfg = VIT[variant]
     torch.manual_seed(0)
     module = ViT(cfg).eval()
+    return static_image_zoo_model("vit", variant, module, cfg.image, "transformer",
+                                  f"ViT encoder, patch {cfg.patch}, static image {cfg.image}x{cfg.image} "
+                                  f"({cfg.tokens} tokens)")
+
+
+def static_image_zoo_model(name: str, variant: str, module: nn.Module, image: int, family: str,
+                           description: str) -> ZooModel:
+    """Wrap a classifier of (batch, 3, image, image) images, image size fixed, into a ZooModel."""
     batch = DynamicDim("batch", min=1, max=64, default=2)
     return ZooModel(
-        name="vit",
+        name=name,
         variant=variant,
         module=module,
-        example_inputs=(torch.randn(batch.default, 3, cfg.image, cfg.image),),
+        example_inputs=(torch.randn(batch.default, 3, image, image),),
         dynamic_shapes=({0: batch.export_dim()},),
         dims=(batch,),
-        family="transformer",
-        description=f"ViT encoder, patch {cfg.patch}, static image {cfg.image}x{cfg.image} ({cfg.tokens} tokens)",
+        family=family,
+        description=description,
     )
