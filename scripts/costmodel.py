@@ -12,7 +12,7 @@ on a real backend would meet them: DIR/online.csv and online.png, the error of t
 model against the model as trained.
 ``fusiongym costmodel seeds --data data.pt --out DIR --loss L --seeds N`` trains the GNN
 with seeds 0..N-1 and scores each on val and test: DIR/seeds-L.csv (one row per seed and
-split) and the mean, min and max per split, printed.
+split) and seeds-L.png (each seed's plan τ), and the mean, min and max per split, printed.
 """
 
 from __future__ import annotations
@@ -84,16 +84,16 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _seeds(dataset, config, seeds: int, folder) -> int:
-    from fusiongym.reward.costmodel.evaluate import seed_spread, spread_summary
-    from fusiongym.reward.costmodel.metrics import markdown_table, write_csv
+    from fusiongym.reward.costmodel.evaluate import seed_spread, spread_summary, write_seed_report
+    from fusiongym.reward.costmodel.metrics import markdown_table
 
     if seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {seeds}")
     rows = seed_spread(dataset, config, seeds)
-    path = write_csv(rows, folder / f"seeds-{config.loss}.csv")
+    paths = write_seed_report(rows, folder / f"seeds-{config.loss}.csv")
     splits = [split for split in ("val", "test") if any(row.model.endswith(f", {split}") for row in rows)]
     print(markdown_table([summary for split in splits for summary in spread_summary(rows, split)]))
-    print(f"wrote {path}")
+    print("wrote " + ", ".join(map(str, paths)))
     return 0
 
 

@@ -118,6 +118,7 @@ def test_seeds_scores_one_model_per_seed_and_summarizes_them(dataset, tmp_path, 
                  "--epochs", "60"]) == 0
     with open(tmp_path / "seeds-mse.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
+    assert (tmp_path / "seeds-mse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [row["model"] for row in rows] == [f"seed {seed}, {split}" for seed in range(3) for split in ("val", "test")]
     mape = np.array([float(row["mape_pct"]) for row in rows if row["model"].endswith("test")])
     assert len(set(mape)) == 3                                   # the seed changes the model

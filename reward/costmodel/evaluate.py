@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch_geometric.data import Batch, Data
+from tqdm import tqdm
 
 from ..store import atomic_output
 from .boosted import BoostedModel
@@ -101,7 +102,7 @@ def seed_spread(dataset: CostDataset, config: TrainConfig, seeds: int) -> list[M
     handful of architectures, a model's plan τ on unseen ones moves with the seed)."""
     measured = np.exp(np.array([float(d.y) for d in dataset.samples]))
     rows = []
-    for seed in range(seeds):
+    for seed in tqdm(range(seeds), desc=f"seeds ({config.loss})", unit="model", dynamic_ncols=True):
         trained = train_gnn(dataset.subset("train"), dataset.subset("val"), dataset.op_vocab, dataset.schedules,
                             analytical_profile(dataset), replace(config, seed=seed),
                             plans=dataset.plans_of("train"))
@@ -195,6 +196,28 @@ def write_stream_report(errors: StreamErrors, folder: str | os.PathLike, window:
     axis.set_ylabel(f"|ln predicted - ln measured|, mean of last {window}")
     axis.legend()
     return [csv_path, _save_png(figure, folder / "online.png")]
+
+
+def write_seed_report(rows: Sequence[Metrics], path: str | os.PathLike) -> list[Path]:
+    """``seed_spread``'s rows as a CSV at ``path`` and, beside it, a PNG of each seed's plan τ
+    (all pairs and pairs ≥ 10 % apart) per split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    csv_path = write_csv(rows, path)
+    figure, axis = plt.subplots(figsize=(7, 4))
+    for split, color in (("val", "tab:blue"), ("test", "tab:orange")):
+        chosen = [row for row in rows if row.model.endswith(f", {split}")]
+        seeds = range(len(chosen))
+        axis.plot(seeds, [row.plan_tau for row in chosen], "o", color=color, label=f"{split}: plan τ")
+        axis.plot(seeds, [row.plan_tau_apart for row in chosen], "^", color=color, alpha=0.6,
+                  label=f"{split}: plan τ, pairs ≥ 10 % apart")
+    axis.set_xlabel("seed")
+    axis.set_ylabel("Kendall τ of plans (mean per graph)")
+    axis.legend(fontsize=8)
+    return [csv_path, _save_png(figure, csv_path.with_suffix(".png"))]
 
 
 def _save_png(figure, path: Path) -> Path:
