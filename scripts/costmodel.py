@@ -13,6 +13,9 @@ model against the model as trained.
 ``fusiongym costmodel seeds --data data.pt --out DIR --loss L --seeds N`` trains the GNN
 with seeds 0..N-1 and scores each on val and test: DIR/seeds-L.csv (one row per seed and
 split) and seeds-L.png (each seed's plan τ), and the mean, min and max per split, printed.
+``fusiongym costmodel heldout --data data.pt --out DIR --loss L`` holds each train and val
+model out in turn, trains the GNN on the others and scores it and the analytical backend on
+the held-out model: DIR/heldout-L.csv and .png, and the mean, min and max over models.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("train", "eval", "online", "seeds"))
+    parser.add_argument("action", choices=("train", "eval", "online", "seeds", "heldout"))
     parser.add_argument("--data", required=True, help="dataset from `fusiongym dataset export`")
     parser.add_argument("--out", default="runs/costmodel", help="train: folder for the models")
     parser.add_argument("--model", default=None, help="eval: folder holding the models (default: --out)")
@@ -65,6 +68,8 @@ def run(args: argparse.Namespace) -> int:
             config = dataclasses.replace(config, **{option: value})
     if args.action == "seeds":
         return _seeds(dataset, config, args.seeds, folder)
+    if args.action == "heldout":
+        return _held_out(dataset, config, folder)
     if args.action == "train":
         trained = train_models(dataset, config, folder)
         gnn_path = folder / GNN_FILE
@@ -93,6 +98,18 @@ def _seeds(dataset, config, seeds: int, folder) -> int:
     paths = write_seed_report(rows, folder / f"seeds-{config.loss}.csv")
     splits = [split for split in ("val", "test") if any(row.model.endswith(f", {split}") for row in rows)]
     print(markdown_table([summary for split in splits for summary in spread_summary(rows, split)]))
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _held_out(dataset, config, folder) -> int:
+    from fusiongym.reward.costmodel.evaluate import leave_one_model_out, spread_summary, write_held_out_report
+    from fusiongym.reward.costmodel.metrics import markdown_table
+
+    rows = leave_one_model_out(dataset, config)
+    paths = write_held_out_report(rows, folder / f"heldout-{config.loss}.csv")
+    print(markdown_table([*rows, *(summary for name in ("gnn", "analytical")
+                                   for summary in spread_summary(rows, name, what="held-out models"))]))
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 

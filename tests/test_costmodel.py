@@ -129,6 +129,28 @@ def test_seeds_scores_one_model_per_seed_and_summarizes_them(dataset, tmp_path, 
     assert summary["max of 3 seeds, test"] == pytest.approx(mape.max(), rel=1e-2)
 
 
+def test_heldout_trains_without_each_model_and_scores_it_beside_the_roofline(dataset, tmp_path, capsys):
+    """``costmodel heldout``: each train or val model held out in turn; the test model is never
+    used. The analytical rows are the roofline's own scores on that model's groups."""
+    data = dataset.save(tmp_path / "data.pt")
+    assert main(["costmodel", "heldout", "--data", str(data), "--out", str(tmp_path), "--epochs", "60"]) == 0
+    with open(tmp_path / "heldout-mse.csv", encoding="utf-8") as handle:
+        rows = {row["model"]: row for row in csv.DictReader(handle)}
+    pool = sorted({d.model for split in ("train", "val") for d in dataset.subset(split)})
+    assert len(pool) == 2 and HELD_OUT not in pool
+    assert sorted(rows) == sorted(f"{model}, {name}" for model in pool for name in ("gnn", "analytical"))
+    measured = np.exp(np.array([float(d.y) for d in dataset.samples]))
+    analytical = np.array([float(d.analytical_us) for d in dataset.samples])
+    for model in pool:
+        groups = [i for i, d in enumerate(dataset.samples) if d.model == model]
+        assert int(rows[f"{model}, gnn"]["groups"]) == len(groups)
+        assert float(rows[f"{model}, analytical"]["group_tau"]) == pytest.approx(
+            kendall_tau(analytical[groups], measured[groups]))
+        assert float(rows[f"{model}, gnn"]["group_tau"]) != float(rows[f"{model}, analytical"]["group_tau"])
+    assert (tmp_path / "heldout-mse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "mean of 2 held-out models, gnn" in capsys.readouterr().out
+
+
 def test_a_second_measurement_is_scored_group_for_group(dataset, tmp_path):
     """``costmodel eval --remeasured``: the same groups from another store, matched by graph,
     nodes and schedule, whatever their order there."""

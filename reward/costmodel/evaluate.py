@@ -7,6 +7,7 @@ vs measured latency per model; ``write_stream_report`` the error curve of online
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -112,13 +113,54 @@ def seed_spread(dataset: CostDataset, config: TrainConfig, seeds: int) -> list[M
     return rows
 
 
-def spread_summary(rows: Sequence[Metrics], split: str) -> list[Metrics]:
-    """Mean, min and max over the seeds of ``seed_spread``'s rows of ``split``."""
-    chosen = [row for row in rows if row.model.endswith(f", {split}")]
-    numbers = [key for key, value in asdict(chosen[0]).items() if isinstance(value, float)]
-    return [replace(chosen[0], model=f"{name} of {len(chosen)} seeds, {split}",
-                    **{key: float(reduce([getattr(row, key) for row in chosen])) for key in numbers})
+def spread_summary(rows: Sequence[Metrics], suffix: str, what: str = "seeds") -> list[Metrics]:
+    """Mean, min and max over the rows whose name ends in ``", {suffix}"`` (``seed_spread``'s
+    rows of one split, ``leave_one_model_out``'s of one model kind); nan entries are skipped.
+    Counts (groups, plans, graphs) are the rows' common value, or their total where they differ."""
+    chosen = [row for row in rows if row.model.endswith(f", {suffix}")]
+    fields = asdict(chosen[0])
+    counts = {}
+    for key in (key for key, value in fields.items() if isinstance(value, int)):
+        values = [getattr(row, key) for row in chosen]
+        counts[key] = values[0] if len(set(values)) == 1 else sum(values)
+    numbers = [key for key, value in fields.items() if isinstance(value, float)]
+    return [replace(chosen[0], model=f"{name} of {len(chosen)} {what}, {suffix}", **counts,
+                    **{key: _over_numbers(reduce, [getattr(row, key) for row in chosen]) for key in numbers})
             for name, reduce in (("mean", np.mean), ("min", np.min), ("max", np.max))]
+
+
+def _over_numbers(reduce, values: Sequence[float]) -> float:
+    """``reduce`` over the values that are not nan (nan when none is)."""
+    numbers = [value for value in values if not math.isnan(value)]
+    return float(reduce(numbers)) if numbers else math.nan
+
+
+def leave_one_model_out(dataset: CostDataset, config: TrainConfig) -> list[Metrics]:
+    """For each model of the train and val splits, the GNN trained on all the others (no
+    validation: the last state) and scored on that model's groups and plans, beside the
+    analytical backend on the same: how a choice transfers to an architecture never trained
+    on, over many architectures instead of one val model. The test split is never touched."""
+    measured = np.exp(np.array([float(d.y) for d in dataset.samples]))
+    analytical = np.array([float(d.analytical_us) for d in dataset.samples])
+    pool = [i for i, split in enumerate(dataset.split) if split in ("train", "val")]
+    models = sorted({dataset.samples[i].model for i in pool})
+    if len(models) < 2:
+        raise CostModelError(f"leaving one model out needs two or more train and val models, the dataset has "
+                             f"{models}. Fix: profile more models")
+    rows = []
+    for held_out in tqdm(models, desc=f"leave one model out ({config.loss})", unit="model", dynamic_ncols=True):
+        train = [i for i in pool if dataset.samples[i].model != held_out]
+        position = {index: k for k, index in enumerate(train)}
+        plans = [[position[i] for i in plan["samples"]] for plan in dataset.plans
+                 if all(i in position for i in plan["samples"])]
+        trained = train_gnn([dataset.samples[i] for i in train], [], dataset.op_vocab, dataset.schedules,
+                            analytical_profile(dataset), config, plans=plans)
+        predicted = np.exp(gnn_log_us(trained.model, dataset.samples))
+        samples = [i for i in pool if dataset.samples[i].model == held_out]
+        held_plans = [plan for plan in dataset.plans if plan["model"] == held_out]
+        rows += [score(f"{held_out}, {name}", us, measured, samples, held_plans)
+                 for name, us in (("gnn", predicted), ("analytical", analytical))]
+    return rows
 
 
 def remeasured_us(dataset: CostDataset, remeasured: CostDataset, samples: Sequence[int]) -> np.ndarray:
@@ -196,6 +238,28 @@ def write_stream_report(errors: StreamErrors, folder: str | os.PathLike, window:
     axis.set_ylabel(f"|ln predicted - ln measured|, mean of last {window}")
     axis.legend()
     return [csv_path, _save_png(figure, folder / "online.png")]
+
+
+def write_held_out_report(rows: Sequence[Metrics], path: str | os.PathLike) -> list[Path]:
+    """``leave_one_model_out``'s rows as a CSV at ``path`` and, beside it, a PNG of the GNN's and
+    the analytical backend's plan τ on each held-out model."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    csv_path = write_csv(rows, path)
+    held_out = [row.model.rsplit(", ", 1)[0] for row in rows if row.model.endswith(", gnn")]
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(held_out)), 4))
+    width = 0.4
+    for offset, name in ((-width / 2, "gnn"), (width / 2, "analytical")):
+        taus = [row.plan_tau for row in rows if row.model.endswith(f", {name}")]
+        axis.bar(np.arange(len(held_out)) + offset, taus, width, label=name)
+    axis.set_xticks(np.arange(len(held_out)), held_out, rotation=30, ha="right")
+    axis.set_ylabel("Kendall τ of plans, model held out of training")
+    axis.axhline(0, color="k", linewidth=0.6)
+    axis.legend()
+    return [csv_path, _save_png(figure, csv_path.with_suffix(".png"))]
 
 
 def write_seed_report(rows: Sequence[Metrics], path: str | os.PathLike) -> list[Path]:
