@@ -5,9 +5,10 @@ fusion questions look like a transformer's (norm + MLP chains) around memory-bou
 depthwise convs, unlike ResNet or MobileNet. The layout is the channels-first one (timm's
 ``conv_mlp=True``): LayerNorm written as mean and variance over the channel axis, the MLP as
 1x1 convs. Between stages it downsamples with 3x3 stride-2 convs (padding 1), not the
-reference 2x2 ones: after a 2x2 stride-2 conv the feature map is ``image // 8`` (16, 32),
-and torch.export cannot prove such a size larger than 1 over a symbolic image range, so it
-refuses the export; ``(h - 1) // 2 + 1`` it can (ResNet's). That adds ~0.2 GMACs at 224x224.
+reference 2x2 ones: after a 2x2 stride-2 conv the feature map is ``image // 8`` (then
+``// 16``, ``// 32``), and torch.export cannot prove such a size larger than 1 over a
+symbolic image range, so it refuses the export; ``(h - 1) // 2 + 1`` (ResNet's form) it
+can. That adds ~0.2 GMACs at 224x224.
 Stochastic depth is left out: it is the identity at inference.
 """
 
