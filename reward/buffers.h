@@ -1,8 +1,9 @@
-/* The length check every fusiongym.reward C extension applies to its buffer arguments. */
+/* The argument checks the fusiongym.reward C extensions share: buffer lengths, schedule ids. */
 #ifndef FUSIONGYM_REWARD_BUFFERS_H
 #define FUSIONGYM_REWARD_BUFFERS_H
 
 #include <Python.h>
+#include <stdint.h>
 
 /* 0 when ``view`` holds exactly ``items`` items of ``itemsize`` bytes, else -1 with a ValueError naming ``name``. */
 static int check(Py_buffer *view, const char *name, Py_ssize_t itemsize, Py_ssize_t items) {
@@ -11,6 +12,17 @@ static int check(Py_buffer *view, const char *name, Py_ssize_t itemsize, Py_ssiz
                      name, items, itemsize, view->len);
         return -1;
     }
+    return 0;
+}
+
+/* 0 when every group's schedule id lies in 0..schedules-1, else -1 with a ValueError naming the group. */
+static int check_schedules(const int64_t *schedule, Py_ssize_t groups, Py_ssize_t schedules) {
+    for (Py_ssize_t g = 0; g < groups; g++)
+        if (schedule[g] < 0 || schedule[g] >= schedules) {
+            PyErr_Format(PyExc_ValueError, "group %zd has schedule %lld outside 0..%zd", g, (long long)schedule[g],
+                         schedules - 1);
+            return -1;
+        }
     return 0;
 }
 

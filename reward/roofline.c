@@ -40,13 +40,7 @@ static int check_plan(const int64_t *group, Py_ssize_t n, const int64_t *schedul
                          "node %zd has %lld", groups - 1, groups, i, (long long)group[i]);
             return -1;
         }
-    for (Py_ssize_t g = 0; g < groups; g++)
-        if (schedule[g] < 0 || schedule[g] >= schedules) {
-            PyErr_Format(PyExc_ValueError, "group %zd has schedule %lld outside 0..%zd", g, (long long)schedule[g],
-                         schedules - 1);
-            return -1;
-        }
-    return 0;
+    return check_schedules(schedule, groups, schedules);
 }
 
 static PyObject *plan_us(PyObject *self, PyObject *args) {

@@ -198,13 +198,7 @@ static int check_indices(const Network *f, Py_ssize_t edges, Py_ssize_t schedule
                          f->n - 1);
             return -1;
         }
-    for (Py_ssize_t g = 0; g < f->groups; g++)
-        if (f->schedule[g] < 0 || f->schedule[g] >= schedules) {
-            PyErr_Format(PyExc_ValueError, "group %zd has schedule %lld outside 0..%zd", g, (long long)f->schedule[g],
-                         schedules - 1);
-            return -1;
-        }
-    return 0;
+    return check_schedules(f->schedule, f->groups, schedules);
 }
 
 /* inverse_size[g] = 1 / (nodes labelled g), from labels already checked; a group without nodes keeps 1. */
