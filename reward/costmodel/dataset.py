@@ -55,7 +55,11 @@ class CostDataset:
 
     def plans_of(self, split: str) -> list[list[int]]:
         """The plans whose groups all lie in ``split``, as indices into ``subset(split)``."""
-        position = {index: k for k, index in enumerate(self.indices(split))}
+        return self.plans_within(self.indices(split))
+
+    def plans_within(self, samples: Sequence[int]) -> list[list[int]]:
+        """The plans whose groups are all among ``samples``, as positions in ``samples``."""
+        position = {index: k for k, index in enumerate(samples)}
         return [[position[i] for i in plan["samples"]] for plan in self.plans
                 if all(i in position for i in plan["samples"])]
 

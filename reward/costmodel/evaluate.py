@@ -7,7 +7,6 @@ vs measured latency per model; ``write_stream_report`` the error curve of online
 
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -22,7 +21,7 @@ from ..store import atomic_output
 from .boosted import BoostedModel
 from .dataset import CostDataset
 from .gnn import GroupGNN, TrainConfig, train_gnn
-from .metrics import Metrics, markdown_table, score, write_csv
+from .metrics import Metrics, markdown_table, over_numbers, score, write_csv
 from .model import CostModel
 from .online import StreamErrors, moving_mean
 from .records import CostModelError
@@ -81,14 +80,24 @@ def compare(dataset: CostDataset, gnn: CostModel, boosted: BoostedModel, remeasu
     if len(test) < 2:
         raise ValueError(f"the dataset's test split has {len(test)} groups; export it with --test-models naming "
                          f"a measured model")
-    measured = np.exp(np.array([float(d.y) for d in dataset.samples]))
+    measured = measured_us(dataset)
     predicted = {"gnn": np.exp(gnn_log_us(gnn, dataset.samples)),
                  "lightgbm": np.exp(boosted.predict_log_us(dataset.samples)),
-                 "analytical": np.array([float(d.analytical_us) for d in dataset.samples])}
+                 "analytical": analytical_us(dataset)}
     if remeasured is not None:
         predicted["re-measured"] = remeasured_us(dataset, remeasured, test)
     rows = [score(name, us, measured, test, plans_of_split(dataset, "test")) for name, us in predicted.items()]
     return rows, {**predicted, "measured": measured}
+
+
+def measured_us(dataset: CostDataset) -> np.ndarray:
+    """[num_samples] measured µs of every sample."""
+    return np.exp(np.array([float(d.y) for d in dataset.samples]))
+
+
+def analytical_us(dataset: CostDataset) -> np.ndarray:
+    """[num_samples] the analytical backend's µs of every sample (the dataset's prior)."""
+    return np.array([float(d.analytical_us) for d in dataset.samples])
 
 
 def plans_of_split(dataset: CostDataset, split: str) -> list[dict]:
@@ -101,7 +110,7 @@ def seed_spread(dataset: CostDataset, config: TrainConfig, seeds: int) -> list[M
     """The GNN trained with seeds 0..seeds-1 (``config`` otherwise), each scored on the val and
     the test split: what a metric owes to the seed rather than to the model (trained on a
     handful of architectures, a model's plan τ on unseen ones moves with the seed)."""
-    measured = np.exp(np.array([float(d.y) for d in dataset.samples]))
+    measured = measured_us(dataset)
     rows = []
     for seed in tqdm(range(seeds), desc=f"seeds ({config.loss})", unit="model", dynamic_ncols=True):
         trained = train_gnn(dataset.subset("train"), dataset.subset("val"), dataset.op_vocab, dataset.schedules,
@@ -125,14 +134,8 @@ def spread_summary(rows: Sequence[Metrics], suffix: str, what: str = "seeds") ->
         counts[key] = values[0] if len(set(values)) == 1 else sum(values)
     numbers = [key for key, value in fields.items() if isinstance(value, float)]
     return [replace(chosen[0], model=f"{name} of {len(chosen)} {what}, {suffix}", **counts,
-                    **{key: _over_numbers(reduce, [getattr(row, key) for row in chosen]) for key in numbers})
+                    **{key: over_numbers(reduce, [getattr(row, key) for row in chosen]) for key in numbers})
             for name, reduce in (("mean", np.mean), ("min", np.min), ("max", np.max))]
-
-
-def _over_numbers(reduce, values: Sequence[float]) -> float:
-    """``reduce`` over the values that are not nan (nan when none is)."""
-    numbers = [value for value in values if not math.isnan(value)]
-    return float(reduce(numbers)) if numbers else math.nan
 
 
 def leave_one_model_out(dataset: CostDataset, config: TrainConfig) -> list[Metrics]:
@@ -140,8 +143,7 @@ def leave_one_model_out(dataset: CostDataset, config: TrainConfig) -> list[Metri
     validation: the last state) and scored on that model's groups and plans, beside the
     analytical backend on the same: how a choice transfers to an architecture never trained
     on, over many architectures instead of one val model. The test split is never touched."""
-    measured = np.exp(np.array([float(d.y) for d in dataset.samples]))
-    analytical = np.array([float(d.analytical_us) for d in dataset.samples])
+    measured, analytical = measured_us(dataset), analytical_us(dataset)
     pool = [i for i, split in enumerate(dataset.split) if split in ("train", "val")]
     models = sorted({dataset.samples[i].model for i in pool})
     if len(models) < 2:
@@ -150,11 +152,8 @@ def leave_one_model_out(dataset: CostDataset, config: TrainConfig) -> list[Metri
     rows = []
     for held_out in tqdm(models, desc=f"leave one model out ({config.loss})", unit="model", dynamic_ncols=True):
         train = [i for i in pool if dataset.samples[i].model != held_out]
-        position = {index: k for k, index in enumerate(train)}
-        plans = [[position[i] for i in plan["samples"]] for plan in dataset.plans
-                 if all(i in position for i in plan["samples"])]
         trained = train_gnn([dataset.samples[i] for i in train], [], dataset.op_vocab, dataset.schedules,
-                            analytical_profile(dataset), config, plans=plans)
+                            analytical_profile(dataset), config, plans=dataset.plans_within(train))
         predicted = np.exp(gnn_log_us(trained.model, dataset.samples))
         samples = [i for i in pool if dataset.samples[i].model == held_out]
         held_plans = [plan for plan in dataset.plans if plan["model"] == held_out]

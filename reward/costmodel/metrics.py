@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -77,7 +77,7 @@ def score(model: str, predicted_us: np.ndarray, measured_us: np.ndarray, test_sa
         model=model, groups=len(test), mape_pct=100 * mape(predicted_us[test], measured_us[test]),
         group_tau=kendall_tau(predicted_us[test], measured_us[test]),
         plans=sum(len(lists) for lists in by_graph.values()), graphs=len(per_graph),
-        plan_tau=_nanmean(columns[0]), plan_tau_apart=_nanmean(columns[1]),
+        plan_tau=over_numbers(np.mean, columns[0]), plan_tau_apart=over_numbers(np.mean, columns[1]),
         rmse_pct_of_delta=float(np.mean(columns[2])),
         top1_slowdown=_geomean(columns[3]), top5_slowdown=_geomean(columns[4]))
 
@@ -106,9 +106,10 @@ def _tau_apart(predicted: np.ndarray, measured: np.ndarray) -> float:
     return float(2 * agree[apart].mean() - 1)
 
 
-def _nanmean(values: Sequence[float]) -> float:
-    values = np.asarray(values, dtype=np.float64)
-    return float(np.nanmean(values)) if len(values) and not np.isnan(values).all() else math.nan
+def over_numbers(reduce: Callable[[Sequence[float]], float], values: Sequence[float]) -> float:
+    """``reduce`` (np.mean, np.min, ...) over the values that are not nan (nan when none is)."""
+    numbers = [value for value in values if not math.isnan(value)]
+    return float(reduce(numbers)) if numbers else math.nan
 
 
 def _geomean(values: Sequence[float]) -> float:
