@@ -11,7 +11,7 @@ import pytest
 
 from fusiongym.agents import baselines
 from fusiongym.agents.leaderboard import (Case, LeaderboardConfig, LeaderboardError, cases, parse_methods,
-                                          read_results, revalidate, run_leaderboard)
+                                          read_results, revalidate, run_leaderboard, write_results)
 from fusiongym.reward import Plan
 from fusiongym.reward.analytical import AnalyticalBackend
 from fusiongym.reward.devices import get_profile
@@ -41,6 +41,21 @@ def test_cases_are_fixed_by_suite_and_seed():
     assert sum(moe.routing) == 2 * moe.dims["tokens"]       # top-2 routing of every token
     small = cases("test", per_workload=3, seed=0, variant="small", max_dims={"batch": 2, "seq": 256})
     assert all(c.variant == "small" and c.dims.get("batch", 1) <= 2 and c.dims.get("seq", 0) <= 256 for c in small)
+
+
+def test_capped_cases_are_distinct_and_stop_where_the_caps_leave_no_more():
+    caps = {"batch": 2, "image": 128, "seq": 256, "tokens": 256}
+    capped = cases("test", per_workload=3, seed=0, variant="small", max_dims=caps, idle=True)
+    by_workload = {}
+    for case in capped:
+        by_workload.setdefault(case.workload, []).append(case)
+    # batch in {1, 2} is all the caps leave: two cases, not three copies of batch 2.
+    assert sorted(c.dims["batch"] for c in by_workload["resnet50/test"]) == [1, 2]
+    assert {c.dims["image"] for c in by_workload["resnet50/test"]} == {128}
+    assert {c.dims["seq"] for c in by_workload["llama_long/test"]} == {256}   # the range lies above the cap
+    assert [c.id for c in by_workload["vit/test"]] == ["vit/test#0", "vit/test#1"]
+    moe = by_workload["mixtral_moe_long/test"]
+    assert len(moe) == 3 and len({c.routing for c in moe}) == 3 and all(c.dims["tokens"] == 256 for c in moe)
 
 
 def test_case_graph_is_the_same_graph_every_time():
@@ -78,9 +93,12 @@ def test_analytical_leaderboard_writes_results_that_revalidate(tmp_path):
     assert "| greedy_cost | 2 / 2 |" in markdown and "moe#b" in markdown
     assert run.chart_path.stat().st_size > 1000
 
-    # A re-run resumes: nothing is decided or measured again.
+    # A re-run resumes: nothing is decided or measured again; a plan stopped before its replay is replayed.
+    unreplayed = [dataclasses.replace(r, replay_ok=None, replay_us=math.nan) if r.method == "beam" else r for r in rows]
+    write_results(run.csv_path, unreplayed)
     again = run_leaderboard(config, tiny_cases(), progress=False)
     assert [r.measured_at for r in again.rows] == [r.measured_at for r in rows]
+    assert all(r.replay_ok and r.replay_us == pytest.approx(r.latency_us) for r in again.rows if r.method == "beam")
     # --fresh recomputes the named methods (and the references they are compared with) only.
     time.sleep(1.1)                                              # measured_at has whole seconds
     redone = run_leaderboard(dataclasses.replace(config, methods=["greedy_cost"], fresh=True), tiny_cases(),
@@ -142,6 +160,7 @@ def test_tvm_leaderboard_on_one_tiny_case_revalidates(tmp_path):
     for row in run.rows:
         assert row.status == "ok" and row.numerics_ok is True, (row.method, row.status, row.note)
         assert row.replay_ok is True and row.spread < 0.5
+        assert row.latency_us <= row.replay_us   # the fastest take of each kernel, replays included
         assert row.versions["tvm"] and row.device_fingerprint.startswith("cpu:")
     backend = get_backend("tvm", target="llvm", store=str(tmp_path / "store.db"))
     checks = revalidate(run.csv_path, backend, tolerance=2.0)
