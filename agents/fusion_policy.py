@@ -409,9 +409,11 @@ class FusionPolicy:
 
     @staticmethod
     def _merge_check(graph: ComputeGraph | GraphInstance, backend: LatencyBackend) -> MergeCheck | None:
-        """The backend's own group constraint, unless it is only the size limit (analytical:
-        merges along edges keep groups weakly connected) or absent (the base class)."""
-        if backend.name == "analytical" or type(backend).group_constraint is LatencyBackend.group_constraint:
+        """The backend's own group constraint, unless it is only the size limit (analytical
+        without ``unfusable_kinds``: merges along edges keep groups weakly connected) or absent
+        (the base class)."""
+        size_limit_only = backend.name == "analytical" and not getattr(backend, "unfusable_kinds", ())
+        if size_limit_only or type(backend).group_constraint is LatencyBackend.group_constraint:
             return None
         concrete = graph.materialize() if isinstance(graph, GraphInstance) else graph   # its nodes are needed
         return lambda a, b: backend.group_constraint(concrete, sorted(a + b)) is None

@@ -39,7 +39,7 @@ from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv, SubprocVecEnv, VecEnv
 from tqdm import tqdm
 
-from fusiongym.envs import FusionEnv
+from fusiongym.envs import FusionEnv, make_backend as env_backend
 from fusiongym.graphs import ComputeGraph, load_suite
 from fusiongym.reward import LatencyBackend, get_backend
 from fusiongym.reward.devices import get_profile
@@ -58,11 +58,9 @@ VERSION_PACKAGES = ("fusiongym", "torch", "torch-geometric", "stable-baselines3"
 def make_backend(name: str, device: str, calibrated: bool = True) -> LatencyBackend:
     """``analytical`` on a device profile (for ``cpu``: the fitted profile of this machine when
     ``calibrated`` and one exists, else the generic one), or ``tvm`` (llvm on cpu, else cuda)."""
-    if name == "tvm":
-        return get_backend("tvm", target="llvm" if device == "cpu" else "cuda")
     if name == "analytical":
         return get_backend(name, device=get_profile(device, use_calibrated=calibrated))
-    return get_backend(name, device=device)
+    return env_backend(name, device)
 
 
 # ----------------------------------------------------------------- environments

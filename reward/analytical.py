@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, OrderedDict
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -170,22 +170,29 @@ class AnalyticalBackend(LatencyBackend):
     ``load``: device load applied to every graph, overriding ``graph.context["device_load"]``
     (a float share of both compute and bandwidth, or ``{"compute": c, "bandwidth": b}``);
     None reads each graph's context. ``max_group_size``: larger groups are not compiled.
+    ``unfusable_kinds``: op kinds (labels such as ``"opaque"``, or ``OpKind``) whose ops never
+    share a kernel, TVM FuseOps' rule for opaque ops; none by default.
+
+    ``platform_dependent`` is True when ``device="cpu"`` found this machine's calibrated
+    profile (``fusiongym profile --calibrate``): the latencies then describe this machine.
     """
 
     name = "analytical"
     deterministic = True
-    platform_dependent = False
 
     def __init__(self, device: str | DeviceProfile = "cpu",
-                 load: float | Mapping[str, float] | None = None, max_group_size: int = 64) -> None:
+                 load: float | Mapping[str, float] | None = None, max_group_size: int = 64,
+                 unfusable_kinds: Sequence[str | OpKind] = ()) -> None:
         super().__init__()
         self.profile = device if isinstance(device, DeviceProfile) else get_profile(device)
+        self.platform_dependent = isinstance(device, str) and self.profile != get_profile(device, use_calibrated=False)
         self.device = self.profile.name
         self.schedules = self.profile.schedules
         self.load_override = None if load is None else LoadShare.parse(load)
         if max_group_size < 1:
             raise ValueError(f"max_group_size must be ≥ 1, got {max_group_size}")
         self.max_group_size = max_group_size
+        self.unfusable_kinds = frozenset(_op_kind(kind) for kind in unfusable_kinds)
         models = schedule_models(self.profile)
         self._models = tuple(models[s] for s in self.schedules)
         self._schedule_ids = {s: i for i, s in enumerate(self.schedules)}
@@ -197,7 +204,9 @@ class AnalyticalBackend(LatencyBackend):
 
     def describe(self) -> dict:
         return {**super().describe(), "profile": self.profile.to_dict(),
-                "max_group_size": self.max_group_size}
+                "max_group_size": self.max_group_size,
+                "unfusable_kinds": sorted(kind.label for kind in self.unfusable_kinds),
+                "load": None if self.load_override is None else asdict(self.load_override)}
 
     def group_latency(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> GroupLatency:
         compute_us, memory_us, wave_factor, overhead_us = self._group_terms(graph, nodes, schedule)
@@ -208,18 +217,34 @@ class AnalyticalBackend(LatencyBackend):
         return GroupTerms(*self._group_terms(graph, nodes, schedule))
 
     def group_constraint(self, graph: ComputeGraph, nodes: Sequence[int]) -> str | None:
-        """Groups above ``max_group_size`` and groups that are not weakly connected are refused."""
+        """Groups above ``max_group_size``, groups that are not weakly connected and groups
+        holding an op of an unfusable kind with anything else are refused."""
         if len(nodes) > self.max_group_size:
             return f"group of {len(nodes)} nodes exceeds max_group_size={self.max_group_size}"
         if not self._is_weakly_connected(self._costs(graph), nodes):
             return "group is not weakly connected (its nodes share no producer-consumer path)"
+        if len(nodes) > 1:
+            return self._unfusable_reason(graph, nodes)
         return None
 
     def merge_constraint(self, graph: ComputeGraph, group_a: Sequence[int], group_b: Sequence[int]) -> str | None:
-        """Only the size limit: two connected groups joined by an edge stay connected."""
+        """The size limit and unfusable kinds: two connected groups joined by an edge stay
+        connected, and an op of an unfusable kind is always alone, so only singletons need a look."""
         size = len(group_a) + len(group_b)
         if size > self.max_group_size:
             return f"group of {size} nodes exceeds max_group_size={self.max_group_size}"
+        if self.unfusable_kinds:
+            return self._unfusable_reason(graph, [group[0] for group in (group_a, group_b) if len(group) == 1])
+        return None
+
+    def _unfusable_reason(self, graph: ComputeGraph, nodes: Sequence[int]) -> str | None:
+        """Why the first of ``nodes`` of an unfusable kind cannot join a kernel with others, or None."""
+        for v in nodes:
+            node = graph.nodes[v]
+            if node.kind in self.unfusable_kinds:
+                kinds = sorted(kind.label for kind in self.unfusable_kinds)
+                return (f"node {v} ({node.op}) is of kind {node.kind.label!r}, which never shares a kernel on "
+                        f"this backend (unfusable_kinds={kinds})")
         return None
 
     def latency(self, graph: ComputeGraph, plan: Plan, check: bool = True) -> LatencyReport:
@@ -576,6 +601,16 @@ def _consumers_per_tensor(graph: ComputeGraph, tensor_offset: list[int], num_ten
     for edge in graph.edges:
         consumers[tensor_offset[edge.src] + edge.src_output].append(edge.dst)
     return [tuple(c) for c in consumers]
+
+
+def _op_kind(kind: str | OpKind) -> OpKind:
+    """An OpKind from itself or its label (``"opaque"``, ``"comm-reduce"``, ...)."""
+    if isinstance(kind, OpKind):
+        return kind
+    by_label = {k.label: k for k in OpKind}
+    if kind not in by_label:
+        raise ValueError(f"unknown op kind {kind!r} in unfusable_kinds; choose among {sorted(by_label)}")
+    return by_label[kind]
 
 
 def load_of(context: Mapping[str, Any]) -> LoadShare:

@@ -11,9 +11,9 @@ from fusiongym.graphs import synthetic
 from fusiongym.scripts.cli import main
 
 
-def saved_results(count: int) -> list[dict]:
+def saved_results(count: int, device: str = "cpu") -> list[dict]:
     graph = synthetic(n_nodes=40, seed=2)
-    env = FusionEnv(workloads=[graph], max_nodes=64, max_edges=128)
+    env = FusionEnv(workloads=[graph], device=device, max_nodes=64, max_edges=128)
     records = []
     for seed in range(count):
         env.reset(seed=seed)
@@ -23,8 +23,13 @@ def saved_results(count: int) -> list[dict]:
             _, _, terminated, truncated, info = env.step(action)
             done = terminated or truncated
         records.append({"state": env.state, "latency_us": info["latency_us"], "graph": graph.to_json(),
-                        "backend": "analytical", "device": "cpu"})
+                        "backend": "analytical", "device": device})
     return records
+
+
+def write_records(path, records: list[dict]) -> str:
+    path.write_text("\n".join(json.dumps(r) for r in records))
+    return str(path)
 
 
 def test_validate_flags_only_the_tampered_result(tmp_path, capsys):
@@ -44,6 +49,35 @@ def test_validate_accepts_honest_results_and_names_bad_lines(tmp_path, capsys):
     path.write_text("{not json}\n")
     assert main(["validate", str(path)]) == 2
     assert f"{path}:1" in capsys.readouterr().err
+
+
+def test_validate_reprices_with_the_recorded_profile_not_this_machines(tmp_path, monkeypatch, capsys):
+    """A result priced on a calibrated CPU profile reproduces on a machine calibrated otherwise."""
+    from dataclasses import replace
+
+    from fusiongym.reward.devices import CPU, save_profile
+
+    fitted = replace(CPU, memory_bandwidth_bytes_per_s=9e9, launch_overhead_us=3.0, source="fitted (test)")
+    monkeypatch.setenv("FUSIONGYM_CPU_PROFILE", str(save_profile(fitted, tmp_path / "there.json")))
+    records = saved_results(2) + [dict(record, device=None) for record in saved_results(1, device="h100_sxm")]
+    monkeypatch.setenv("FUSIONGYM_CPU_PROFILE", str(tmp_path / "uncalibrated-here.json"))
+    assert main(["validate", write_records(tmp_path / "results.jsonl", records)]) == 0
+    assert "3 of 3 results reproduce" in capsys.readouterr().out
+    assert main(["validate", str(tmp_path / "results.jsonl"), "--device", "cpu"]) == 1   # here, by name: differs
+
+
+def test_validate_refuses_a_cuda_record_without_a_gpu_naming_the_fix(tmp_path, monkeypatch, capsys):
+    from fusiongym.reward import get_backend, tvm_backend
+
+    monkeypatch.setattr(tvm_backend, "_cuda_problem", lambda: "no CUDA GPU is visible to TVM")
+    described = get_backend("tvm", target="cuda", cuda_arch="sm_90").describe()
+    record = saved_results(1)[0]
+    del record["backend"], record["device"]
+    record["state"]["backend"] = dict(described, device="cuda:NVIDIA H100 80GB HBM3:132sm")
+    assert main(["validate", write_records(tmp_path / "results.jsonl", [record])]) == 2
+    error = capsys.readouterr().err
+    assert "records [0] cannot be re-measured here" in error and "no CUDA GPU is visible" in error
+    assert "--backend/--device" in error
 
 
 def test_bench_of_one_section_keeps_the_other_sections_of_this_machine(tmp_path, capsys):

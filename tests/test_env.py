@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import gymnasium as gym
@@ -14,8 +15,11 @@ import pytest
 
 from fusiongym.envs import (DEFAULT_MAX_NODES, GLOBAL_FEATURES, MAX_EPISODE_STEPS, OP_VOCAB, FusionEnv,
                             validate_results)
+from fusiongym.envs.backends import make_backend, recorded_backend
 from fusiongym.graphs import ComputeGraph, Edge, OpKind, OpNode, TensorSpec, synthetic
+from fusiongym.graphs.workloads import get_workload, load_suite
 from fusiongym.reward import Plan, get_backend, is_legal
+from fusiongym.reward.devices import CPU, save_profile
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,6 +132,54 @@ def test_registration_is_idempotent():
     assert "FusionEnv-v0" in gym.registry
 
 
+# ------------------------------------------------------------------ backends by name
+def test_backend_by_name_on_each_device_word(small_graph):
+    assert make_env([small_graph], backend="analytical", device="h100_sxm").backend.profile.name == "h100_sxm"
+    with pytest.raises(ValueError, match="unknown device profile 'cuda'"):
+        make_env([small_graph], backend="analytical", device="cuda")
+    with pytest.raises(ValueError, match="backend 'tvm' runs on device 'cpu'.*or 'cuda', not 'h100_sxm'"):
+        make_env([small_graph], backend="tvm", device="h100_sxm")
+    with pytest.raises(ValueError, match="unknown torch device 'h100_sxm'"):
+        make_env([small_graph], backend="torch", device="h100_sxm")
+    assert make_backend("torch", "cpu").device_kind == "cpu"
+    with pytest.raises(ValueError, match="backend_options.*given by name"):
+        make_env([small_graph], backend=get_backend("analytical"), backend_options={"max_group_size": 2})
+
+
+def test_tvm_backend_by_name_measures_a_step_on_the_device_it_names():
+    """Real TVM on a 3-op graph: gym.make(backend="tvm", device=...) reaches TVMBackend's target."""
+    import torch
+
+    from fusiongym.graphs import from_torch
+    from fusiongym.reward.timing import TimingProtocol
+
+    graph = from_torch(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()), (torch.randn(2, 8),))
+    fast = TimingProtocol(warmup=1, min_repeat_ms=1.0, repeats=5, max_remeasure=0)
+    env = gym.make("FusionEnv-v0", workloads=[graph], backend="tvm", device="cpu", max_nodes=8, max_edges=8,
+                   backend_options={"protocol": fast})
+    backend = env.unwrapped.backend
+    assert backend.name == "tvm" and backend.target.kind.name == "llvm"
+    assert env.unwrapped.reward_flags == {"deterministic": False, "platform_dependent": True}
+    _, info = env.reset(seed=0)
+    fuse = int(np.flatnonzero(info["action_mask"][:graph.num_edges])[0])
+    _, _, _, truncated, info = env.step(fuse)
+    assert info["latency_us"] > 0 and info["num_groups"] == graph.num_nodes - 1 and not truncated
+    assert make_backend("tvm", "cuda").target.kind.name == "cuda"   # builds without a GPU
+
+
+def test_calibrated_cpu_profile_makes_rewards_platform_dependent(small_graph, tmp_path, monkeypatch):
+    fitted = replace(CPU, memory_bandwidth_bytes_per_s=9e9, source="fitted by fusiongym.reward.calibrate (test)")
+    monkeypatch.setenv("FUSIONGYM_CPU_PROFILE", str(save_profile(fitted, tmp_path / "cpu_profile.json")))
+    env = make_env([small_graph], device="cpu")
+    assert env.backend.profile == fitted
+    assert env.reward_flags == {"deterministic": True, "platform_dependent": True}
+    assert make_env([small_graph], device="h100_sxm").reward_flags["platform_dependent"] is False
+    assert make_env([small_graph], backend=get_backend("analytical", device=fitted)).reward_flags == {
+        "deterministic": True, "platform_dependent": False}    # an explicit profile prices alike anywhere
+    monkeypatch.setenv("FUSIONGYM_CPU_PROFILE", str(tmp_path / "absent.json"))
+    assert make_env([small_graph], device="cpu").reward_flags["platform_dependent"] is False
+
+
 # --------------------------------------------------------------------------- legality
 @pytest.mark.parametrize("num_nodes, extra, seed, max_group_size", [(30, 25, 1, 64), (60, 70, 2, 5), (45, 90, 4, 8)])
 def test_incremental_mask_equals_from_scratch_legality(num_nodes, extra, seed, max_group_size):
@@ -201,6 +253,32 @@ def test_backend_constraint_masks_and_explains():
     assert not env.action_masks()[too_big] and env.action_masks()[edge_id(chain, 2, 3)]
     with pytest.raises(ValueError, match="cannot fuse.*max_group_size=2"):
         env.step(too_big)
+
+
+def test_unfusable_kinds_mask_merges_with_opaque_ops_and_explain():
+    """TVM FuseOps never fuses an opaque op; the analytical backend can follow that rule."""
+    nodes: list[OpNode] = []
+    for v, (op, kind) in enumerate([("add", OpKind.ELEMWISE), ("sort", OpKind.OPAQUE), ("exp", OpKind.ELEMWISE),
+                                    ("add", OpKind.ELEMWISE)]):
+        nodes.append(_node(v, op, kind, [v - 1] if v else [], nodes))
+    chain = ComputeGraph(nodes, [Edge(0, 1), Edge(1, 2), Edge(2, 3)], [(3, 0)], name="opaque-chain")
+    env = make_env([chain], backend="analytical", backend_options={"unfusable_kinds": ["opaque"]})
+    env.reset(seed=0)
+    mask = env.action_masks()
+    assert not mask[edge_id(chain, 0, 1)] and not mask[edge_id(chain, 1, 2)] and mask[edge_id(chain, 2, 3)]
+    with pytest.raises(ValueError, match=r"cannot fuse.*node 1 \(sort\) is of kind 'opaque'.*unfusable_kinds"):
+        env.step(edge_id(chain, 1, 2))
+    assert not is_legal(chain, Plan([[0, 1], [2, 3]], ["default"] * 2, chain.hash), env.backend)
+    assert recorded_backend(env.state["backend"]).unfusable_kinds == {OpKind.OPAQUE}
+    loaded = make_env([chain], backend="analytical", backend_options={"load": {"compute": 0.5}})
+    loaded.reset(seed=0)
+    assert recorded_backend(loaded.state["backend"]).load_override == loaded.backend.load_override
+    from fusiongym.agents import FusionPolicy
+    merge_check = FusionPolicy._merge_check(chain, env.backend)    # the policy's merge loop honours the rule too
+    assert merge_check is not None and not merge_check([0], [1]) and merge_check([2], [3])
+    assert make_env([chain]).reset(seed=0)[1]["action_mask"][:3].all()          # off by default
+    with pytest.raises(ValueError, match="unknown op kind 'sorting'.*'opaque'"):
+        get_backend("analytical", unfusable_kinds=["sorting"])
 
 
 def test_graph_over_the_limits_names_limit_size_and_fix(small_graph):
@@ -322,6 +400,45 @@ def test_reset_options_pin_the_episode(small_graph, triangle):
         env.reset(options={"workload": "triangle", "dims": {"batch": 2}})
 
 
+def _global(obs: dict, name: str) -> float:
+    return float(obs["global"][GLOBAL_FEATURES.index(name)])
+
+
+def test_reset_options_pin_dims_routing_and_device_load_of_a_workload():
+    moe, bert = get_workload("mixtral_moe/smoke"), get_workload("bert/smoke")
+    env = make_env([moe, bert])                                   # Workload objects
+    obs, _ = env.reset(seed=0, options={"workload": "bert/smoke", "dims": {"batch": 3, "seq": 40},
+                                        "device_load": 0.5})
+    context = env.graph.context
+    assert context["workload"] == env.state["workload"] == "bert/smoke"
+    assert context["dims"] == {"batch": 3, "seq": 40} and context["device_load"] == {"compute": 0.5, "bandwidth": 0.5}
+    assert _global(obs, "log2_batch") == pytest.approx(np.log2(4), rel=1e-3)
+    assert _global(obs, "log2_seq") == pytest.approx(np.log2(41), rel=1e-3)
+    assert _global(obs, "load_compute") == _global(obs, "load_bandwidth") == 0.5
+    routing = [8, 0, 0, 4, 4, 0, 0, 0]                            # tokens x top_k = 8 x 2 slots
+    obs, _ = env.reset(seed=1, options={"workload": "mixtral_moe/smoke", "dims": {"tokens": 8},
+                                        "routing": routing, "device_load": {"compute": 0.25, "bandwidth": 0.0}})
+    assert env.graph.context["routing"] == routing and env.graph.context["dims"]["tokens_e0"] == 8
+    assert _global(obs, "routing_imbalance") == pytest.approx(8 / 2)
+    assert _global(obs, "experts_active_share") == pytest.approx(3 / 8)
+    assert (_global(obs, "load_compute"), _global(obs, "load_bandwidth")) == (0.25, 0.0)
+    again, _ = env.reset(seed=2, options={"workload": "mixtral_moe/smoke", "dims": {"tokens": 8},
+                                          "routing": routing, "device_load": {"compute": 0.25, "bandwidth": 0.0}})
+    assert env.state["graph_hash"] == env.graph.hash and np.array_equal(again["global"], obs["global"])
+
+
+@pytest.mark.parametrize("workloads", ["smoke", ["bert/smoke", "llama/smoke"]])
+def test_suite_name_and_workload_names_draw_only_their_workloads(workloads):
+    names = {w.name for w in load_suite("smoke")} if workloads == "smoke" else set(workloads)
+    env = make_env(workloads)
+    drawn = set()
+    for seed in range(12):
+        env.reset(seed=seed)
+        drawn.add(env.graph.context["workload"])
+        assert env.state["workload"] == env.graph.context["workload"]
+    assert drawn == names
+
+
 # ------------------------------------------------------------------------ observation
 def test_observation_dtypes_shapes_and_documentation(small_graph):
     env = make_env([small_graph], max_nodes=64, max_edges=128)
@@ -346,15 +463,40 @@ def test_observation_dtypes_shapes_and_documentation(small_graph):
 
 
 def test_rollout_buffer_fits_in_one_gib():
-    """SB3 stores 2048 steps x 4 envs of every key in its dtype, plus a float32 action mask."""
-    steps = 2048 * 4
-    for device in ("cpu", "h100_sxm"):
-        env = make_env([synthetic(8, 0)], max_nodes=2048, max_edges=4096, device=device)
-        obs_bytes = sum(int(np.prod(space.shape)) * space.dtype.itemsize for space in env.observation_space.values())
-        mask_bytes = env.action_space.n * np.dtype(np.float32).itemsize
-        assert (obs_bytes + mask_bytes) * steps < 2**30, (device, obs_bytes, mask_bytes)
-        obs, _ = env.reset(seed=0)
-        assert sum(a.nbytes for a in obs.values()) == obs_bytes
+    """MaskablePPO's real rollout buffer, 2048 steps x 4 envs at 2048 nodes and 4096 edges with
+    the six CPU schedules (the largest menu): observations in their dtypes, a float32 mask."""
+    from sb3_contrib.common.maskable.buffers import MaskableDictRolloutBuffer
+
+    env = make_env([synthetic(8, 0)], max_nodes=2048, max_edges=4096, device="cpu")
+    obs, _ = env.reset(seed=0)
+    buffer = MaskableDictRolloutBuffer(2048, env.observation_space, env.action_space, device="cpu", n_envs=4)
+    assert {k: a.dtype for k, a in buffer.observations.items()} == {k: a.dtype for k, a in obs.items()}
+    arrays = [*buffer.observations.values(), buffer.actions, buffer.rewards, buffer.returns, buffer.episode_starts,
+              buffer.values, buffer.log_probs, buffer.advantages, buffer.action_masks]
+    total_bytes = sum(array.nbytes for array in arrays)
+    assert total_bytes < 2**30, f"{total_bytes / 2**30:.3f} GiB"
+
+
+def test_info_carries_latencies_and_group_count_every_step_and_the_plan_at_the_ends(small_graph):
+    env = make_env([small_graph])
+    _, infos, _ = rollout(env, np.random.default_rng(3), seed=3)
+    every_step = {"action_mask", "latency_us", "unfused_latency_us", "tvm_default_latency_us", "num_groups"}
+    assert all(set(info) == every_step for info in infos[1:-1]) and len(infos) > 2
+    assert set(infos[0]) == set(infos[-1]) == every_step | {"plan"}
+    assert len(infos[0]["plan"]["groups"]) == infos[0]["num_groups"] == small_graph.num_nodes
+    assert infos[-1]["num_groups"] == len(infos[-1]["plan"]["groups"]) == env.plan.num_groups
+
+
+def test_time_limit_truncates_an_episode(small_graph):
+    env = gym.make("FusionEnv-v0", workloads=[small_graph], max_nodes=64, max_edges=128, max_episode_steps=3)
+    _, info = env.reset(seed=0)
+    flags = []
+    for _ in range(3):
+        fuse = np.flatnonzero(info["action_mask"][:small_graph.num_edges])
+        _, _, terminated, truncated, info = env.step(int(fuse[0]))
+        flags.append((terminated, truncated))
+    assert flags == [(False, False), (False, False), (False, True)]
+    assert env.unwrapped.plan.num_groups == info["num_groups"] == small_graph.num_nodes - 3
 
 
 # ------------------------------------------------------------------ API compatibility
