@@ -1,13 +1,15 @@
 """The latency-backend protocol and the registry behind ``get_backend(name)``.
 
 A backend answers one question: how long does this group of operators take as one kernel
-with this schedule on this device? ``latency(graph, plan)`` sums the groups and remembers
-every group it has seen, so re-evaluating a plan after one merge only costs the new group.
+with this schedule on this device? ``latency(graph, plan)`` sums the groups; re-evaluating
+a plan after one merge only costs the new group: a measuring backend finds the others in
+its measurement store, a deterministic one in a bounded memo of recent groups.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -16,6 +18,7 @@ from fusiongym.graphs import ComputeGraph
 from .plan import Plan, require_legal
 
 ORIGINS = ("measured", "cached", "estimated")
+MEMO_GROUPS = 1 << 16   # group latencies a deterministic backend remembers (least recently used dropped)
 
 
 @dataclass(frozen=True)
@@ -23,7 +26,7 @@ class GroupLatency:
     """Latency of one group: where the number comes from and how noisy it is."""
 
     us: float
-    origin: str          # "measured" (timed now), "cached" (from the store), "estimated" (model)
+    origin: str          # what this call did: "measured" (timed now), "cached" (stored), "estimated" (model)
     spread: float = 0.0  # coefficient of variation of the repeats; 0 for estimates
 
 
@@ -69,9 +72,10 @@ class LatencyBackend(ABC):
     platform_dependent: bool = False
     schedules: tuple[str, ...] = ("default",)
     device: str = "unknown"
+    memo_groups: int = MEMO_GROUPS
 
     def __init__(self) -> None:
-        self._memo: dict[tuple[str, tuple[int, ...], str], GroupLatency] = {}
+        self._memo: OrderedDict[tuple[str, tuple[int, ...], str], GroupLatency] = OrderedDict()
 
     @abstractmethod
     def group_latency(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> GroupLatency:
@@ -102,7 +106,7 @@ class LatencyBackend(ABC):
                 "deterministic": self.deterministic, "schedules": list(self.schedules)}
 
     def latency(self, graph: ComputeGraph, plan: Plan, check: bool = True) -> LatencyReport:
-        """Total latency of ``plan``; groups seen before on this graph are not re-evaluated."""
+        """Total latency of ``plan``; groups seen before are looked up (``cached_group_latency``)."""
         if check:
             require_legal(graph, plan, self)
         return self._report([self.cached_group_latency(graph, group, schedule)
@@ -123,11 +127,24 @@ class LatencyBackend(ABC):
         )
 
     def cached_group_latency(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> GroupLatency:
+        """``group_latency``, remembered for searches that ask about one group again and again.
+
+        Only a deterministic backend remembers (the ``memo_groups`` most recently used
+        groups): its answer never changes, and its origin is the same on every call. A
+        measuring backend's store is its memo: asking it again reports ``cached`` and sees
+        every take added since (``MeasuredBackend.take_again``, other processes).
+        """
+        if not self.deterministic:
+            return self.group_latency(graph, nodes, schedule)
         key = (graph.hash, tuple(nodes), schedule)
         result = self._memo.get(key)
-        if result is None:
-            result = self.group_latency(graph, nodes, schedule)
-            self._memo[key] = result
+        if result is not None:
+            self._memo.move_to_end(key)
+            return result
+        result = self.group_latency(graph, nodes, schedule)
+        self._memo[key] = result
+        if len(self._memo) > self.memo_groups:
+            self._memo.popitem(last=False)
         return result
 
 

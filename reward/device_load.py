@@ -136,7 +136,9 @@ def load_level(device_load: "float | Mapping[str, float] | LoadShare | None",
 
     The store keys load by one number, so the compute and bandwidth shares become one
     symmetric load, their maximum (a core streaming memory is a busy core, so the compute
-    share a load takes is at least its bandwidth share), rounded up to the grid.
+    share a load takes is at least its bandwidth share), rounded up to the grid. A
+    compute-only load is therefore measured as streaming memory too: an upper bound on
+    its slowdown of memory-bound groups.
     """
     share = LoadShare.parse(device_load or 0.0)
     level = max(share.compute, share.bandwidth)

@@ -8,6 +8,7 @@ every group with its schedule.
 from __future__ import annotations
 
 import gc
+import itertools
 import json
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Sequence
@@ -200,18 +201,36 @@ def require_legal(graph: ComputeGraph, plan: Plan, backend: "LatencyBackend | No
 
 
 def _check_partition(graph: ComputeGraph, plan: Plan) -> Legality:
-    seen = np.zeros(graph.num_nodes, dtype=np.int32)
-    for index, group in enumerate(plan.groups):
-        if not group:
-            return Legality(False, f"group {index} is empty")
-        if group[0] < 0 or group[-1] >= graph.num_nodes:
-            return Legality(False, f"group {index} names node ids outside 0..{graph.num_nodes - 1}")
-        seen[group] += 1
+    """Every node id in range and in exactly one group, named exactly once in it."""
+    groups = plan.groups
+    sizes = np.fromiter(map(len, groups), dtype=np.intp, count=len(groups))             # [G]
+    if (sizes == 0).any():
+        return Legality(False, f"group {int(np.argmax(sizes == 0))} is empty")
+    nodes = np.fromiter(itertools.chain.from_iterable(groups), dtype=np.int64, count=int(sizes.sum()))
+    owner = np.repeat(np.arange(len(groups)), sizes)                                    # group of each entry
+    outside = (nodes < 0) | (nodes >= graph.num_nodes)
+    if outside.any():
+        return Legality(False, f"group {int(owner[np.argmax(outside)])} names node ids outside "
+                               f"0..{graph.num_nodes - 1}")
+    repeated = _repeated_within_a_group(nodes, owner)
+    if repeated:
+        return Legality(False, repeated)
+    seen = np.bincount(nodes, minlength=graph.num_nodes)
     if (seen > 1).any():
         return Legality(False, f"nodes {np.flatnonzero(seen > 1)[:8].tolist()} are in more than one group")
     if (seen == 0).any():
         return Legality(False, f"nodes {np.flatnonzero(seen == 0)[:8].tolist()} are in no group")
     return Legality(True)
+
+
+def _repeated_within_a_group(nodes: np.ndarray, owner: np.ndarray) -> str:
+    """Why a group lists one node twice (it would be counted once, hiding a malformed plan), or ""."""
+    order = np.lexsort((nodes, owner))
+    twice = (np.diff(nodes[order]) == 0) & (np.diff(owner[order]) == 0)
+    if not twice.any():
+        return ""
+    first = order[np.argmax(twice)]
+    return f"node {int(nodes[first])} is listed more than once in group {int(owner[first])}"
 
 
 def group_successors(graph: ComputeGraph, plan: Plan) -> list[set[int]]:

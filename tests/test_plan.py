@@ -1,4 +1,4 @@
-"""Plan: JSON round trip, partition and convexity rules, backend constraints."""
+"""Plan: JSON round trip, partition and convexity rules, backend constraints and memo."""
 
 from __future__ import annotations
 
@@ -74,6 +74,21 @@ def test_overlapping_groups_are_rejected(graph):
     assert not verdict and "nodes [1] are in more than one group" in verdict.reason
 
 
+@pytest.mark.parametrize("groups,named", [
+    ([[0, 0, 1, 2], [3], [4]], "node 0 is listed more than once in group 0"),
+    ([[0, 1, 2], [3], [4, 4]], "node 4 is listed more than once in group 2"),
+])
+def test_a_node_listed_twice_in_one_group_is_rejected(graph, groups, named):
+    """A repeated id must not be counted once: the plan would name more nodes than it runs."""
+    plan = Plan(groups, ["default"] * len(groups), graph.hash)
+    assert named in is_legal(graph, plan).reason
+    assert named in is_legal(graph, Plan.from_json(plan.to_json())).reason
+    unsorted = Plan([list(reversed(g)) for g in groups], ["default"] * len(groups), graph.hash, normalized=True)
+    assert named in is_legal(graph, unsorted).reason
+    with pytest.raises(IllegalPlanError, match=named):
+        require_legal(graph, plan)
+
+
 def test_missing_nodes_are_rejected(graph):
     verdict = is_legal(graph, Plan([[0, 1], [2]], ["default"] * 2, graph.hash))
     assert not verdict and "nodes [3, 4] are in no group" in verdict.reason
@@ -113,6 +128,17 @@ def test_backend_group_constraints_reach_is_legal(graph, backend):
     assert is_legal(graph, plan).ok
     disconnected = is_legal(graph, plan, backend)
     assert not disconnected and "group 1 [3, 4]: group is not weakly connected" in disconnected.reason
+
+
+def test_a_deterministic_backend_remembers_only_its_most_recent_groups(graph, backend):
+    """Searches ask about one group again and again; the memo answers them, within ``memo_groups``."""
+    asked = []
+    compute = backend.group_latency
+    backend.group_latency = lambda g, nodes, schedule: asked.append(tuple(nodes)) or compute(g, nodes, schedule)
+    backend.memo_groups = 2
+    for nodes in ([0], [1], [0], [2], [1]):
+        assert backend.cached_group_latency(graph, nodes, "default") == compute(graph, nodes, "default")
+    assert asked == [(0,), (1,), (2,), (1,)]   # [0] was used again, so [1] was the one forgotten
 
 
 def test_from_assignment_orders_groups_by_first_node(graph):

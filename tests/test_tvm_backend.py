@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -12,11 +13,11 @@ import torch
 import tvm
 
 from fusiongym.graphs import ComputeGraph, from_torch
-from fusiongym.reward import get_backend
+from fusiongym.reward import Plan, get_backend, is_legal
 from fusiongym.reward.signature import group_signature
 from fusiongym.reward.store import MeasurementStore
-from fusiongym.reward.timing import AVAILABLE_CORES, TimingProtocol
-from fusiongym.reward.tvm_backend import TVMBackend, TVMBackendError
+from fusiongym.reward.timing import AVAILABLE_CORES, Timing, TimingProtocol
+from fusiongym.reward.tvm_backend import BuiltGroup, TVMBackend, TVMBackendError
 from fusiongym.reward.tvm_default import tvm_default_plan
 
 FAST = TimingProtocol(warmup=1, min_repeat_ms=1.0, repeats=5, max_remeasure=0)
@@ -115,6 +116,61 @@ def test_take_again_adds_one_take_per_call_and_keeps_the_fastest(twins: ComputeG
     assert backend.group_latency(twins, group, "parallel").us == stored.median_us
     with pytest.raises(ValueError, match="takes must be at least 1"):
         backend.take_again(twins, group, "parallel", takes=0)
+
+
+def merged_once(graph: ComputeGraph, plan: Plan, backend: TVMBackend) -> tuple[Plan, list[int]]:
+    """``plan`` with its first mergeable pair of groups (an edge joins them, the union is
+    legal) fused, and the merged group."""
+    group_of = plan.group_of(graph.num_nodes)
+    for edge in graph.edges:
+        a, b = int(group_of[edge.src]), int(group_of[edge.dst])
+        if a == b:
+            continue
+        merged = Plan.from_assignment(graph, [a if label == b else label for label in group_of.tolist()])
+        if is_legal(graph, merged, backend):
+            return merged, sorted(plan.groups[a] + plan.groups[b])
+    raise AssertionError(f"no two groups of {plan} can merge")
+
+
+def test_after_one_merge_only_the_new_group_is_measured(twins: ComputeGraph, tmp_path: Path) -> None:
+    """Incremental evaluation: re-evaluating a measured plan after one merge compiles and
+    times the merged group alone; every other group is read back, and says so."""
+    backend = TVMBackend(store=tmp_path / "store.db", protocol=FAST)
+    backend.suspect_ratio = None   # one take per group, whatever the machine is doing
+    plan = tvm_default_plan(twins)
+    backend.latency(twins, plan)
+    merged, new_group = merged_once(twins, plan, backend)
+    before = dataclasses.replace(backend.stats)
+    report = backend.latency(twins, merged)
+    assert backend.stats.compiles == before.compiles + 1
+    assert backend.stats.measurements == before.measurements + 1
+    assert backend.stats.cached == before.cached + merged.num_groups - 1
+    assert report.origins == ["measured" if group == new_group else "cached" for group in merged.groups]
+    again = backend.latency(twins, merged)
+    assert set(again.origins) == {"cached"} and again.group_us == report.group_us
+
+
+class ScriptedTimings(TVMBackend):
+    """Builds real kernels but reports ``median_us`` as every timing: takes with known outcomes."""
+
+    median_us = 100.0
+
+    def time_group(self, built: BuiltGroup, load: float) -> Timing:
+        self.stats.measurements += 1
+        return Timing(self.median_us, 0.0, 5, (self.median_us,) * 5, remeasured=0, number=1, num_threads=None)
+
+
+def test_latency_sees_a_faster_take_stored_since(twins: ComputeGraph, tmp_path: Path) -> None:
+    """A take added by ``take_again`` replaces the number ``latency`` reports for its group."""
+    backend = ScriptedTimings(store=tmp_path / "store.db", protocol=FAST)
+    backend.suspect_ratio = None   # a scripted 100 µs may exceed 50x the roofline: no retakes
+    plan = tvm_default_plan(twins)
+    assert backend.latency(twins, plan).group_us == [100.0] * plan.num_groups
+    backend.median_us = 40.0
+    assert backend.take_again(twins, plan.groups[0], plan.schedules[0], takes=2).us == 40.0
+    report = backend.latency(twins, plan)
+    assert report.group_us == [40.0] + [100.0] * (plan.num_groups - 1)
+    assert set(report.origins) == {"cached"}
 
 
 def test_plan_latency_and_end_to_end(twins: ComputeGraph, tmp_path: Path) -> None:
