@@ -1,9 +1,12 @@
 """FLOPs of a TIR PrimFunc as an expression over its symbolic dims.
 
 Counting on the legalized TIR (instead of per-op formulas) covers every operator TVM can
-lower, with one rule: each arithmetic operation in a stored value counts once per
-iteration of the loops around it. Index arithmetic (inside buffer loads) and selects do
-not count. Convolution and matmul therefore count 2 FLOPs per multiply-accumulate.
+lower, with one rule: each arithmetic operation on loaded tensor values in a stored value
+counts once per iteration of the loops around it. Arithmetic on indices, loop variables,
+shape variables and constants does not count: it is address or shape computation, and a
+template's ``mean`` divisor ``cast(H * W)`` must cost what a static export's ``49.0``
+does. Selects count their costlier branch. Convolution and matmul therefore count 2 FLOPs
+per multiply-accumulate.
 """
 
 from __future__ import annotations
@@ -51,16 +54,33 @@ def _stmt_flops(stmt, trip_count) -> tirx.PrimExpr:
 
 
 def _expr_ops(expr) -> int:
+    """Arithmetic operations on tensor values in ``expr``; none for a subtree that loads nothing."""
+    return _value_ops(expr)[0]
+
+
+def _value_ops(expr) -> tuple[int, bool]:
+    """(operations, whether ``expr`` reads a buffer): an operation counts only when one of its
+    operands reads a buffer, so shape and index arithmetic (``cast(H * W)``) is free."""
+    if isinstance(expr, tvm.ir.TensorLoad):  # what tirx.BufferLoad builds
+        return 0, True
     if isinstance(expr, _ARITHMETIC):
-        return 1 + _expr_ops(expr.a) + _expr_ops(expr.b)
+        return _combined([expr.a, expr.b], own=1)
     if isinstance(expr, tvm.ir.Call):
-        own = 0 if str(expr.op.name).rsplit(".", 1)[-1] in _FREE_CALLS else 1
-        return own + sum(_expr_ops(arg) for arg in expr.args)
+        free = str(expr.op.name).rsplit(".", 1)[-1] in _FREE_CALLS
+        return _combined(list(expr.args), own=0 if free else 1)
     if isinstance(expr, tirx.Cast):
-        return _expr_ops(expr.value)
+        return _value_ops(expr.value)
     if isinstance(expr, tirx.Select):
-        return max(_expr_ops(expr.true_value), _expr_ops(expr.false_value))
-    return 0  # loads, constants, variables
+        branches = [_value_ops(expr.true_value), _value_ops(expr.false_value)]
+        return max(ops for ops, _ in branches), any(loads for _, loads in branches)
+    return 0, False  # constants, loop and shape variables
+
+
+def _combined(operands: list, own: int) -> tuple[int, bool]:
+    """Operations of an operation with ``own`` cost over ``operands``; ``own`` counts only on loaded values."""
+    counted = [_value_ops(operand) for operand in operands]
+    loads = any(reads for _, reads in counted)
+    return (own if loads else 0) + sum(ops for ops, _ in counted), loads
 
 
 def prim_expr_to_python(expr, name_of: Callable[[tirx.Var], str]) -> int | str:
