@@ -19,6 +19,13 @@ from typing import Sequence
 from fusiongym.graphs import ComputeGraph, Edge
 
 SIGNATURE_VERSION = 1
+# Stored measurements are keyed by the group, not by the code that built and timed it. This
+# digest of that code (first 16 hex digits of sha256 over the files, in order) is checked by
+# tests/test_store.py: when the schedules or the timing protocol change, decide whether the
+# measurements already in stores still hold (if not, bump SIGNATURE_VERSION, which re-keys
+# every store) and record the new digest.
+MEASURED_CODE = ("tvm_schedules.py", "timing.py")
+MEASURED_CODE_DIGEST = "205c79dfa007fe51"
 _NAME_ATTRS = frozenset({"callee"})  # names TVM picked for this module, not what is computed
 
 

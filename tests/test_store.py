@@ -375,3 +375,18 @@ def test_describe_machine_does_not_import_tvm() -> None:
             "describe_machine(); assert 'tvm' not in sys.modules, 'tvm imported'")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
+
+
+def test_the_code_stored_measurements_depend_on_is_the_recorded_code():
+    """A changed schedule or timing protocol must be a decision, not a silent reuse of old timings."""
+    import hashlib
+    from pathlib import Path
+
+    from fusiongym.reward import signature
+
+    folder = Path(signature.__file__).parent
+    digest = hashlib.sha256(b"".join((folder / name).read_bytes() for name in signature.MEASURED_CODE)).hexdigest()
+    assert digest[:16] == signature.MEASURED_CODE_DIGEST, (
+        f"{', '.join(signature.MEASURED_CODE)} changed: if measurements taken with the old code no longer "
+        f"hold, bump SIGNATURE_VERSION in reward/signature.py (it re-keys every store); then set "
+        f"MEASURED_CODE_DIGEST = {digest[:16]!r}")
