@@ -525,6 +525,10 @@ def test_subproc_and_async_vector_envs(small_graph):
         masks = np.stack(vec.env_method("action_masks"))
         _, rewards, dones, infos = vec.step(np.array([rng.choice(np.flatnonzero(m)) for m in masks]))
         assert rewards.shape == (2,) and "latency_us" in infos[0]
+    stop = len(masks[0]) - 1                                     # the last action: the plan is final
+    observations, _, dones, infos = vec.step(np.array([stop, stop]))
+    assert dones.all() and all("terminal_observation" in info for info in infos)
+    assert (observations["edge_state"][0] != 2).all()            # reset automatically: no edge inside a group
     vec.close()
 
     async_env = gym.vector.AsyncVectorEnv([_make_small(small_graph)] * 2, context="fork")
@@ -533,6 +537,10 @@ def test_subproc_and_async_vector_envs(small_graph):
         masks = np.stack(async_env.call("action_masks"))
         _, rewards, *_ = async_env.step(np.array([rng.choice(np.flatnonzero(m)) for m in masks]))
         assert rewards.shape == (2,)
+    _, _, terminated, _, _ = async_env.step(np.array([stop, stop]))
+    assert terminated.all()
+    observations, rewards, terminated, _, _ = async_env.step(np.array([0, 0]))  # next-step autoreset
+    assert not terminated.any() and (rewards == 0).all() and (observations["edge_state"] != 2).all()
     async_env.close()
 
 
