@@ -1,9 +1,14 @@
 """Relax IRModule -> ComputeGraph.
 
 The module is lowered the way TVM itself lowers it before fusion
-(DecomposeOpsForInference -> LegalizeOps -> AnnotateTIROpPattern); every ``call_tir``
-binding of ``main`` becomes one node that remembers its binding index, so a backend can
-later apply a plan to exactly this module.
+(DecomposeOpsForInference -> LegalizeOps -> AnnotateTIROpPattern -> LiftTransformParams);
+every ``call_tir`` binding of ``main`` becomes one node that remembers its binding index, so
+a backend can later apply a plan to exactly this module.
+
+A template (symbolic dims) is lowered so that ``template.instantiate(dims)`` equals a static
+import at those dims: op patterns are the ones TVM annotates at static shapes, and
+computations that read weights and dims but no run-time input (a position table sliced by
+``seq``) are lifted out of ``main`` as LiftTransformParams lifts them at static shapes.
 """
 
 from __future__ import annotations
@@ -19,29 +24,191 @@ from .tir_cost import count_flops, prim_expr_to_python
 
 
 _CONSTANTS = (tvm.ir.Constant, tvm.ir.GenericConst)
+_CALL_TIR = tvm.ir.Op.get("relax.call_tir")
 
 
 class UnsupportedOpError(GraphError):
     """The model contains an operator the importer cannot turn into a graph node."""
 
 
-def lower_for_fusion(mod: tvm.IRModule) -> tvm.IRModule:
+def lower_for_fusion(mod: tvm.IRModule, example_dims: Mapping[str, int] | None = None) -> tvm.IRModule:
     """The passes TVM runs before FuseOps: decomposed, legalized to TIR, patterns annotated,
-    and weight preprocessing lifted out of ``main``."""
-    return _lift_weight_transforms(_legalize(relax.transform.DecomposeOpsForInference()(mod)))
+    and weight preprocessing lifted out of ``main`` (see ``from_relax`` for ``example_dims``)."""
+    return _lower(relax.transform.DecomposeOpsForInference()(mod), example_dims)[1]
+
+
+def _lower(decomposed: tvm.IRModule, example_dims: Mapping[str, int] | None) -> tuple[tvm.IRModule, tvm.IRModule]:
+    """(legalized, lowered) modules of a decomposed one; ``legalized`` has main's bindings
+    one to one with ``decomposed``."""
+    legalized = _legalize(decomposed)
+    at_example = _legalize_at_example_dims(decomposed, example_dims)
+    folded: frozenset[str] = frozenset()
+    if at_example is not None:
+        legalized = _annotate_static_op_patterns(legalized, at_example)
+        folded = _folded_at_static_shapes(legalized, at_example)
+    lowered = _remove_dead_bindings(_lift_weight_transforms(legalized, folded))
+    return legalized, lowered
 
 
 def _legalize(decomposed: tvm.IRModule) -> tvm.IRModule:
     return relax.transform.AnnotateTIROpPattern()(relax.transform.LegalizeOps()(decomposed))
 
 
-def _lift_weight_transforms(mod: tvm.IRModule) -> tvm.IRModule:
+def _legalize_at_example_dims(decomposed: tvm.IRModule, example_dims: Mapping[str, int] | None) -> tvm.IRModule | None:
+    """The module legalized with main's symbolic dims bound to example sizes: what a static
+    import gives. None when main has no symbolic dims or no example size for any of them."""
+    symbolic = {var.name for var in relax.analysis.defined_symbolic_vars(decomposed["main"])}
+    sizes = {name: int(size) for name, size in (example_dims or {}).items() if name in symbolic}
+    if not sizes:
+        return None
+    return _legalize(relax.transform.BindSymbolicVars(sizes, "main")(decomposed))
+
+
+def _annotate_static_op_patterns(legalized: tvm.IRModule, at_example: tvm.IRModule) -> tvm.IRModule:
+    """Each PrimFunc ``main`` calls, annotated with the op pattern its calls get at static shapes.
+
+    AnnotateTIROpPattern labels a reshape over symbolic dims ``opaque`` (its indices take
+    ``% batch``, which the pattern analysis cannot see through); the same reshape at static
+    shapes is ``injective``. A PrimFunc called at several sites takes the most restrictive
+    (highest) pattern of its calls. Graph kinds, the module and FuseOps then agree."""
+    patterns: dict[str, int] = {}
+    for symbolic, static in _paired_bindings(legalized, at_example):
+        if _is_call_tir(symbolic.value) and _is_call_tir(static.value):
+            pattern = int(at_example[static.value.args[0]].attrs["op_pattern"])
+            callee = symbolic.value.args[0].name_hint
+            patterns[callee] = max(patterns.get(callee, pattern), pattern)
+    functions = {gv: func.with_attr("op_pattern", patterns[gv.name_hint]) if gv.name_hint in patterns else func
+                 for gv, func in legalized.functions.items()}
+    return tvm.IRModule(functions, attrs=legalized.attrs)
+
+
+def _folded_at_static_shapes(legalized: tvm.IRModule, at_example: tvm.IRModule) -> frozenset[str]:
+    """Names of main's kernels that LegalizeOps folds into constants at static shapes
+    (``arange(seq)`` is ``arange(40)``, a constant): in a template they are sized by dims."""
+    return frozenset(symbolic.var.name for symbolic, static in _paired_bindings(legalized, at_example)
+                     if _is_call_tir(symbolic.value) and isinstance(static.value, _CONSTANTS))
+
+
+def _paired_bindings(legalized: tvm.IRModule, at_example: tvm.IRModule) -> list[tuple]:
+    """Main's bindings of the symbolic and the static legalization, which LegalizeOps
+    rewrites in place."""
+    symbolic, static = _main_bindings(legalized), _main_bindings(at_example)
+    if [b.var.name for b in symbolic] != [b.var.name for b in static]:
+        raise GraphError("binding the symbolic dims of main to example sizes changed its bindings; "
+                         "cannot read static op patterns off it")
+    return list(zip(symbolic, static))
+
+
+def _is_call_tir(value) -> bool:
+    return isinstance(value, relax.Call) and value.op.same_as(_CALL_TIR)
+
+
+def _lift_weight_transforms(mod: tvm.IRModule, folded: frozenset[str]) -> tvm.IRModule:
     """Move ops that depend only on weights (batch-norm statistics, bias reshapes) into
-    ``main_transform_params``, as TVM deployments do: they run once, not per inference."""
+    ``main_transform_params``, as TVM deployments do: they run once, not per inference.
+    ``folded``: kernels a static import has as constants (see ``_lift_transforms_over_dims``)."""
     attrs = mod["main"].attrs
     if attrs is None or "num_input" not in attrs:
         return mod  # weights are constants; nothing to lift
-    return relax.transform.LiftTransformParams()(mod)
+    return _lift_transforms_over_dims(relax.transform.LiftTransformParams()(mod), folded)
+
+
+def _lift_transforms_over_dims(mod: tvm.IRModule, folded: frozenset[str]) -> tvm.IRModule:
+    """Lift what LiftTransformParams leaves in ``main`` only because it is sized by dims.
+
+    At static shapes a binding that reads weights and no run-time input is lifted, and an
+    ``arange`` is a constant; over symbolic dims LiftTransformParams keeps both in ``main``
+    (``take(rope_table, arange(seq))``, a class token broadcast over ``batch``). Here each
+    binding that reads no run-time input and reads a weight or is ``folded`` becomes a
+    parameter of ``main`` (after the weights; ``num_input`` is unchanged), and
+    ``main_transform_params`` computes it from the weights and a trailing shape of
+    ``main``'s dims. Bindings of constants and dims only (a causal mask) stay, as they do
+    at static shapes."""
+    main = mod["main"]
+    bindings = _main_bindings(mod)
+    lifted = _transforms_over_dims(main, bindings, folded)
+    if not lifted:
+        return mod
+    lifted_vars = {bindings[i].var for i in lifted}
+    kept_reads = {var for b in bindings if b.var not in lifted_vars for var in relax.analysis.free_vars(b.value)}
+    kept_reads.update(relax.analysis.free_vars(main.body.body))
+    read = [bindings[i].var for i in lifted if bindings[i].var in kept_reads]
+    params = {var: relax.Var(var.name, var.ty) for var in read}
+    transform = mod.get_global_var("main_transform_params")
+    functions = dict(mod.functions)
+    functions[mod.get_global_var("main")] = _main_with_params(main, params)
+    functions[transform] = _transform_params_with(mod[transform], main, bindings, read)
+    return tvm.IRModule(functions, attrs=mod.attrs)
+
+
+def _transforms_over_dims(main: relax.Function, bindings: list, folded: frozenset[str]) -> list[int]:
+    """Indices of the bindings ``_lift_transforms_over_dims`` lifts, in order."""
+    num_input = int(main.attrs["num_input"])
+    run_time, weights = set(main.params[:num_input]), set(main.params[num_input:])
+    lifted = []
+    for index, binding in enumerate(bindings):
+        reads = set(relax.analysis.free_vars(binding.value))
+        if reads & run_time:
+            run_time.add(binding.var)
+        elif reads & weights:
+            weights.add(binding.var)
+            lifted.append(index)
+        elif binding.var.name in folded:
+            lifted.append(index)
+    return lifted
+
+
+@relax.expr_functor.mutator
+class _Copier(relax.PyExprMutator):
+    """TVM's ExprMutator as is: copies an expression, replacing the vars remapped on it."""
+
+
+def _main_with_params(main: relax.Function, params: Mapping) -> relax.Function:
+    """``main`` reading ``params`` (old var -> new parameter) instead of computing the old
+    vars; the bindings that computed them, now unused, are removed."""
+    extended = relax.Function(list(main.params) + list(params.values()), main.body, main.ret_ty,
+                              main.is_pure, main.attrs)
+    copier = _Copier()
+    for old, new in params.items():
+        copier.set_var_remap(old, new)
+    return relax.analysis.remove_all_unused(copier.visit_expr(extended))
+
+
+def _transform_params_with(transform: relax.Function, main: relax.Function, bindings: list,
+                           values: list) -> relax.Function:
+    """``main_transform_params`` that also returns ``values`` (vars of main), computed from
+    main's weights (its own results) and a trailing shape argument that defines main's dims
+    (``R.Shape([seq, batch])``: its symbolic vars, in the order main defines them)."""
+    num_input = int(main.attrs["num_input"])
+    needed = set(values)
+    closure = []
+    for binding in reversed(bindings):
+        if binding.var in needed:
+            closure.append(binding)
+            needed.update(relax.analysis.free_vars(binding.value))
+    dims = relax.Var("dims", relax.ShapeType(list(relax.analysis.defined_symbolic_vars(main))))
+    attrs = {key: value for key, value in (transform.attrs or {}).items() if key != "global_symbol"}
+    builder = relax.BlockBuilder()
+    with builder.function("main_transform_params", [*transform.params, dims], attrs=attrs):
+        with builder.dataflow():
+            for block in transform.body.blocks:
+                for binding in block.bindings:
+                    builder.emit_normalized(binding)
+            weights = builder.emit(transform.body.body)
+            for k, weight in enumerate(main.params[num_input:]):
+                builder.emit_normalized(relax.VarBinding(weight, relax.TupleGetItem(weights, k)))
+            for binding in reversed(closure):
+                builder.emit_normalized(binding)
+            output = builder.emit_output(relax.Tuple(list(main.params[num_input:]) + values))
+        builder.emit_func_output(output)
+    return relax.utils.copy_with_new_vars(builder.get()["main_transform_params"])
+
+
+def _remove_dead_bindings(mod: tvm.IRModule) -> tvm.IRModule:
+    """DeadCodeElimination: LiftTransformParams leaves bindings whose only readers it lifted
+    (``cast(arange(40))`` of a static import), which would shift binding indices between a
+    static and a template import (they are dead either way, never nodes)."""
+    return relax.transform.DeadCodeElimination()(mod)
 
 
 def from_relax(
@@ -49,17 +216,20 @@ def from_relax(
     name: str = "relax_module",
     dim_names: Mapping[str, str] | None = None,
     source: Mapping[str, Any] | None = None,
+    example_dims: Mapping[str, int] | None = None,
 ) -> ComputeGraph:
     """Import the ``main`` function of ``mod`` (high-level or already legalized Relax).
 
     ``dim_names`` renames TVM's symbolic vars (e.g. ``{"s77": "batch"}``); unnamed symbolic
-    vars keep their TVM names. The lowered module is kept on ``graph.relax_module``.
+    vars keep their TVM names. ``example_dims`` gives TVM's symbolic vars example sizes
+    (e.g. ``{"s77": 2}``): op patterns are read at those static shapes, and kernels a static
+    import folds into constants are lifted; without them a template keeps TVM's symbolic
+    annotation. The lowered module is kept on ``graph.relax_module``.
     """
     if "main" not in [gv.name_hint for gv in mod.get_global_vars()]:
         raise GraphError(f"{name}: the IRModule has no 'main' function to import")
     decomposed = relax.transform.DecomposeOpsForInference()(mod)
-    legalized = _legalize(decomposed)
-    lowered = _lift_weight_transforms(legalized)
+    legalized, lowered = _lower(decomposed, example_dims)
     op_names = _align_op_names(_relax_op_names(decomposed), _main_bindings(legalized), _main_bindings(lowered))
     graph = _GraphBuilder(lowered, name, dict(dim_names or {}), op_names).build().without_dead_nodes()
     graph.source = dict(source or {})
@@ -114,9 +284,7 @@ def _align_op_names(names: dict[int, tuple[str, dict]], before: list, after: lis
 def _same_binding(a, b) -> bool:
     if a.var.name != b.var.name:
         return False
-    call_tir = tvm.ir.Op.get("relax.call_tir")
-    a_tir = isinstance(a.value, relax.Call) and a.value.op == call_tir
-    b_tir = isinstance(b.value, relax.Call) and b.value.op == call_tir
+    a_tir, b_tir = _is_call_tir(a.value), _is_call_tir(b.value)
     return a_tir == b_tir and (not a_tir or a.value.args[0].name_hint == b.value.args[0].name_hint)
 
 
@@ -198,7 +366,7 @@ class _GraphBuilder:
     def _bind(self, index: int, binding) -> None:
         value = binding.value
         var = binding.var
-        if isinstance(value, relax.Call) and value.op == tvm.ir.Op.get("relax.call_tir"):
+        if _is_call_tir(value):
             self.values[var] = self._add_node(index, var, value)
         elif isinstance(value, relax.Tuple):
             self.values[var] = tuple(self._resolve(field) for field in value.fields)

@@ -33,7 +33,8 @@ def from_torch(
     dim_names = _dim_names(program, dynamic_shapes)
     source = {**(source or {}), "tvm_dims": {user: tvm for tvm, user in dim_names.items()}}
     try:
-        return from_relax(mod, name=name, dim_names=dim_names, source=source)
+        return from_relax(mod, name=name, dim_names=dim_names, source=source,
+                          example_dims=_example_dims(program, example_inputs))
     except UnsupportedOpError as error:
         raise UnsupportedOpError(f"{error} (model {name}, imported from torch via torch.export)") from None
 
@@ -86,6 +87,18 @@ def _first_line(error: Exception, limit: int = 300) -> str:
     text = str(error).strip().splitlines()
     line = text[0] if text else type(error).__name__
     return line if len(line) <= limit else line[:limit] + "..."
+
+
+def _example_dims(program, example_inputs: Sequence[torch.Tensor]) -> dict[str, int]:
+    """TVM symbol name (``s77``) -> its size in the example inputs."""
+    placeholders = {node.name: node for node in program.graph.nodes if node.op == "placeholder"}
+    sizes: dict[str, int] = {}
+    for input_name, example in zip(program.graph_signature.user_inputs, example_inputs):
+        fake = placeholders[input_name].meta["val"]
+        for symbol, size in zip(fake.shape, example.shape):
+            if isinstance(symbol, torch.SymInt) and symbol.node.expr.is_Symbol:
+                sizes[str(symbol.node.expr)] = int(size)
+    return sizes
 
 
 def _dim_names(program, dynamic_shapes) -> dict[str, str]:
