@@ -62,6 +62,13 @@ class LoadRange:
     max: float = 0.9
     idle_probability: float = 0.3
 
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.min <= self.max <= MAX_LOAD_SHARE:
+            raise ValueError(f"device_load range [{self.min}, {self.max}] must satisfy 0 <= min <= max <= "
+                             f"{MAX_LOAD_SHARE} (beyond it any kernel is arbitrarily slow); fix the suite file")
+        if not 0.0 <= self.idle_probability <= 1.0:
+            raise ValueError(f"device_load idle_probability {self.idle_probability} is not in [0, 1]")
+
     def sample(self, rng: np.random.Generator) -> dict[str, float]:
         if rng.random() < self.idle_probability:
             return {"compute": 0.0, "bandwidth": 0.0}

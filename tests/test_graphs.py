@@ -313,3 +313,15 @@ def test_resnet50_totals_published_macs():
     assert macs == pytest.approx(4.1e9, rel=0.03)
     assert zoo.load("resnet50", "full", batch=2, image=224).arrays.flops.sum() == pytest.approx(
         2 * graph.arrays.flops.sum(), rel=1e-9)
+
+
+def test_load_ranges_beyond_the_model_are_refused():
+    from fusiongym.graphs.workloads import LoadRange
+
+    assert LoadRange(0.2, 0.9).max == 0.9
+    with pytest.raises(ValueError, match=r"0 <= min <= max <= 0.9"):
+        LoadRange(0.0, 0.95)
+    with pytest.raises(ValueError, match=r"0 <= min <= max"):
+        LoadRange(0.5, 0.2)
+    with pytest.raises(ValueError, match="idle_probability"):
+        LoadRange(idle_probability=1.5)
