@@ -101,3 +101,22 @@ def test_bench_of_one_section_keeps_the_other_sections_of_this_machine(tmp_path,
     main(["bench", "--sections", "analytical", "--quick", "--out", str(tmp_path)])
     rows = json.loads((tmp_path / "BENCHMARKS.json").read_text())["figures"]
     assert {r["bench_section"] for r in rows} == {"analytical"}                  # another machine: nothing mixed
+
+
+def test_calibrate_fits_the_cpu_profile_to_real_tvm_timings(tmp_path, monkeypatch, capsys):
+    """``profile --calibrate`` end to end on real TVM kernels: a saved, loadable profile and a report."""
+    from fusiongym.reward.devices import get_profile
+
+    monkeypatch.setenv("FUSIONGYM_CPU_PROFILE", str(tmp_path / "cpu_profile.json"))
+    report_path = tmp_path / "calibration.json"
+    assert main(["profile", "--calibrate", "--models", "resnet18,bert", "--groups", "30", "--seed", "1",
+                 "--store", str(tmp_path / "store.db"), "--report", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["profile_path"] == str(tmp_path / "cpu_profile.json")
+    assert report["held_out_groups"] == 9 and sum(report["held_out_groups_by_model"].values()) == 9
+    assert set(report["held_out_groups_by_model"]) <= {"resnet18", "bert"}
+    for key in ("kendall_tau_held_out_before", "kendall_tau_held_out_after"):
+        assert -1.0 <= report[key] <= 1.0
+    fitted = get_profile("cpu")                                    # now read from $FUSIONGYM_CPU_PROFILE
+    assert fitted != get_profile("cpu", use_calibrated=False)
+    assert report["fit"]["num_samples"] == 21
