@@ -6,8 +6,9 @@ own kernel (or TVM's default plan). Each step fuses two groups along an edge, pi
 schedule of a group, or stops; the reward comes from the latency backend. Action layout:
 ``fusiongym.envs.actions``; observation keys and features: the README.
 
-Everything that walks the graph happens in ``reset`` and is cached per graph, so ``step``
-touches only the merged group and its neighbours (``fusiongym.envs.partition``).
+Everything that walks the graph happens in ``reset`` and is cached per graph (what depends
+on its structure alone per ``graph.structure_key``, once for all instances of a template),
+so ``step`` touches only the merged group and its neighbours (``fusiongym.envs.partition``).
 """
 
 from __future__ import annotations
@@ -119,6 +120,7 @@ class FusionEnv(gym.Env[dict, int]):
         self.observation_space = observation_space(max_nodes, max_edges, self.layout.num_schedules)
         self._buffers = ObservationBuffers(self.observation_space)
         self._cache: OrderedDict[str, _Prepared] = OrderedDict()
+        self._structures: OrderedDict[str, GraphStructure] = OrderedDict()   # by graph.structure_key
         self._episode: _Prepared | None = None
         self._episode_seed: int | None = None
         self._actions: list[int] = []
@@ -293,10 +295,8 @@ class FusionEnv(gym.Env[dict, int]):
             return prepared
         n, e, s = graph.num_nodes, graph.num_edges, self.layout.num_schedules
         schedule_ok = self._mask[self.max_edges:self.max_edges + n * s].reshape(n, s) if s else None
-        partition = Partition(graph, GraphStructure.of(graph), self.backend, self._mask[:e], schedule_ok)
+        partition = Partition(graph, self._structure_of(graph), self.backend, self._mask[:e], schedule_ok)
         singletons = Plan.singletons(graph)
-        unfused_report = self.backend.latency(graph, singletons, check=False)
-        unfused_us = sum(unfused_report.group_us)
         tvm_plan = None
         if self.start == "tvm_default" or self.reward_spec.needs_tvm_default:
             tvm_plan = _tvm_default_plan(graph)
@@ -304,6 +304,8 @@ class FusionEnv(gym.Env[dict, int]):
         if start_plan is not None:
             require_legal(graph, start_plan, self.backend)  # names the group the backend refuses
         start = partition.snapshot_of(start_plan or singletons)
+        unfused_us = start.total_us if start_plan is None else sum(   # singletons start: priced already
+            self.backend.latency(graph, singletons, check=False).group_us)
         tvm_default_us = None
         if tvm_plan is not None:
             tvm_default_us = start.total_us if start_plan is not None else sum(
@@ -315,6 +317,21 @@ class FusionEnv(gym.Env[dict, int]):
         if len(self._cache) > GRAPH_CACHE_SIZE:
             self._cache.popitem(last=False)
         return prepared
+
+    def _structure_of(self, graph: ComputeGraph) -> GraphStructure:
+        """The graph's structure, shared by the graphs of one ``structure_key`` (instances of
+        a template), with the singletons start it caches."""
+        key = graph.structure_key
+        if key is None:
+            return GraphStructure.of(graph)
+        structure = self._structures.get(key)
+        if structure is None:
+            structure = self._structures[key] = GraphStructure.of(graph)
+            if len(self._structures) > GRAPH_CACHE_SIZE:
+                self._structures.popitem(last=False)
+        else:
+            self._structures.move_to_end(key)
+        return structure
 
     def _graph_of_state(self, state: dict) -> ComputeGraph:
         known = {prepared.graph.hash: prepared.graph for prepared in self._cache.values()}

@@ -25,6 +25,7 @@ kinds of fuse verdicts change, and the update touches only those:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import NamedTuple, Sequence
 
 import numpy as np
@@ -68,17 +69,62 @@ class GraphStructure:
             node_in_edges=tuple(tuple(e) for e in in_edges),
         )
 
+    @cached_property
+    def singletons(self) -> "PlanShape":
+        """The shape of the every-node-alone plan, where every episode from singletons starts."""
+        return PlanShape.of(self, [[v] for v in range(self.num_nodes)])
+
+
+@dataclass(frozen=True)
+class PlanShape:
+    """What a plan's partition state takes from the graph structure alone: labels, groups,
+    the edges between them, reach, and the merges that would stay convex (the backend's
+    merge constraint is asked per graph). Shared arrays: ``Partition.restore`` copies them."""
+
+    label: np.ndarray                              # [N] intp, group label (smallest member) per node
+    reach: np.ndarray                              # [N, W] uint64, rows by label
+    bits: np.ndarray                               # [N, W] uint64, the nodes of each group, rows by label
+    members: tuple[tuple[int, ...] | None, ...]    # [N] by label; None for labels not in use
+    out_edges: tuple[tuple[int, ...] | None, ...]  # [N] by label: edges to other groups
+    in_edges: tuple[tuple[int, ...] | None, ...]   # [N] by label: edges from other groups
+    convex: tuple[tuple[int, int, tuple[int, ...]], ...]  # (x, y, edges x -> y) where merging x, y is convex
+
+    @staticmethod
+    def of(s: GraphStructure, groups: Sequence[Sequence[int]]) -> "PlanShape":
+        n, words = s.num_nodes, s.words
+        label = np.empty(n, dtype=np.intp)
+        for group in groups:
+            label[group] = group[0]
+        labels = [group[0] for group in groups]
+        label_list = label.tolist()
+        members: list[tuple[int, ...] | None] = [None] * n
+        out_edges: list[tuple[int, ...] | None] = [None] * n
+        in_edges: list[tuple[int, ...] | None] = [None] * n
+        successors: dict[int, set[int]] = {x: set() for x in labels}
+        for x, group in zip(labels, groups):
+            members[x] = tuple(group)
+            out_edges[x] = tuple(e for v in group for e in s.node_out_edges[v] if label_list[s.dst_list[e]] != x)
+            in_edges[x] = tuple(e for v in group for e in s.node_in_edges[v] if label_list[s.src_list[e]] != x)
+            successors[x].update(label_list[s.dst_list[e]] for e in out_edges[x])
+        group_bits = {x: _bitset(members[x]) for x in labels}
+        reach_bits = _group_reach(labels, successors, group_bits)
+        convex: list[tuple[int, int, tuple[int, ...]]] = []
+        for x in labels:
+            by_successor: dict[int, list[int]] = {}
+            for e in out_edges[x]:
+                by_successor.setdefault(label_list[s.dst_list[e]], []).append(e)
+            convex.extend((x, y, tuple(edges)) for y, edges in by_successor.items()
+                          if not any(reach_bits[z] >> y & 1 for z in by_successor if z != y))
+        return PlanShape(label=label, reach=_rows(reach_bits, n, words), bits=_rows(group_bits, n, words),
+                         members=tuple(members), out_edges=tuple(out_edges), in_edges=tuple(in_edges),
+                         convex=tuple(convex))
+
 
 @dataclass(frozen=True)
 class PartitionSnapshot:
     """A complete partition state; ``Partition.restore`` copies it (reset costs O(N) copies)."""
 
-    label: np.ndarray                         # [N] intp, group label (smallest member) per node
-    reach: np.ndarray                         # [N, W] uint64, rows by label
-    bits: np.ndarray                          # [N, W] uint64, the nodes of each group, rows by label
-    members: tuple[tuple[int, ...] | None, ...]    # [N] by label; None for labels not in use
-    out_edges: tuple[tuple[int, ...] | None, ...]  # [N] by label: edges to other groups
-    in_edges: tuple[tuple[int, ...] | None, ...]   # [N] by label: edges from other groups
+    shape: PlanShape                          # groups, their edges and reach
     schedule: tuple[int, ...]                 # [N] by label: schedule index
     scheduled: tuple[bool, ...]               # [N] by label: schedule chosen by an action
     group_us: tuple[float, ...]               # [N] by label: latency of the group
@@ -116,72 +162,55 @@ class Partition:
 
     # ------------------------------------------------------------------ start
     def snapshot_of(self, plan: Plan) -> PartitionSnapshot:
-        """The state of ``plan`` (a legal plan of this graph), computed from scratch.
+        """The state of ``plan`` (a legal plan of this graph), computed from scratch but for
+        the singletons plan's structure-only part, which the GraphStructure keeps.
 
         A group's schedule counts as chosen when it is not the backend's first ("default").
         """
-        s = self.structure
-        n, words = s.num_nodes, s.words
-        label = np.empty(n, dtype=np.intp)
-        for group in plan.groups:
-            label[group] = group[0]
+        shape = self._shape_of(plan.groups)
+        fuse_ok = np.zeros(self.structure.num_edges, dtype=bool)
+        fuse_ok[self._legal_edges(shape)] = True
         labels = [group[0] for group in plan.groups]
-        label_list = label.tolist()
-        members: list[tuple[int, ...] | None] = [None] * n
-        out_edges: list[tuple[int, ...] | None] = [None] * n
-        in_edges: list[tuple[int, ...] | None] = [None] * n
-        successors: dict[int, set[int]] = {x: set() for x in labels}
-        for x, group in zip(labels, plan.groups):
-            members[x] = tuple(group)
-            out_edges[x] = tuple(e for v in group for e in s.node_out_edges[v] if label_list[s.dst_list[e]] != x)
-            in_edges[x] = tuple(e for v in group for e in s.node_in_edges[v] if label_list[s.src_list[e]] != x)
-            successors[x].update(label_list[s.dst_list[e]] for e in out_edges[x])
-        group_bits = {x: _bitset(members[x]) for x in labels}
-        reach_bits = _group_reach(labels, successors, group_bits)
-
-        legal: list[int] = []
-        for x in labels:
-            by_successor: dict[int, list[int]] = {}
-            for e in out_edges[x]:
-                by_successor.setdefault(label_list[s.dst_list[e]], []).append(e)
-            for y, edges in by_successor.items():
-                if (not any(reach_bits[z] >> y & 1 for z in by_successor if z != y)
-                        and self._merge_constraint(members[x], members[y]) is None):
-                    legal.extend(edges)
-        fuse_ok = np.zeros(s.num_edges, dtype=bool)
-        fuse_ok[legal] = True
-
         schedule_index = {name: i for i, name in enumerate(self.schedules)}
-        schedule = [0] * n
-        chosen = [False] * n
-        for x, name in zip(labels, plan.schedules):
-            schedule[x] = schedule_index[name]
-            chosen[x] = schedule[x] != 0
+        schedule = self._by_label(labels, [schedule_index[name] for name in plan.schedules], 0)
         report = self.backend.latency(self.graph, plan, check=False)
-        group_us = [0.0] * n
-        for x, us in zip(labels, report.group_us):
-            group_us[x] = float(us)
-        return PartitionSnapshot(
-            label=label, reach=_rows(reach_bits, n, words), bits=_rows(group_bits, n, words),
-            members=tuple(members), out_edges=tuple(out_edges), in_edges=tuple(in_edges),
-            schedule=tuple(schedule), scheduled=tuple(chosen), group_us=tuple(group_us),
-            fuse_ok=fuse_ok, total_us=sum(report.group_us),
-        )
+        group_us = self._by_label(labels, [float(us) for us in report.group_us], 0.0)
+        return PartitionSnapshot(shape=shape, schedule=schedule, scheduled=tuple(x != 0 for x in schedule),
+                                 group_us=group_us, fuse_ok=fuse_ok, total_us=sum(report.group_us))
+
+    def _shape_of(self, groups: list[list[int]]) -> PlanShape:
+        s = self.structure
+        if len(groups) == s.num_nodes and all(len(group) == 1 for group in groups):
+            return s.singletons
+        return PlanShape.of(s, groups)
+
+    def _legal_edges(self, shape: PlanShape) -> list[int]:
+        """Edges of the convex merges the backend's merge constraint allows."""
+        return [e for x, y, edges in shape.convex if self._merge_constraint(shape.members[x], shape.members[y]) is None
+                for e in edges]
+
+    def _by_label(self, labels: list[int], values: list, fill: int | float) -> tuple:
+        """[N] ``values`` (one per group) at their groups' labels, ``fill`` elsewhere."""
+        by_label = [fill] * self.structure.num_nodes
+        for x, value in zip(labels, values):
+            by_label[x] = value
+        return tuple(by_label)
 
     def restore(self, snapshot: PartitionSnapshot) -> None:
         """Make ``snapshot`` the current state (arrays copied, tuples shared: they are immutable)."""
-        self.label = snapshot.label.copy()
+        shape = snapshot.shape
+        self.label = shape.label.copy()
         self.label_list: list[int] = self.label.tolist()
-        self.reach = snapshot.reach.copy()
-        self.bits = snapshot.bits.copy()
-        self.members = list(snapshot.members)
-        self.out_edges = list(snapshot.out_edges)
-        self.in_edges = list(snapshot.in_edges)
+        self.reach = shape.reach.copy()
+        self.bits = shape.bits.copy()
+        self.members = list(shape.members)
+        self.out_edges = list(shape.out_edges)
+        self.in_edges = list(shape.in_edges)
         self.schedule = list(snapshot.schedule)
         self.scheduled = list(snapshot.scheduled)
         self.group_us = list(snapshot.group_us)
         self.total_us = snapshot.total_us
-        self.num_groups = sum(m is not None for m in snapshot.members)
+        self.num_groups = sum(m is not None for m in shape.members)
         self.fuse_ok[:] = snapshot.fuse_ok
         if self.schedule_ok is not None:
             self.schedule_ok[:] = ~np.array(snapshot.scheduled, dtype=bool)[self.label][:, None]

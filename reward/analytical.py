@@ -15,6 +15,8 @@ A group (one fused kernel) costs ``max(compute_us, memory_us) * wave_factor + ov
 Two entry points share one per-graph precomputation (cached by graph hash): the scalar
 ``group_latency`` (a few µs, called by the environment after every merge) and the
 vectorized ``evaluate`` (whole plans, or batches of plans, without a Python loop over groups).
+What of it depends on the graph's structure alone is kept per ``graph.structure_key``, so an
+instance of a template at new dims costs only its numbers (about 0.5 ms for ResNet-50).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from __future__ import annotations
 import math
 from collections import Counter, OrderedDict
 from dataclasses import asdict, dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -197,6 +199,7 @@ class AnalyticalBackend(LatencyBackend):
         self._models = tuple(models[s] for s in self.schedules)
         self._schedule_ids = {s: i for i, s in enumerate(self.schedules)}
         self._costs_cache: OrderedDict[str, _GraphCosts] = OrderedDict()
+        self._structures: OrderedDict[str, _CostStructure] = OrderedDict()   # by graph.structure_key
 
     # ------------------------------------------------------------------ protocol
     def version(self) -> str:
@@ -371,13 +374,27 @@ class AnalyticalBackend(LatencyBackend):
         costs = self._costs_cache.get(key)
         if costs is None:
             load = self.load_override if self.load_override is not None else load_of(graph.context)
-            costs = build_graph_costs(graph, self.profile, self._models, load)
+            costs = build_graph_costs(graph, self.profile, self._models, load, self._structure(graph))
             self._costs_cache[key] = costs
             if len(self._costs_cache) > COST_CACHE_SIZE:
                 self._costs_cache.popitem(last=False)
         else:
             self._costs_cache.move_to_end(key)
         return costs
+
+    def _structure(self, graph: ComputeGraph) -> _CostStructure:
+        """The cost structure of ``graph``, shared by all graphs of its ``structure_key``."""
+        key = graph.structure_key
+        if key is None:
+            return cost_structure(graph)
+        structure = self._structures.get(key)
+        if structure is None:
+            structure = self._structures[key] = cost_structure(graph)
+            if len(self._structures) > COST_CACHE_SIZE:
+                self._structures.popitem(last=False)
+        else:
+            self._structures.move_to_end(key)
+        return structure
 
 
 def _one_plan_us(costs: _GraphCosts, group_of: np.ndarray, schedule_of_group: np.ndarray) -> np.ndarray:
@@ -420,19 +437,14 @@ class _NodeFacts:
     elem_bytes: np.ndarray       # [N] bytes per output element
 
 
-def _node_facts(graph: ComputeGraph, tensors: "_TensorTable") -> _NodeFacts:
-    nodes = graph.nodes
-    out_elems = np.maximum(1.0, np.bincount(tensors.node, weights=tensors.elems, minlength=len(nodes)))
+def _node_facts(graph: ComputeGraph, structure: "_CostStructure", tensor_elems: np.ndarray) -> _NodeFacts:
+    out_elems = np.maximum(1.0, np.bincount(structure.tensor_node, weights=tensor_elems,
+                                            minlength=structure.num_nodes))
     flops = graph.arrays.flops
-    first_dtype = [n.outputs[0].dtype if n.outputs else "float32" for n in nodes]
     return _NodeFacts(
-        flops=flops,
-        compute_eff=np.array([KIND_COMPUTE_EFFICIENCY[n.kind] for n in nodes]),
-        bandwidth_eff=np.array([KIND_BANDWIDTH_EFFICIENCY[n.kind] for n in nodes]),
-        heavy=np.array([n.kind == OpKind.OUT_ELEMWISE_FUSABLE for n in nodes], dtype=bool),
-        half=np.array([d in ("float16", "bfloat16") for d in first_dtype], dtype=bool),
-        reduction_len=np.maximum(1.0, flops / (2.0 * out_elems)),
-        elem_bytes=np.array([dtype_bytes(d) for d in first_dtype], dtype=np.float64),
+        flops=flops, compute_eff=structure.compute_eff, bandwidth_eff=structure.bandwidth_eff,
+        heavy=structure.heavy, half=structure.half,
+        reduction_len=np.maximum(1.0, flops / (2.0 * out_elems)), elem_bytes=structure.elem_bytes,
     )
 
 
@@ -482,125 +494,192 @@ def _wave_constants(profile: DeviceProfile, model: ScheduleModel, load: LoadShar
 
 
 def build_graph_costs(graph: ComputeGraph, profile: DeviceProfile, models: Sequence[ScheduleModel],
-                      load: LoadShare) -> _GraphCosts:
-    """Precompute per-node, per-edge and per-tensor costs of ``graph`` under every schedule."""
+                      load: LoadShare, structure: "_CostStructure | None" = None) -> _GraphCosts:
+    """Precompute per-node, per-edge and per-tensor costs of ``graph`` under every schedule.
+
+    ``structure``: ``cost_structure(graph)``, or that of a graph with the same
+    ``structure_key`` (the backend keeps one per key); only the numbers are computed here.
+    """
     if graph.is_template:
         raise GraphError(f"{graph.name} is a template over {sorted(graph.symbols)}; instantiate it first")
-    tensors = _tensor_table(graph)
-    edges = _edge_table(graph, tensors)
-    facts = _node_facts(graph, tensors)
+    s = structure if structure is not None else cost_structure(graph)
+    tensor_bytes, tensor_elems = _tensor_sizes(graph, s)
+    read_bytes = tensor_bytes[s.edge_tensor] * _edge_copies(graph, s)      # [E] bytes dst reads through the edge
+    facts = _node_facts(graph, s, tensor_elems)
     rates = [_schedule_rates(profile, model, facts, load) for model in models]
     compute_us = np.stack([facts.flops / f * 1e6 for f, _ in rates])                                  # [S, N]
     us_per_byte = np.stack([1e6 / b for _, b in rates])                                              # [S, N]
     schedule_rows = [(float(model.tile_elems), *_wave_constants(profile, model, load),
                       profile.launch_overhead_us + (profile.parallel_launch_us if model.all_units else 0.0))
                      for model in models]
-    num_nodes = graph.num_nodes
-    consumers = _consumers_per_tensor(graph, tensors.offset, len(tensors.node))
     own_read = np.maximum(0.0, graph.arrays.bytes_read
-                          - np.bincount(edges.dst, weights=edges.read_bytes, minlength=num_nodes))
-    in_edges: list[list[tuple[int, float]]] = [[] for _ in range(num_nodes)]
-    for src, dst, read_bytes in zip(edges.src.tolist(), edges.dst.tolist(), edges.read_bytes.tolist()):
-        in_edges[dst].append((src, read_bytes))
-    fixed_out = [[0.0, 0.0] for _ in range(num_nodes)]
-    shared_out: list[list[tuple[float, float, tuple[int, ...]]]] = [[] for _ in range(num_nodes)]
-    for t, node in enumerate(tensors.node.tolist()):
-        if tensors.always_written[t]:
-            fixed_out[node][0] += float(tensors.bytes[t])
-            fixed_out[node][1] += float(tensors.elems[t])
-        else:
-            shared_out[node].append((float(tensors.bytes[t]), float(tensors.elems[t]), consumers[t]))
-    neighbors: list[set[int]] = [set() for _ in range(num_nodes)]
-    for edge in graph.edges:
-        neighbors[edge.src].add(edge.dst)
-        neighbors[edge.dst].add(edge.src)
+                          - np.bincount(s.edge_dst, weights=read_bytes, minlength=s.num_nodes))
+    fixed_out, shared_out = _written_per_node(s, tensor_bytes, tensor_elems)
     return _GraphCosts(
-        num_nodes=num_nodes, node_index=np.arange(num_nodes, dtype=np.intp),
+        num_nodes=s.num_nodes, node_index=s.node_index,
         compute_us=compute_us.ravel(), us_per_byte=us_per_byte.ravel(), own_read_bytes=own_read,
-        edge_src=edges.src, edge_dst=edges.dst, edge_read_bytes=edges.read_bytes, edge_tensor=edges.tensor,
-        tensor_node=tensors.node, tensor_bytes=tensors.bytes, tensor_elems=tensors.elems,
-        tensor_always_written=tensors.always_written,
-        one_tensor_per_node=bool(len(tensors.node) == num_nodes
-                                 and (tensors.node == np.arange(num_nodes)).all()),
+        edge_src=s.edge_src, edge_dst=s.edge_dst, edge_read_bytes=read_bytes, edge_tensor=s.edge_tensor,
+        tensor_node=s.tensor_node, tensor_bytes=tensor_bytes, tensor_elems=tensor_elems,
+        tensor_always_written=s.tensor_always_written, one_tensor_per_node=s.one_tensor_per_node,
         schedule_table=np.array(schedule_rows, dtype=np.float64).reshape(len(models), 4),
         schedule_rows=schedule_rows,
         compute_rows=compute_us.tolist(), byte_rows=us_per_byte.tolist(), own_read_list=own_read.tolist(),
-        in_edges=[tuple(e) for e in in_edges], fixed_out=[(b, e) for b, e in fixed_out],
-        shared_out=[tuple(s) for s in shared_out], neighbors=[frozenset(n) for n in neighbors],
+        in_edges=_per_node_tuples(zip(s.in_edge_src, read_bytes[s.in_edge_order].tolist()), s.in_edge_bounds),
+        fixed_out=fixed_out, shared_out=shared_out, neighbors=s.neighbors,
     )
 
 
+def _written_per_node(s: "_CostStructure", tensor_bytes: np.ndarray, tensor_elems: np.ndarray
+                      ) -> tuple[list[tuple[float, float]], list[tuple[tuple[float, float, tuple[int, ...]], ...]]]:
+    """The scalar path's outputs per node: (bytes, elements) summed over the tensors always
+    written, and (bytes, elements, consumers) of each tensor written only if a consumer is outside."""
+    always, shared = s.always_written_tensors, s.shared_tensors
+    fixed_bytes, fixed_elems = (np.bincount(s.tensor_node[always], weights=values[always], minlength=s.num_nodes)
+                                for values in (tensor_bytes, tensor_elems))
+    shared_out = _per_node_tuples(zip(tensor_bytes[shared].tolist(), tensor_elems[shared].tolist(),
+                                      s.shared_consumers), s.shared_bounds)
+    return list(zip(fixed_bytes.tolist(), fixed_elems.tolist())), shared_out
+
+
 @dataclass(frozen=True)
-class _TensorTable:
-    offset: list[int]            # [N] id of node n's first output tensor
-    node: np.ndarray             # [T] intp
-    bytes: np.ndarray            # [T]
-    elems: np.ndarray            # [T]
-    always_written: np.ndarray   # [T] bool
+class _CostStructure:
+    """What ``build_graph_costs`` reads from a graph's structure alone (N nodes, E edges, T
+    tensors: every node output, in node order). Equal for graphs with one ``structure_key``
+    (instances of a template with the same live nodes), so the backend builds it once per
+    key and each new instance costs only its numbers."""
+
+    num_nodes: int
+    node_index: np.ndarray          # [N] intp, 0..N-1
+    tensor_node: np.ndarray         # [T] intp, producer of each tensor
+    tensor_dtype_bytes: np.ndarray  # [T]
+    sized_by_node: tuple[tuple[int, int, int], ...]  # (tensor, node, output) whose size is read off
+                                    # the node (its producer has other outputs, or an odd dtype size)
+    tensor_always_written: np.ndarray  # [T] bool: graph outputs and tensors nobody consumes
+    always_written_tensors: np.ndarray  # ids of those tensors
+    shared_tensors: np.ndarray      # ids of the others (grouped by producer)
+    shared_consumers: list[tuple[int, ...]]  # their consumers
+    shared_bounds: list[int]        # [N + 1] node n's shared tensors: shared_tensors[b[n]:b[n+1]]
+    one_tensor_per_node: bool       # tensor t is node t's only output (most graphs)
+    edge_src: np.ndarray            # [E] intp
+    edge_dst: np.ndarray            # [E] intp
+    edge_tensor: np.ndarray         # [E] intp, the tensor the edge carries
+    repeated_inputs: tuple[tuple[int, tuple[int, ...]], ...]  # (node, its in-edges) for nodes with
+                                    # two or more non-parameter inputs: their edges may carry copies
+    in_edge_order: np.ndarray       # [E] edge ids grouped by consumer, in edge order
+    in_edge_src: list[int]          # [E] their producers
+    in_edge_bounds: list[int]       # [N + 1]
+    compute_eff: np.ndarray         # [N] kind's share of peak
+    bandwidth_eff: np.ndarray       # [N] kind's share of bandwidth
+    heavy: np.ndarray               # [N] bool, OUT_ELEMWISE_FUSABLE
+    half: np.ndarray                # [N] bool, fp16/bf16 first output
+    elem_bytes: np.ndarray          # [N] bytes per element of the first output
+    neighbors: list[frozenset[int]]  # [N] producers and consumers
 
 
-def _tensor_table(graph: ComputeGraph) -> _TensorTable:
-    """Every node output as one tensor; graph outputs and unconsumed tensors are always written."""
-    offset, node, size_bytes, elems = [], [], [], []
-    for n in graph.nodes:
-        offset.append(len(node))
-        for spec in n.outputs:
-            numel = spec.numel
-            node.append(n.id)
-            size_bytes.append(float(numel * dtype_bytes(spec.dtype)))
-            elems.append(float(numel))
-    consumed = np.zeros(len(node), dtype=bool)
+def cost_structure(graph: ComputeGraph) -> _CostStructure:
+    """The structure-only part of ``build_graph_costs(graph, ...)``."""
+    nodes, num_nodes = graph.nodes, graph.num_nodes
+    offset = np.cumsum([0] + [len(n.outputs) for n in nodes]).tolist()          # [N + 1]
+    tensor_node = np.repeat(np.arange(num_nodes, dtype=np.intp), np.diff(offset))
+    tensor_dtypes = [spec.dtype for n in nodes for spec in n.outputs]
+    edge_src = np.array([e.src for e in graph.edges], dtype=np.intp)
+    edge_dst = np.array([e.dst for e in graph.edges], dtype=np.intp)
+    edge_tensor = np.array([offset[e.src] + e.src_output for e in graph.edges], dtype=np.intp)
+    consumed = np.zeros(len(tensor_node), dtype=bool)
+    consumed[edge_tensor] = True
+    is_output = np.zeros(len(tensor_node), dtype=bool)
+    is_output[[offset[n] + output for n, output in graph.outputs]] = True
+    always_written = is_output | ~consumed
+    shared = np.flatnonzero(~always_written)
+    consumers: list[list[int]] = [[] for _ in tensor_node]
+    for tensor, dst in zip(edge_tensor.tolist(), edge_dst.tolist()):
+        consumers[tensor].append(dst)
+    in_edge_order = np.argsort(edge_dst, kind="stable")
+    in_edges = np.split(in_edge_order, np.cumsum(np.bincount(edge_dst, minlength=num_nodes))[:-1])
+    first_dtype = [n.outputs[0].dtype if n.outputs else "float32" for n in nodes]
+    kinds = [n.kind for n in nodes]
+    return _CostStructure(
+        num_nodes=num_nodes, node_index=np.arange(num_nodes, dtype=np.intp), tensor_node=tensor_node,
+        tensor_dtype_bytes=np.array([dtype_bytes(d) for d in tensor_dtypes], dtype=np.float64),
+        sized_by_node=tuple((offset[n] + i, n, i) for n, node in enumerate(nodes) for i, spec in enumerate(node.outputs)
+                            if len(node.outputs) > 1 or not _is_power_of_two(dtype_bytes(spec.dtype))),
+        tensor_always_written=always_written, always_written_tensors=np.flatnonzero(always_written),
+        shared_tensors=shared, shared_consumers=[tuple(consumers[t]) for t in shared.tolist()],
+        shared_bounds=_bounds(tensor_node[shared], num_nodes),
+        one_tensor_per_node=bool(len(tensor_node) == num_nodes and (tensor_node == np.arange(num_nodes)).all()),
+        edge_src=edge_src, edge_dst=edge_dst, edge_tensor=edge_tensor,
+        repeated_inputs=tuple((n, tuple(in_edges[n].tolist())) for n, node in enumerate(nodes)
+                              if sum(not t.is_param for t in node.inputs) >= 2 and in_edges[n].size),
+        in_edge_order=in_edge_order, in_edge_src=edge_src[in_edge_order].tolist(),
+        in_edge_bounds=_bounds(edge_dst, num_nodes),
+        compute_eff=np.array([KIND_COMPUTE_EFFICIENCY[k] for k in kinds]),
+        bandwidth_eff=np.array([KIND_BANDWIDTH_EFFICIENCY[k] for k in kinds]),
+        heavy=np.array([k == OpKind.OUT_ELEMWISE_FUSABLE for k in kinds], dtype=bool),
+        half=np.array([d in ("float16", "bfloat16") for d in first_dtype], dtype=bool),
+        elem_bytes=np.array([dtype_bytes(d) for d in first_dtype], dtype=np.float64),
+        neighbors=_neighbors(graph),
+    )
+
+
+def _bounds(owner: np.ndarray, num_nodes: int) -> list[int]:
+    """[N + 1] where each node's run starts in a list grouped by (non-decreasing) ``owner``."""
+    return [0] + np.cumsum(np.bincount(owner, minlength=num_nodes)).tolist()
+
+
+def _per_node_tuples(items: Iterable, bounds: list[int]) -> list[tuple]:
+    """``items`` (grouped by node) cut into one tuple per node at ``bounds``."""
+    flat = list(items)
+    return [tuple(flat[start:stop]) for start, stop in zip(bounds[:-1], bounds[1:])]
+
+
+def _neighbors(graph: ComputeGraph) -> list[frozenset[int]]:
+    neighbors: list[set[int]] = [set() for _ in range(graph.num_nodes)]
     for edge in graph.edges:
-        consumed[offset[edge.src] + edge.src_output] = True
-    is_output = np.zeros(len(node), dtype=bool)
-    for n, output in graph.outputs:
-        is_output[offset[n] + output] = True
-    return _TensorTable(offset, np.array(node, dtype=np.intp), np.array(size_bytes), np.array(elems),
-                        is_output | ~consumed)
+        neighbors[edge.src].add(edge.dst)
+        neighbors[edge.dst].add(edge.src)
+    return [frozenset(n) for n in neighbors]
 
 
-@dataclass(frozen=True)
-class _EdgeTable:
-    src: np.ndarray         # [E] intp
-    dst: np.ndarray         # [E] intp
-    tensor: np.ndarray      # [E] intp
-    read_bytes: np.ndarray  # [E]
+def _is_power_of_two(value: int) -> bool:
+    return value > 0 and value & (value - 1) == 0
 
 
-def _edge_table(graph: ComputeGraph, tensors: _TensorTable) -> _EdgeTable:
-    """Edges with the bytes their consumer reads through them.
+def _tensor_sizes(graph: ComputeGraph, structure: _CostStructure) -> tuple[np.ndarray, np.ndarray]:
+    """[T] bytes and [T] elements of every tensor.
+
+    A node's only output has the node's written bytes (``arrays``); its elements are those
+    bytes over the dtype size, exact in float64 for power-of-two sizes. Other tensors are
+    sized from their spec.
+    """
+    tensor_bytes = graph.arrays.bytes_written[structure.tensor_node]
+    tensor_elems = tensor_bytes / structure.tensor_dtype_bytes
+    for tensor, node, output in structure.sized_by_node:
+        spec = graph.nodes[node].outputs[output]
+        tensor_bytes[tensor] = float(spec.numel * dtype_bytes(spec.dtype))
+        tensor_elems[tensor] = float(spec.numel)
+    return tensor_bytes, tensor_elems
+
+
+def _edge_copies(graph: ComputeGraph, structure: _CostStructure) -> np.ndarray:
+    """[E] copies of its tensor each edge carries into its consumer.
 
     An edge is stored once even when its consumer reads the tensor twice (``x * x``), while
     the consumer's ``inputs`` list it twice: the edge carries as many copies as the
     consumer has non-parameter inputs of that shape and dtype, shared among its in-edges of
-    that shape and dtype, so fusing ``x`` into ``x * x`` removes both reads.
+    that shape and dtype, so fusing ``x`` into ``x * x`` removes both reads. A consumer with
+    at most one non-parameter input reads one copy.
     """
-    keys = [_spec_key(graph.nodes[e.src].outputs[e.src_output]) for e in graph.edges]
-    edges_alike = Counter(zip((e.dst for e in graph.edges), keys))
-    inputs_alike: dict[int, Counter] = {}
-    for dst in {e.dst for e in graph.edges}:
-        inputs_alike[dst] = Counter(_spec_key(t) for t in graph.nodes[dst].inputs if not t.is_param)
-    tensor = np.array([tensors.offset[e.src] + e.src_output for e in graph.edges], dtype=np.intp)
-    copies = [max(1.0, inputs_alike[e.dst][key] / edges_alike[e.dst, key])
-              for e, key in zip(graph.edges, keys)]
-    return _EdgeTable(
-        src=np.array([e.src for e in graph.edges], dtype=np.intp),
-        dst=np.array([e.dst for e in graph.edges], dtype=np.intp),
-        tensor=tensor,
-        read_bytes=tensors.bytes[tensor] * np.array(copies, dtype=np.float64),
-    )
+    copies = np.ones(structure.edge_src.shape[0])
+    for node, in_edges in structure.repeated_inputs:
+        keys = [_spec_key(graph.nodes[e.src].outputs[e.src_output]) for e in map(graph.edges.__getitem__, in_edges)]
+        edges_alike = Counter(keys)
+        inputs_alike = Counter(_spec_key(t) for t in graph.nodes[node].inputs if not t.is_param)
+        copies[list(in_edges)] = [max(1.0, inputs_alike[key] / edges_alike[key]) for key in keys]
+    return copies
 
 
 def _spec_key(spec: TensorSpec) -> tuple:
     return spec.shape, spec.dtype
-
-
-def _consumers_per_tensor(graph: ComputeGraph, tensor_offset: list[int], num_tensors: int
-                          ) -> list[tuple[int, ...]]:
-    consumers: list[list[int]] = [[] for _ in range(num_tensors)]
-    for edge in graph.edges:
-        consumers[tensor_offset[edge.src] + edge.src_output].append(edge.dst)
-    return [tuple(c) for c in consumers]
 
 
 def _op_kind(kind: str | OpKind) -> OpKind:

@@ -3,16 +3,16 @@ device profiles and calibration."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 
 import numpy as np
 import pytest
 
-from fusiongym.graphs import ComputeGraph, Edge, OpKind, OpNode, TensorSpec
+from fusiongym.graphs import ComputeGraph, Edge, OpKind, OpNode, SymbolRange, TensorSpec, zoo
 from fusiongym.reward import Plan, get_backend
 from fusiongym.graphs.workloads import LoadShare
 from fusiongym.reward.analytical import (CPU_SCHEDULE_MODELS, GPU_SCHEDULE_MODELS, KIND_BANDWIDTH_EFFICIENCY,
-                                         KIND_COMPUTE_EFFICIENCY, AnalyticalBackend)
+                                         KIND_COMPUTE_EFFICIENCY, AnalyticalBackend, build_graph_costs, load_of)
 from fusiongym.reward.calibrate import Sample, collect_samples, fit_cpu_profile, kendall_tau, mape
 from fusiongym.reward.devices import (CPU_SCHEDULES, GPU_SCHEDULES, DeviceProfile, ProfileError, get_profile,
                                       load_profile, save_profile)
@@ -372,6 +372,49 @@ def test_evaluate_rejects_labels_beyond_the_schedule_list():
         backend.evaluate(graph, np.array([0, 1]), np.array([0, 0]))
     with pytest.raises(ValueError, match="group 1 has schedule 9 outside 0..5"):
         backend.evaluate(graph, np.array([0, 1, 1]), np.array([0, 9]))
+
+
+def assert_same_costs(expected, actual) -> None:
+    for field in fields(expected):
+        want, got = getattr(expected, field.name), getattr(actual, field.name)
+        if isinstance(want, np.ndarray):
+            assert want.dtype == got.dtype and np.array_equal(want, got), field.name   # bit for bit
+        else:
+            assert want == got, field.name
+
+
+def twin_inputs_template() -> ComputeGraph:
+    """relu(x[n, 4]) + y[m, 4]: the add reads two copies of relu's output exactly when n == m."""
+    x, y = TensorSpec(("n", 4), "float32"), TensorSpec(("m", 4), "float32")
+    nodes = [OpNode(0, "relu", OpKind.ELEMWISE, (x,), (x,), "n * 4"),
+             OpNode(1, "add", OpKind.BROADCAST, (x, y), (x,), "n * 4"),
+             OpNode(2, "split", OpKind.INJECTIVE, (x,), (TensorSpec(("n", 2), "float16"),) * 2, 0)]
+    return ComputeGraph(nodes, [Edge(0, 1), Edge(1, 2)], [(2, 0), (2, 1)], name="twins",
+                        symbols=[SymbolRange("n", 1, 64), SymbolRange("m", 1, 64)])
+
+
+@pytest.mark.parametrize("device", ["cpu", "h100_sxm"])
+def test_costs_on_a_shared_structure_equal_costs_built_alone(device):
+    """The backend reads a graph's cost structure once per structure_key (instances of one
+    template) and computes only the numbers per instance: the same costs as a graph built
+    node by node, with no key, costed from scratch; shape-dependent copies included."""
+    backend = AnalyticalBackend(device)
+    cases = [(zoo.template("resnet50"), {"batch": b, "image": i}) for b, i in ((1, 224), (9, 288), (64, 384))]
+    cases += [(zoo.template("llama"), {"batch": b, "seq": s}) for b, s in ((1, 16), (4, 300))]
+    cases += [(zoo.template("vit"), {"batch": b}) for b in (2, 33)]
+    cases += [(zoo.template("bert"), {"batch": b, "seq": s}) for b, s in ((1, 16), (16, 128))]
+    moe = zoo.template("mixtral_moe")
+    cases += [(moe, {"tokens": 16, **{f"tokens_e{e}": c for e, c in enumerate(counts)}})
+              for counts in ([4] * 8, [16, 16] + [0] * 6, [0, 10, 10, 0, 0, 12, 0, 0])]
+    cases += [(twin_inputs_template(), {"n": n, "m": m}) for n, m in ((3, 3), (3, 5), (7, 7))]
+    loads = ({}, {"device_load": {"compute": 0.5, "bandwidth": 0.2}}, {"device_load": 0.8})
+    for position, (template, dims) in enumerate(cases):
+        context = loads[position % len(loads)]
+        graph, alone = template.instantiate(dims, context), template.instantiate_node_by_node(dims, context)
+        assert alone.structure_key is None
+        assert_same_costs(build_graph_costs(alone, backend.profile, backend._models, load_of(alone.context)),
+                          backend._costs(graph))
+    assert len(backend._structures) == 8          # one per template and live-node pattern (3 of the MoE)
 
 
 def test_group_constraint_refuses_big_and_disconnected_groups():

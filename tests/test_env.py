@@ -388,6 +388,43 @@ def test_validate_results_flags_only_results_that_do_not_reproduce(small_graph):
     assert "out of range" in validate_results([broken], env.backend)[0].reason
 
 
+def assert_same_step(expected: tuple, actual: tuple) -> None:
+    """Observations (every key, bit for bit), rewards, flags and infos of two env calls."""
+    for want, got in zip(expected, actual):
+        if isinstance(want, dict):
+            assert want.keys() == got.keys()
+            for key in want:
+                assert np.array_equal(want[key], got[key]), key
+                assert np.asarray(want[key]).dtype == np.asarray(got[key]).dtype, key
+        else:
+            assert want == got
+
+
+@pytest.mark.parametrize("workload, options", [
+    ("resnet50/test", {}), ("llama/train", {"max_group_size": 3}),
+    ("mixtral_moe/train", {"unfusable_kinds": ["opaque"]}), ("vit/test", {}), ("bert/train", {"max_group_size": 2}),
+])
+def test_resets_of_new_instances_equal_resets_built_from_scratch(workload, options):
+    """Across instances of a template an env reuses the graph structure, the singletons start
+    and the backend's cost structure (by ``structure_key``): each episode equals one on the
+    same graph built node by node (no key: everything computed from scratch), step by step."""
+    env = make_env(workload, backend_options=options, max_nodes=512, max_edges=1024)
+    rng = np.random.default_rng(0)
+    for seed in range(4):
+        observed = env.reset(seed=seed)
+        graph = env.graph
+        assert graph.structure_key is not None
+        extra = {key: value for key, value in graph.context.items() if key != "dims"}
+        rebuilt = get_workload(workload).template().instantiate_node_by_node(graph.context["dims"], extra)
+        fresh = make_env(rebuilt, backend_options=options, max_nodes=512, max_edges=1024)
+        assert_same_step(fresh.reset(seed=seed), observed)
+        assert np.array_equal(fresh.action_masks(), env.action_masks()) and fresh.graph.hash == graph.hash
+        for _ in range(4):
+            action = int(rng.choice(np.flatnonzero(env.action_masks()[:-1])))
+            assert_same_step(fresh.step(action), env.step(action))
+    assert len(env._structures) == len({e.graph.structure_key for e in env._cache.values()})
+
+
 def test_reset_options_pin_the_episode(small_graph, triangle):
     env = make_env([small_graph, triangle])
     _, info = env.reset(seed=0, options={"workload": "triangle"})
