@@ -606,12 +606,17 @@ class _RunContext:
                 pending.append((row, plan_kernels(graphs[row.graph_hash], row.plan, self.backend)))
             except Exception as error:
                 row.replay_ok, row.note = False, f"replay failed: {type(error).__name__}: {error}"
-        retime_kernels(self.backend, graphs, [k for _, kernels in pending for k in kernels], self.replayed, progress)
+        failed = retime_kernels(self.backend, graphs, [k for _, kernels in pending for k in kernels], self.replayed,
+                                progress)
         for row, kernels in pending:
-            self._replay_into(row, graphs[row.graph_hash], kernels)
+            self._replay_into(row, graphs[row.graph_hash], kernels, failed)
 
-    def _replay_into(self, row: ResultRow, graph: ComputeGraph, kernels: list[Kernel]) -> None:
+    def _replay_into(self, row: ResultRow, graph: ComputeGraph, kernels: list[Kernel],
+                     failed: Mapping[Kernel, str]) -> None:
         try:
+            broken = next((kernel for kernel in kernels if kernel in failed), None)
+            if broken is not None:
+                raise LeaderboardError(f"kernel {list(broken[1])} ({broken[2]}): {failed[broken]}")
             first_us = self.backend.latency(graph, Plan.from_json(row.plan)).group_us   # from the store
             replayed_us = [min(self.replayed[kernel]) for kernel in kernels]
             row.replay_us = sum(replayed_us)
@@ -635,8 +640,9 @@ def plan_kernels(graph: ComputeGraph, plan_json: str, backend: LatencyBackend) -
 
 
 def retime_kernels(backend: LatencyBackend, graphs: Mapping[str, ComputeGraph], kernels: Iterable[Kernel],
-                   takes_us: dict[Kernel, list[float]], progress: bool = False) -> None:
-    """Re-build and re-time every kernel until it has ``REPLAY_TAKES`` takes in ``takes_us``.
+                   takes_us: dict[Kernel, list[float]], progress: bool = False) -> dict[Kernel, str]:
+    """Re-build and re-time every kernel until it has ``REPLAY_TAKES`` takes in ``takes_us``;
+    returns why each kernel that could not be re-built or re-timed failed (it is not retried).
 
     One pass over all the kernels per take (a kernel shared by several plans is timed once
     per pass), bypassing the store. Why passes: on a shared machine a kernel's timing drifts
@@ -645,12 +651,18 @@ def retime_kernels(backend: LatencyBackend, graphs: Mapping[str, ComputeGraph], 
     does not (see ``MeasuredBackend.take_again``).
     """
     distinct = sorted(set(kernels))
+    failed: dict[Kernel, str] = {}
     for take in range(1, REPLAY_TAKES + 1):
-        todo = [kernel for kernel in distinct if len(takes_us.get(kernel, ())) < take]
+        todo = [kernel for kernel in distinct if len(takes_us.get(kernel, ())) < take and kernel not in failed]
         for kernel in tqdm(todo, desc=f"replay {take}/{REPLAY_TAKES}", unit="kernel", disable=not progress):
             graph_hash, group, schedule = kernel
-            takes_us.setdefault(kernel, []).append(
-                backend.remeasure_group(graphs[graph_hash], list(group), schedule).us)
+            try:
+                taken = backend.remeasure_group(graphs[graph_hash], list(group), schedule).us
+            except Exception as error:   # one broken kernel fails its plans' replays, not the run
+                failed[kernel] = f"{type(error).__name__}: {error}"
+                continue
+            takes_us.setdefault(kernel, []).append(taken)
+    return failed
 
 
 def replay_agrees(measured_us: float, spread: float, replayed_us: float,
@@ -676,10 +688,14 @@ def revalidate(csv_path: str | os.PathLike, backend: LatencyBackend,
             graphs[graph.hash] = graph
     kernels = {(row.case_id, row.method): plan_kernels(graphs[row.graph_hash], row.plan, backend) for row in rows}
     takes_us: dict[Kernel, list[float]] = {}
-    retime_kernels(backend, graphs, [k for plan in kernels.values() for k in plan], takes_us)
+    failed = retime_kernels(backend, graphs, [k for plan in kernels.values() for k in plan], takes_us)
     checks = []
     for row in rows:
-        fresh_us = sum(min(takes_us[kernel]) for kernel in kernels[(row.case_id, row.method)])
+        plan = kernels[(row.case_id, row.method)]
+        if any(kernel in failed for kernel in plan):
+            checks.append((row, math.nan, False))   # a kernel that no longer builds or runs
+            continue
+        fresh_us = sum(min(takes_us[kernel]) for kernel in plan)
         checks.append((row, fresh_us, replay_agrees(row.latency_us, row.spread, fresh_us, tolerance)))
     return checks
 

@@ -169,3 +169,23 @@ def test_tvm_leaderboard_on_one_tiny_case_revalidates(tmp_path):
         single_threaded = set(Plan.from_json(row.plan).schedules) == {"default"}
         assert ok and (not single_threaded or fresh == pytest.approx(row.latency_us, rel=0.5)), \
             (row.method, row.latency_us, fresh)
+
+
+def test_a_kernel_that_fails_to_replay_fails_its_plans_not_the_run(tmp_path, monkeypatch):
+    def refuse_fused(self, graph, nodes, schedule):
+        if len(nodes) > 1:
+            raise RuntimeError("the build broke")
+        return AnalyticalBackend.group_latency(self, graph, nodes, schedule)
+
+    monkeypatch.setattr(AnalyticalBackend, "remeasure_group", refuse_fused)
+    config = LeaderboardConfig(suite="smoke", methods=["greedy_cost"], backend="analytical", out=str(tmp_path),
+                               profile="cpu")
+    rows = {(r.case_id, r.method): r for r in run_leaderboard(config, tiny_cases(), progress=False).rows}
+    for case in ("moe#a", "moe#b"):
+        assert rows[(case, "no_fusion")].valid                       # singletons only: every replay worked
+        fused = rows[(case, "greedy_cost")]
+        assert fused.status == "ok" and fused.replay_ok is False and not fused.valid
+        assert fused.note.startswith("replay failed: LeaderboardError: kernel [") and "the build broke" in fused.note
+    checks = revalidate(tmp_path / "results" / "smoke-analytical-cpu.csv", AnalyticalBackend(get_profile("cpu")))
+    assert {row.method: ok for row, _, ok in checks if row.case_id == "moe#a"} == {
+        "no_fusion": True, "tvm_default": False, "greedy_cost": False}
