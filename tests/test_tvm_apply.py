@@ -103,6 +103,15 @@ def test_all_singletons_equal_the_unfused_module(cnn: ComputeGraph) -> None:
     assert report.max_abs_error == 0.0  # same kernels, same order of arithmetic
 
 
+@pytest.mark.parametrize("model", ["resnet18", "llama", "mixtral_moe", "vit"])
+def test_all_singletons_equal_the_unfused_module_on_zoo_models(model: str) -> None:
+    """The zoo's small models, lifted weight transforms and routing inputs included."""
+    graph = zoo.load(model, "small")
+    report = validate(graph, Plan.singletons(graph))
+    assert report.ok and report.num_outputs >= 1, report.details
+    assert report.max_abs_error == 0.0
+
+
 def test_conv_bias_bn_relu_group_validates(cnn: ComputeGraph) -> None:
     group = nodes_between(cnn, "conv2d", "relu")
     assert [cnn.nodes[n].op for n in (group[0], group[-1])] == ["conv2d", "relu"] and len(group) > 3
