@@ -37,6 +37,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from fusiongym.envs import make_backend
 from fusiongym.graphs import ComputeGraph, Workload, get_workload, load_suite, zoo
 from fusiongym.graphs.workloads import DimRange
 from fusiongym.reward import LatencyBackend, Plan, get_backend, is_legal
@@ -439,7 +440,7 @@ def measuring_backend(config: LeaderboardConfig) -> LatencyBackend:
     if config.device not in DEVICES:
         raise LeaderboardError(f"unknown device {config.device!r}; choose one of {DEVICES}")
     if config.backend == "tvm":
-        return get_backend("tvm", target="llvm" if config.device == "cpu" else "cuda", store=config.store)
+        return make_backend("tvm", config.device, store=config.store)
     return get_backend("analytical", device=config.profile or SEARCH_PROFILES[config.device])
 
 
@@ -617,7 +618,8 @@ class _RunContext:
             broken = next((kernel for kernel in kernels if kernel in failed), None)
             if broken is not None:
                 raise LeaderboardError(f"kernel {list(broken[1])} ({broken[2]}): {failed[broken]}")
-            first_us = self.backend.latency(graph, Plan.from_json(row.plan)).group_us   # from the store
+            first_us = [self.backend.cached_group_latency(graph, list(group), schedule).us   # from the store
+                        for _, group, schedule in kernels]
             replayed_us = [min(self.replayed[kernel]) for kernel in kernels]
             row.replay_us = sum(replayed_us)
             row.latency_us = sum(min(first, again) for first, again in zip(first_us, replayed_us))

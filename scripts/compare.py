@@ -87,12 +87,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _tvm_backend(device: str, threads: int | None, store: str | None):
     """The TVM backend for the device, or None and the reason it is left out."""
+    from fusiongym.envs import make_backend
+
     try:
-        from fusiongym.reward.tvm_backend import TVMBackend
+        return make_backend("tvm", device, num_cores=threads, store=store, measure_load=False), ""
     except ImportError as error:
         return None, f"tvm_default not measured: TVM is not installed here ({error})"
-    return TVMBackend(target="llvm" if device == "cpu" else "cuda", num_cores=threads, store=store,
-                      measure_load=False), ""
 
 
 def _markdown(rows: list[dict], machine: dict, tvm_note: str, args: argparse.Namespace) -> str:
