@@ -22,6 +22,7 @@ import gymnasium as gym
 import numpy as np
 
 from fusiongym.graphs import ComputeGraph
+from fusiongym.graphs.ir import StructureCache
 from fusiongym.graphs.workloads import Workload, get_workload, load_suite, suite_names
 from fusiongym.reward import LatencyBackend, Plan, require_legal
 
@@ -120,7 +121,7 @@ class FusionEnv(gym.Env[dict, int]):
         self.observation_space = observation_space(max_nodes, max_edges, self.layout.num_schedules)
         self._buffers = ObservationBuffers(self.observation_space)
         self._cache: OrderedDict[str, _Prepared] = OrderedDict()
-        self._structures: OrderedDict[str, GraphStructure] = OrderedDict()   # by graph.structure_key
+        self._structure_of = StructureCache(GraphStructure.of, GRAPH_CACHE_SIZE)   # with its singletons start
         self._episode: _Prepared | None = None
         self._episode_seed: int | None = None
         self._actions: list[int] = []
@@ -317,21 +318,6 @@ class FusionEnv(gym.Env[dict, int]):
         if len(self._cache) > GRAPH_CACHE_SIZE:
             self._cache.popitem(last=False)
         return prepared
-
-    def _structure_of(self, graph: ComputeGraph) -> GraphStructure:
-        """The graph's structure, shared by the graphs of one ``structure_key`` (instances of
-        a template), with the singletons start it caches."""
-        key = graph.structure_key
-        if key is None:
-            return GraphStructure.of(graph)
-        structure = self._structures.get(key)
-        if structure is None:
-            structure = self._structures[key] = GraphStructure.of(graph)
-            if len(self._structures) > GRAPH_CACHE_SIZE:
-                self._structures.popitem(last=False)
-        else:
-            self._structures.move_to_end(key)
-        return structure
 
     def _graph_of_state(self, state: dict) -> ComputeGraph:
         known = {prepared.graph.hash: prepared.graph for prepared in self._cache.values()}

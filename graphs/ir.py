@@ -14,7 +14,8 @@ import json
 import math
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 import numpy as np
 
@@ -484,6 +485,34 @@ class ComputeGraph:
 
 
 _KIND_ORDER = {kind: position for position, kind in enumerate(OpKind)}
+
+Structural = TypeVar("Structural")
+
+
+class StructureCache(Generic[Structural]):
+    """What ``build`` derives from a graph's structure alone, kept per ``graph.structure_key``
+    (the ``size`` most recently used keys): instances of one template share it. A graph
+    without a key (not built by ``instantiate``, or changed since) gets its own, uncached."""
+
+    def __init__(self, build: Callable[[ComputeGraph], Structural], size: int) -> None:
+        self._build, self._size = build, size
+        self._by_key: OrderedDict[str, Structural] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._by_key)
+
+    def __call__(self, graph: ComputeGraph) -> Structural:
+        key = graph.structure_key
+        if key is None:
+            return self._build(graph)
+        found = self._by_key.get(key)
+        if found is None:
+            found = self._by_key[key] = self._build(graph)
+            if len(self._by_key) > self._size:
+                self._by_key.popitem(last=False)
+        else:
+            self._by_key.move_to_end(key)
+        return found
 _NO_PROGRAM: Any = object()   # ComputeGraph._program of a template ShapeProgram cannot compile
 
 

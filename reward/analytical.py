@@ -29,7 +29,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from fusiongym.graphs import ComputeGraph, GraphError, OpKind, TensorSpec
-from fusiongym.graphs.ir import dtype_bytes
+from fusiongym.graphs.ir import StructureCache, dtype_bytes
 from fusiongym.graphs.workloads import LoadShare
 
 from . import _roofline
@@ -199,7 +199,7 @@ class AnalyticalBackend(LatencyBackend):
         self._models = tuple(models[s] for s in self.schedules)
         self._schedule_ids = {s: i for i, s in enumerate(self.schedules)}
         self._costs_cache: OrderedDict[str, _GraphCosts] = OrderedDict()
-        self._structures: OrderedDict[str, _CostStructure] = OrderedDict()   # by graph.structure_key
+        self._structure = StructureCache(cost_structure, COST_CACHE_SIZE)
 
     # ------------------------------------------------------------------ protocol
     def version(self) -> str:
@@ -381,21 +381,6 @@ class AnalyticalBackend(LatencyBackend):
         else:
             self._costs_cache.move_to_end(key)
         return costs
-
-    def _structure(self, graph: ComputeGraph) -> _CostStructure:
-        """The cost structure of ``graph``, shared by all graphs of its ``structure_key``."""
-        key = graph.structure_key
-        if key is None:
-            return cost_structure(graph)
-        structure = self._structures.get(key)
-        if structure is None:
-            structure = self._structures[key] = cost_structure(graph)
-            if len(self._structures) > COST_CACHE_SIZE:
-                self._structures.popitem(last=False)
-        else:
-            self._structures.move_to_end(key)
-        return structure
-
 
 def _one_plan_us(costs: _GraphCosts, group_of: np.ndarray, schedule_of_group: np.ndarray) -> np.ndarray:
     """[G] µs of one plan: ``evaluate``'s numbers in one C pass (``reward/roofline.c``)."""

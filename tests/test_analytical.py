@@ -414,7 +414,7 @@ def test_costs_on_a_shared_structure_equal_costs_built_alone(device):
         assert alone.structure_key is None
         assert_same_costs(build_graph_costs(alone, backend.profile, backend._models, load_of(alone.context)),
                           backend._costs(graph))
-    assert len(backend._structures) == 8          # one per template and live-node pattern (3 of the MoE)
+    assert len(backend._structure) == 8          # one per template and live-node pattern (3 of the MoE)
 
 
 def test_group_constraint_refuses_big_and_disconnected_groups():

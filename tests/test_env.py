@@ -422,7 +422,7 @@ def test_resets_of_new_instances_equal_resets_built_from_scratch(workload, optio
         for _ in range(4):
             action = int(rng.choice(np.flatnonzero(env.action_masks()[:-1])))
             assert_same_step(fresh.step(action), env.step(action))
-    assert len(env._structures) == len({e.graph.structure_key for e in env._cache.values()})
+    assert len(env._structure_of) == len({e.graph.structure_key for e in env._cache.values()})
 
 
 def test_reset_options_pin_the_episode(small_graph, triangle):
