@@ -3,7 +3,7 @@
 Attention is written out as matmul + softmax rather than
 ``scaled_dot_product_attention``: the fusion environment is meant to decide how
 QK^T, the mask add, softmax and PV are grouped, which a single fused attention op would
-hide. The same :class:`SelfAttention` serves the ViT encoder.
+hide. The same :class:`SelfAttention`, in :class:`PreLNBlock`, serves the ViT encoder and GPT.
 """
 
 from __future__ import annotations
@@ -61,6 +61,21 @@ class SelfAttention(nn.Module):
             scores = scores + mask_bias
         ctx = torch.softmax(scores, dim=-1) @ v
         return self.out(ctx.transpose(1, 2).reshape(b, s, h))
+
+
+class PreLNBlock(nn.Module):
+    """Pre-LN transformer block: x + attn(LN(x)), then x + MLP(LN(x)) (ViT, GPT-2)."""
+
+    def __init__(self, hidden: int, heads: int, mlp: int, eps: float, gelu: nn.GELU) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(hidden, eps=eps)
+        self.attn = SelfAttention(hidden, heads)
+        self.norm2 = nn.LayerNorm(hidden, eps=eps)
+        self.mlp = nn.Sequential(nn.Linear(hidden, mlp), gelu, nn.Linear(mlp, hidden))
+
+    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), mask_bias)
+        return x + self.mlp(self.norm2(x))
 
 
 class BertLayer(nn.Module):

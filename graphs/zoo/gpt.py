@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .bert import SelfAttention
+from .bert import PreLNBlock
 from .llama import causal_mask_bias, decoder_zoo_model
 from .models import ZooModel
 
@@ -37,22 +37,6 @@ GPT_CONFIGS = {
 }
 
 
-class GPTBlock(nn.Module):
-    """x + attn(LN(x)), then x + MLP(LN(x)) with a tanh-approximated GELU."""
-
-    def __init__(self, cfg: GPTConfig) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.hidden, eps=1e-5)
-        self.attn = SelfAttention(cfg.hidden, cfg.heads)
-        self.norm2 = nn.LayerNorm(cfg.hidden, eps=1e-5)
-        self.mlp = nn.Sequential(nn.Linear(cfg.hidden, 4 * cfg.hidden), nn.GELU(approximate="tanh"),
-                                 nn.Linear(4 * cfg.hidden, cfg.hidden))
-
-    def forward(self, x: torch.Tensor, mask_bias: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x), mask_bias)
-        return x + self.mlp(self.norm2(x))
-
-
 class GPTDecoder(nn.Module):
     """Token + position embeddings, blocks, final LayerNorm, LM head tied to the token table."""
 
@@ -60,7 +44,8 @@ class GPTDecoder(nn.Module):
         super().__init__()
         self.tokens = nn.Embedding(cfg.vocab, cfg.hidden)
         self.positions = nn.Embedding(cfg.max_positions, cfg.hidden)
-        self.blocks = nn.ModuleList(GPTBlock(cfg) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(PreLNBlock(cfg.hidden, cfg.heads, 4 * cfg.hidden, 1e-5, nn.GELU(approximate="tanh"))
+                                    for _ in range(cfg.layers))
         self.norm = nn.LayerNorm(cfg.hidden, eps=1e-5)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .bert import SelfAttention
+from .bert import PreLNBlock
 from .models import DynamicDim, ZooModel
 
 
@@ -42,21 +42,6 @@ VIT = {
 }
 
 
-class ViTBlock(nn.Module):
-    """Pre-LN block: x + attn(LN(x)), then x + MLP(LN(x))."""
-
-    def __init__(self, cfg: ViTConfig) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(cfg.hidden, eps=1e-6)
-        self.attn = SelfAttention(cfg.hidden, cfg.heads)
-        self.norm2 = nn.LayerNorm(cfg.hidden, eps=1e-6)
-        self.mlp = nn.Sequential(nn.Linear(cfg.hidden, cfg.mlp), nn.GELU(), nn.Linear(cfg.mlp, cfg.hidden))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
-
-
 class ViT(nn.Module):
     """Patch embedding (strided conv), class token, position embeddings, blocks, head on the class token."""
 
@@ -65,7 +50,8 @@ class ViT(nn.Module):
         self.patch_embed = nn.Conv2d(3, cfg.hidden, cfg.patch, stride=cfg.patch)
         self.cls_token = nn.Parameter(torch.randn(1, 1, cfg.hidden) * 0.02)
         self.pos_embed = nn.Parameter(torch.randn(1, cfg.tokens, cfg.hidden) * 0.02)
-        self.blocks = nn.Sequential(*(ViTBlock(cfg) for _ in range(cfg.layers)))
+        self.blocks = nn.Sequential(*(PreLNBlock(cfg.hidden, cfg.heads, cfg.mlp, 1e-6, nn.GELU())
+                                      for _ in range(cfg.layers)))
         self.norm = nn.LayerNorm(cfg.hidden, eps=1e-6)
         self.head = nn.Linear(cfg.hidden, cfg.num_classes)
 
