@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=8, help="seeds: how many seeds to train and score")
+    parser.add_argument("--edge-features", action="store_true",
+                        help="train, seeds, heldout: messages also carry the edges' features (bytes, size ratio)")
     parser.add_argument("--weight-decay", type=float, default=None,
                         help="train, seeds: Adam's L2 weight decay (default: TrainConfig's)")
     parser.add_argument("--store", default=None,
@@ -62,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)
     dataset = CostDataset.load(args.data)
     folder = Path(args.model or args.out)
-    config = TrainConfig(loss=args.loss, seed=args.seed)
+    config = TrainConfig(loss=args.loss, seed=args.seed, edge_features=args.edge_features)
     for option, value in (("epochs", args.epochs), ("weight_decay", args.weight_decay)):
         if value is not None:
             config = dataclasses.replace(config, **{option: value})

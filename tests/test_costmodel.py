@@ -203,6 +203,19 @@ def test_training_with_the_plans_loss_orders_the_training_plans(dataset):
         train_gnn(train, [], dataset.op_vocab, dataset.schedules, PROFILE.to_dict(), config)
 
 
+def test_edge_features_can_be_left_out_of_the_messages(dataset):
+    """``edge_features=False`` (the default) trains with the edge weights held at zero, and a
+    model loaded for fine-tuning keeps them there; with them, training moves the edge weights."""
+    train = dataset.subset("train")
+    config = TrainConfig(epochs=20, seed=0, edge_features=True)
+    without = train_gnn(train, [], dataset.op_vocab, dataset.schedules, PROFILE.to_dict(),
+                        TrainConfig(epochs=20, seed=0)).model
+    assert not without.weights["w_edge"].any() and without.meta["train_config"]["edge_features"] is False
+    assert not GroupGNN.from_model(without).edge.weight.requires_grad
+    with_edges = train_gnn(train, [], dataset.op_vocab, dataset.schedules, PROFILE.to_dict(), config).model
+    assert np.abs(with_edges.weights["w_edge"]).sum() > 0.01
+
+
 @pytest.mark.parametrize("hidden, head", [(16, 32), (8, 24)])
 def test_compiled_network_matches_torch_at_the_fast_and_the_plain_widths(dataset, measured, hidden, head):
     """The C kernel holds rows in AVX registers at 16/32 units and loops otherwise: both
@@ -238,7 +251,19 @@ def test_one_group_alone_has_the_features_it_has_inside_a_plan():
         alone = group_example(tensors, members)
         np.testing.assert_allclose(alone.group, plan.group[0], rtol=1e-6)
         np.testing.assert_allclose(alone.node[:, -plan.node.shape[1]:], plan.node[members], rtol=1e-6)
-        assert alone.edge_index.shape[1] == int((plan.internal & (labels[tensors.dst] == 0)).sum())
+        internal = np.flatnonzero(plan.internal & (labels[tensors.dst] == 0))
+        assert alone.edge_index.shape[1] == len(internal)
+        np.testing.assert_allclose(alone.edge_attr.sum(axis=0), tensors.edge_static[internal].sum(axis=0), rtol=1e-5)
+
+
+def test_edge_features_tell_a_reduction_from_an_elementwise_consumer():
+    """An edge's second feature, log (consumer's written bytes / edge bytes), is 0 into an
+    elementwise op and negative into a reduction (the global average pool, max pooling)."""
+    tensors = GraphTensors.of(zoo.load("resnet18", "small"))
+    ops = np.array(tensors.op_names)
+    into = {op: tensors.edge_static[ops[tensors.dst] == op] for op in ("relu", "mean", "max_pool2d")}
+    assert (into["relu"][:, 0] > 0).all() and (into["relu"][:, 1] == 0).all()
+    assert (into["mean"][:, 1] < 0).all() and (into["max_pool2d"][:, 1] < 0).all()
 
 
 def test_learned_backend_batches_a_plan_and_runs_in_the_env(trained, measured, tmp_path, monkeypatch):

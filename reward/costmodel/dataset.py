@@ -2,11 +2,12 @@
 
 One ``torch_geometric.data.Data`` per measured (group, schedule): node features ``x``
 [n, 16], op ids ``op`` [n] (in the vocabulary of the *training* split: an op only a test
-model has becomes ``<other>``), internal edges ``edge_index`` [2, e], group features
-``group`` [1, 15], ``schedule`` [1], ``prior`` [1] = ln(analytical µs) (an input of both
-models, the GNN's baseline), target ``y`` [1] = ln(measured µs), and for the comparison
-``analytical_us`` [1] and ``dominant_op`` [1] (LightGBM's categorical). The analytical profile used is recorded in ``source`` (a model
-trained on the dataset predicts with that same profile). Plans (lists of sample indices
+model has becomes ``<other>``), internal edges ``edge_index`` [2, e] and their features
+``edge_attr`` [e, 2], group features ``group`` [1, 15], ``schedule`` [1], ``prior`` [1] =
+ln(analytical µs) (an input of both models, the GNN's baseline), target ``y`` [1] = ln(measured
+µs), and for the comparison ``analytical_us`` [1] and ``dominant_op`` [1] (LightGBM's
+categorical). The analytical profile used is recorded in ``source`` (a model trained on the
+dataset predicts with that same profile). Plans (lists of sample indices
 per graph) travel along for the plan-ranking metrics.
 
 Saved as plain tensors, lists and strings (``torch.load(weights_only=True)`` reads it):
@@ -32,7 +33,7 @@ from .features import OTHER_OP, GraphTensors, GroupExample, dominant_op, group_e
 from .prior import AnalyticalPrior
 from .records import CostModelError, MeasuredSet
 
-DATASET_FORMAT = "fusiongym.CostModelDataset/2"
+DATASET_FORMAT = "fusiongym.CostModelDataset/3"  # /3: edge features (edge_attr)
 SPLITS = ("train", "val", "test")
 
 
@@ -150,10 +151,11 @@ def build_dataset(measured: MeasuredSet, test_models: Sequence[str] = (), val_mo
 
 def example_data(example: GroupExample, op_id: dict[str, int], schedule_id: int, prior_log_us: float,
                  log_us: float) -> Data:
-    """The model input of one group (``GroupGNN`` reads x, op, edge_index, group, schedule, prior;
+    """The model input of one group (``GroupGNN`` reads x, op, edge_index, edge_attr, group, schedule, prior;
     ``prior`` and ``y`` are ln analytical and ln measured µs)."""
     return Data(x=torch.from_numpy(example.node), op=torch.tensor([op_id.get(o, 0) for o in example.op_names]),
-                edge_index=torch.from_numpy(example.edge_index), group=torch.from_numpy(example.group)[None],
+                edge_index=torch.from_numpy(example.edge_index), edge_attr=torch.from_numpy(example.edge_attr),
+                group=torch.from_numpy(example.group)[None],
                 schedule=torch.tensor([schedule_id]), prior=torch.tensor([prior_log_us], dtype=torch.float64),
                 y=torch.tensor([log_us]), graph_hash="")
 

@@ -36,6 +36,10 @@ PLAN_NODE_FEATURES = ("log_external_read_bytes", "log_written_bytes", "internal_
 GROUP_FEATURES = ("log_flops", "log_external_read_bytes", "log_written_bytes", "log_param_bytes",
                   "log_internal_edges", *(f"log_kind_{k}" for k in range(NUM_KINDS)), "log_nodes", "log_intensity")
 NODE_FEATURES = (*STATIC_NODE_FEATURES, *(f"kind_{k}" for k in range(NUM_KINDS)), *PLAN_NODE_FEATURES)
+# Per edge (the tensor it carries): its size, and how much more the consumer writes than this
+# input holds (> 0: a broadcast or an expansion, < 0: a reduction), which decides what fusing
+# producer and consumer into one loop nest costs.
+EDGE_FEATURES = ("log_edge_bytes", "log_consumer_written_over_edge_bytes")
 OTHER_OP = "<other>"  # id 0 of every op vocabulary: ops the model never trained on
 PRIOR_FEATURE = "analytical_ln_us"
 PRIOR_INPUT_SCALE = 1 / 8  # ln µs of kernels here spans about 0..12; /8 keeps the input near [0, 1.5]
@@ -63,9 +67,11 @@ class GraphTensors:
     src: np.ndarray                # [E] int64
     dst: np.ndarray                # [E] int64
     edge_bytes: np.ndarray         # [E]
+    edge_static: np.ndarray        # [E, 2] float32: EDGE_FEATURES
     by_dst: np.ndarray             # [E] edge ids sorted by consumer (stable)
     in_indptr: np.ndarray          # [N + 1] CSR row pointers of the in-edges in ``by_dst`` order
     in_src: np.ndarray             # [E] int64 producer of each in-edge, in ``by_dst`` order
+    in_edge_static: np.ndarray     # [E, 2] float32 ``edge_static`` in ``by_dst`` order
     by_src: np.ndarray             # [E] edge ids sorted by producer (stable)
     out_indptr: np.ndarray         # [N + 1] CSR row pointers of the out-edges in ``by_src`` order
 
@@ -84,13 +90,16 @@ class GraphTensors:
                                 intensity], axis=1)),
             np.eye(NUM_KINDS, dtype=np.float32)[kind]], axis=1)
         by_dst = np.argsort(dst, kind="stable")
+        log_edge_bytes = log_scale(arrays.edge_bytes)
+        edge_static = np.stack([log_edge_bytes, log_scale(arrays.bytes_written)[dst] - log_edge_bytes], axis=1)
         return GraphTensors(
             num_nodes=n, op_names=arrays.op_names, static=static, summed=_summed_template(arrays, kind),
             flops=arrays.flops,
             own_read_bytes=own_read, bytes_written=arrays.bytes_written,
             always_written=(arrays.output_bytes_external > 0) | (np.bincount(src, minlength=n) == 0),
-            src=src, dst=dst, edge_bytes=arrays.edge_bytes, by_dst=by_dst, in_indptr=csr_indptr(dst, n),
-            in_src=src[by_dst], by_src=np.argsort(src, kind="stable"), out_indptr=csr_indptr(src, n))
+            src=src, dst=dst, edge_bytes=arrays.edge_bytes, edge_static=edge_static, by_dst=by_dst,
+            in_indptr=csr_indptr(dst, n), in_src=src[by_dst], in_edge_static=np.ascontiguousarray(edge_static[by_dst]),
+            by_src=np.argsort(src, kind="stable"), out_indptr=csr_indptr(src, n))
 
 
 def _summed_template(arrays: GraphArrays, kind: np.ndarray) -> np.ndarray:
@@ -170,6 +179,7 @@ class GroupExample:
     op_names: tuple[str, ...]   # [n]
     node: np.ndarray            # [n, 16] float32: NODE_FEATURES
     edge_index: np.ndarray      # [2, e] int64 internal edges, local ids
+    edge_attr: np.ndarray       # [e, 2] float32: EDGE_FEATURES of those edges
     group: np.ndarray           # [len(GROUP_FEATURES)] float32
 
 
@@ -194,6 +204,7 @@ def group_example(tensors: GraphTensors, nodes: Sequence[int]) -> GroupExample:
         op_names=tuple(tensors.op_names[i] for i in members),
         node=np.concatenate([tensors.static[members], node], axis=1),
         edge_index=np.stack([in_local[in_inside], in_dst[in_inside]]),
+        edge_attr=tensors.edge_static[in_edges[in_inside]],
         group=_group_rows(additive.sum(axis=0, keepdims=True))[0])
 
 

@@ -1,13 +1,14 @@
 /* fusiongym.reward.costmodel._kernels: the cost model's network, compiled.
  *
- * forward(static_proj, plan_node, w_plan, in_indptr, in_src, in_mask, w_self, w_msg, b_msg, labels,
- *         group_input, w_head, schedule_bias, schedule, w_out, prior, h0, pooled, out, b_out, y_std, y_mean,
- *         prior_scale)
+ * forward(static_proj, plan_node, w_plan, in_indptr, in_src, in_mask, in_edge_attr, w_self, w_msg, w_edge, b_msg,
+ *         labels, group_input, w_head, schedule_bias, schedule, w_out, prior, h0, pooled, out, b_out, y_std,
+ *         y_mean, prior_scale)
  *
- * computes, for n nodes in G groups (H hidden, P plan node features, K group inputs, D head):
+ * computes, for n nodes in G groups (H hidden, P plan node features, F edge features, K group inputs, D head):
  *   h0[i]  = relu(static_proj[i] + plan_node[i] w_plan)                        [n, H]
  *   m[i]   = sum of h0[in_src e] over the in-edges e of i with in_mask[e]       (CSR by consumer)
- *   h1[i]  = h0[i] + relu(h0[i] w_self + m[i] w_msg + b_msg)                    (only pooled per group)
+ *   a[i]   = sum of in_edge_attr[e] over the same edges                         [n, F]
+ *   h1[i]  = h0[i] + relu(h0[i] w_self + m[i] w_msg + a[i] w_edge + b_msg)     (only pooled per group)
  *   z[g]   = relu([mean of h1 over g ; group_input[g] ; prior[g] prior_scale] w_head + schedule_bias[schedule[g]])
  *   out[g] = prior[g] + (z[g] . w_out + b_out) y_std + y_mean                   [G] ln µs
  *
@@ -39,20 +40,21 @@
 
 #define FAST_HIDDEN 16
 #define FAST_HEAD 32
+#define MAX_FAST_EDGE_FEATURES 8
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #define HAVE_AVX2_PATH 1   /* compiled for AVX2 + FMA, chosen at run time; other CPUs take the plain loops */
 #include <immintrin.h>
 #endif
 
 typedef struct {
-    Py_ssize_t n, hidden, plan, groups, inputs, head;
-    const float *static_proj, *plan_node, *w_plan, *w_self, *w_msg, *b_msg, *group_input, *w_head, *schedule_bias,
-        *w_out;
+    Py_ssize_t n, hidden, plan, edge_features, groups, inputs, head;
+    const float *static_proj, *plan_node, *w_plan, *in_edge_attr, *w_self, *w_msg, *w_edge, *b_msg, *group_input,
+        *w_head, *schedule_bias, *w_out;
     const int64_t *indptr, *in_src, *label, *schedule;
     const unsigned char *in_mask;
     const double *prior;
     double b_out, y_std, y_mean, prior_scale;
-    float *h0, *pooled, *scratch;   /* scratch [2 * max(H, D)] */
+    float *h0, *pooled, *scratch;   /* scratch [2 * max(H, D) + F] */
     float *inverse_size;            /* [G] 1 / nodes of the group */
     double *out;
 } Network;
@@ -67,7 +69,8 @@ static void add_vector_matrix(float *acc, const float *x, const float *w, Py_ssi
 
 static void forward_plain(const Network *f) {
     Py_ssize_t hidden = f->hidden, head = f->head;
-    float *acc = f->scratch, *message = f->scratch + (hidden > head ? hidden : head);
+    float *acc = f->scratch, *message = f->scratch + (hidden > head ? hidden : head), *edge_sum = message +
+        (hidden > head ? hidden : head);
     for (Py_ssize_t i = 0; i < f->n; i++) {
         memcpy(acc, f->static_proj + i * hidden, (size_t)hidden * sizeof(float));
         add_vector_matrix(acc, f->plan_node + i * f->plan, f->w_plan, f->plan, hidden);
@@ -76,12 +79,17 @@ static void forward_plain(const Network *f) {
     for (Py_ssize_t i = 0; i < f->n; i++) {
         const float *own = f->h0 + i * hidden;
         memset(message, 0, (size_t)hidden * sizeof(float));
+        memset(edge_sum, 0, (size_t)f->edge_features * sizeof(float));
         for (int64_t e = f->indptr[i]; e < f->indptr[i + 1]; e++)
-            if (f->in_mask[e])
+            if (f->in_mask[e]) {
                 for (Py_ssize_t c = 0; c < hidden; c++) message[c] += f->h0[f->in_src[e] * hidden + c];
+                for (Py_ssize_t k = 0; k < f->edge_features; k++)
+                    edge_sum[k] += f->in_edge_attr[e * f->edge_features + k];
+            }
         memcpy(acc, f->b_msg, (size_t)hidden * sizeof(float));
         add_vector_matrix(acc, own, f->w_self, hidden, hidden);
         add_vector_matrix(acc, message, f->w_msg, hidden, hidden);
+        add_vector_matrix(acc, edge_sum, f->w_edge, f->edge_features, hidden);
         float *sum = f->pooled + f->label[i] * hidden;
         for (Py_ssize_t c = 0; c < hidden; c++) sum[c] += own[c] + relu(acc[c]);
     }
@@ -100,10 +108,11 @@ static void forward_plain(const Network *f) {
 }
 
 #ifdef HAVE_AVX2_PATH
-/* The same sums at H = 16, D = 32, rows in AVX registers. */
+/* The same sums at H = 16, D = 32 and F <= 8, rows in AVX registers. */
 __attribute__((target("avx2,fma"))) static void forward_avx2(const Network *f) {
     const __m256 zero = _mm256_setzero_ps();
-    float message[FAST_HIDDEN];
+    const Py_ssize_t features = f->edge_features;
+    float message[FAST_HIDDEN], edge_sum[MAX_FAST_EDGE_FEATURES];
     for (Py_ssize_t i = 0; i < f->n; i++) {
         __m256 lo = _mm256_loadu_ps(f->static_proj + i * 16), hi = _mm256_loadu_ps(f->static_proj + i * 16 + 8);
         for (Py_ssize_t r = 0; r < f->plan; r++) {
@@ -117,11 +126,13 @@ __attribute__((target("avx2,fma"))) static void forward_avx2(const Network *f) {
     for (Py_ssize_t i = 0; i < f->n; i++) {
         const float *own = f->h0 + i * 16;
         __m256 m_lo = zero, m_hi = zero;
+        memset(edge_sum, 0, sizeof(edge_sum));
         for (int64_t e = f->indptr[i]; e < f->indptr[i + 1]; e++)
             if (f->in_mask[e]) {
                 const float *from = f->h0 + f->in_src[e] * 16;
                 m_lo = _mm256_add_ps(m_lo, _mm256_loadu_ps(from));
                 m_hi = _mm256_add_ps(m_hi, _mm256_loadu_ps(from + 8));
+                for (Py_ssize_t k = 0; k < features; k++) edge_sum[k] += f->in_edge_attr[e * features + k];
             }
         _mm256_storeu_ps(message, m_lo);
         _mm256_storeu_ps(message + 8, m_hi);
@@ -141,6 +152,11 @@ __attribute__((target("avx2,fma"))) static void forward_avx2(const Network *f) {
             msg_hi = _mm256_fmadd_ps(y, _mm256_loadu_ps(wm + 8), msg_hi);
             msg_lo2 = _mm256_fmadd_ps(y2, _mm256_loadu_ps(wm + 16), msg_lo2);
             msg_hi2 = _mm256_fmadd_ps(y2, _mm256_loadu_ps(wm + 24), msg_hi2);
+        }
+        for (Py_ssize_t k = 0; k < features; k++) {
+            __m256 a = _mm256_set1_ps(edge_sum[k]);
+            msg_lo = _mm256_fmadd_ps(a, _mm256_loadu_ps(f->w_edge + k * 16), msg_lo);
+            msg_hi = _mm256_fmadd_ps(a, _mm256_loadu_ps(f->w_edge + k * 16 + 8), msg_hi);
         }
         __m256 lo = _mm256_add_ps(_mm256_add_ps(self_lo, self_lo2), _mm256_add_ps(msg_lo, msg_lo2));
         __m256 hi = _mm256_add_ps(_mm256_add_ps(self_hi, self_hi2), _mm256_add_ps(msg_hi, msg_hi2));
@@ -210,29 +226,33 @@ static void count_inverse_sizes(const Network *f) {
 }
 
 enum {
-    STATIC, PLAN_NODE, W_PLAN, IN_INDPTR, IN_SRC, IN_MASK, W_SELF, W_MSG, B_MSG, LABELS, GROUP_INPUT, W_HEAD,
-    SCHEDULE_BIAS, SCHEDULE, W_OUT, PRIOR, H0, POOLED, OUT, COUNT
+    STATIC, PLAN_NODE, W_PLAN, IN_INDPTR, IN_SRC, IN_MASK, IN_EDGE_ATTR, W_SELF, W_MSG, W_EDGE, B_MSG, LABELS,
+    GROUP_INPUT, W_HEAD, SCHEDULE_BIAS, SCHEDULE, W_OUT, PRIOR, H0, POOLED, OUT, COUNT
 };
 
 static PyObject *forward(PyObject *self, PyObject *args) {
     Py_buffer v[COUNT];
     Network f;
-    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*w*w*w*dddd", &v[STATIC], &v[PLAN_NODE], &v[W_PLAN],
-                          &v[IN_INDPTR], &v[IN_SRC], &v[IN_MASK], &v[W_SELF], &v[W_MSG], &v[B_MSG], &v[LABELS],
-                          &v[GROUP_INPUT], &v[W_HEAD], &v[SCHEDULE_BIAS], &v[SCHEDULE], &v[W_OUT], &v[PRIOR],
-                          &v[H0], &v[POOLED], &v[OUT], &f.b_out, &f.y_std, &f.y_mean, &f.prior_scale))
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*y*w*w*w*dddd", &v[STATIC], &v[PLAN_NODE],
+                          &v[W_PLAN], &v[IN_INDPTR], &v[IN_SRC], &v[IN_MASK], &v[IN_EDGE_ATTR], &v[W_SELF],
+                          &v[W_MSG], &v[W_EDGE], &v[B_MSG], &v[LABELS], &v[GROUP_INPUT], &v[W_HEAD],
+                          &v[SCHEDULE_BIAS], &v[SCHEDULE], &v[W_OUT], &v[PRIOR], &v[H0], &v[POOLED], &v[OUT],
+                          &f.b_out, &f.y_std, &f.y_mean, &f.prior_scale))
         return NULL;
     PyObject *result = NULL;
     f.scratch = NULL;
     f.hidden = v[B_MSG].len / 4, f.n = v[LABELS].len / 8, f.groups = v[OUT].len / 8, f.head = v[W_OUT].len / 4;
     f.plan = f.hidden ? v[W_PLAN].len / (4 * f.hidden) : 0;
+    f.edge_features = f.hidden ? v[W_EDGE].len / (4 * f.hidden) : 0;
     f.inputs = f.groups ? v[GROUP_INPUT].len / (4 * f.groups) : 0;
     Py_ssize_t edges = v[IN_SRC].len / 8, schedules = f.head ? v[SCHEDULE_BIAS].len / (4 * f.head) : 0;
     Py_ssize_t n = f.n, hidden = f.hidden, head = f.head;
     if (check(&v[STATIC], "static_proj", 4, n * hidden) < 0 || check(&v[PLAN_NODE], "plan_node", 4, n * f.plan) < 0 ||
         check(&v[W_PLAN], "w_plan", 4, f.plan * hidden) < 0 || check(&v[IN_INDPTR], "in_indptr", 8, n + 1) < 0 ||
         check(&v[IN_SRC], "in_src", 8, edges) < 0 || check(&v[IN_MASK], "in_mask", 1, edges) < 0 ||
+        check(&v[IN_EDGE_ATTR], "in_edge_attr", 4, edges * f.edge_features) < 0 ||
         check(&v[W_SELF], "w_self", 4, hidden * hidden) < 0 || check(&v[W_MSG], "w_msg", 4, hidden * hidden) < 0 ||
+        check(&v[W_EDGE], "w_edge", 4, f.edge_features * hidden) < 0 ||
         check(&v[GROUP_INPUT], "group_input", 4, f.groups * f.inputs) < 0 ||
         check(&v[W_HEAD], "w_head", 4, (hidden + f.inputs + 1) * head) < 0 ||
         check(&v[SCHEDULE_BIAS], "schedule_bias", 4, schedules * head) < 0 ||
@@ -242,12 +262,13 @@ static PyObject *forward(PyObject *self, PyObject *args) {
         goto done;
     f.static_proj = v[STATIC].buf, f.plan_node = v[PLAN_NODE].buf, f.w_plan = v[W_PLAN].buf;
     f.indptr = v[IN_INDPTR].buf, f.in_src = v[IN_SRC].buf, f.in_mask = v[IN_MASK].buf;
+    f.in_edge_attr = v[IN_EDGE_ATTR].buf, f.w_edge = v[W_EDGE].buf;
     f.w_self = v[W_SELF].buf, f.w_msg = v[W_MSG].buf, f.b_msg = v[B_MSG].buf, f.label = v[LABELS].buf;
     f.group_input = v[GROUP_INPUT].buf, f.w_head = v[W_HEAD].buf, f.schedule_bias = v[SCHEDULE_BIAS].buf;
     f.schedule = v[SCHEDULE].buf, f.w_out = v[W_OUT].buf, f.prior = v[PRIOR].buf;
     f.h0 = v[H0].buf, f.pooled = v[POOLED].buf, f.out = v[OUT].buf;
     if (check_indices(&f, edges, schedules) < 0) goto done;
-    Py_ssize_t scratch_floats = 2 * (hidden > head ? hidden : head) + 1;
+    Py_ssize_t scratch_floats = 2 * (hidden > head ? hidden : head) + f.edge_features + 1;
     f.scratch = malloc((size_t)(scratch_floats + f.groups) * sizeof(float));
     if (!f.scratch) {
         PyErr_NoMemory();
@@ -258,7 +279,8 @@ static PyObject *forward(PyObject *self, PyObject *args) {
     memset(f.pooled, 0, (size_t)(f.groups * hidden) * sizeof(float));
     Py_BEGIN_ALLOW_THREADS
 #ifdef HAVE_AVX2_PATH
-    if (hidden == FAST_HIDDEN && head == FAST_HEAD && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (hidden == FAST_HIDDEN && head == FAST_HEAD && f.edge_features <= MAX_FAST_EDGE_FEATURES &&
+        __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         forward_avx2(&f);
     else
         forward_plain(&f);
@@ -340,8 +362,9 @@ done:
 
 static PyMethodDef methods[] = {
     {"forward", forward, METH_VARARGS,
-     "forward(static_proj, plan_node, w_plan, in_indptr, in_src, in_mask, w_self, w_msg, b_msg, labels, group_input, "
-     "w_head, schedule_bias, schedule, w_out, prior, h0, pooled, out, b_out, y_std, y_mean, prior_scale): "
+     "forward(static_proj, plan_node, w_plan, in_indptr, in_src, in_mask, in_edge_attr, w_self, w_msg, w_edge, b_msg, "
+     "labels, group_input, w_head, schedule_bias, schedule, w_out, prior, h0, pooled, out, b_out, y_std, y_mean, "
+     "prior_scale): "
      "ln µs of every group."},
     {"group_sums", group_sums, METH_VARARGS, "group_sums(values, labels, out): per-group sums of node rows."},
     {"edge_pass", edge_pass, METH_VARARGS,

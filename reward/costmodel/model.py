@@ -13,7 +13,8 @@ CPU thread, and PyG's scatter under onnxruntime takes 13-20 ms (DESIGN.md):
   two-layer head. In numpy the same network was fifteen passes over [N, H] arrays.
 
 Per plan: h0 = relu(static_proj + P W_plan),
-h1 = h0 + relu(h0 W_a + A h0 W_b + b) with A the [N, N] adjacency of internal edges,
+h1 = h0 + relu(h0 W_a + A h0 W_b + B W_e + b) with A the [N, N] adjacency of internal edges
+and B [N, 2] the sums of each node's internal in-edges' features (``features.EDGE_FEATURES``),
 z = relu([mean of h1 over the group ; group features ; prior / 8] W_head + S_head[schedule] + b),
 prior = ln µs of the analytical backend (``prior.AnalyticalPrior``, one vectorized
 ``evaluate`` per plan), ln µs = prior + (z w_out + b_out) * y_std + y_mean.
@@ -43,18 +44,19 @@ from fusiongym.graphs import ComputeGraph
 
 from ..store import atomic_output
 from . import _kernels
-from .features import (GROUP_FEATURES, NODE_FEATURES, NUM_KINDS, PRIOR_FEATURE, PRIOR_INPUT_SCALE,
+from .features import (EDGE_FEATURES, GROUP_FEATURES, NODE_FEATURES, NUM_KINDS, PRIOR_FEATURE, PRIOR_INPUT_SCALE,
                        STATIC_NODE_FEATURES, GraphTensors, csr_indptr, group_example, plan_features)
 from .prior import AnalyticalPrior
 from .records import CostModelError
 
-MODEL_FORMAT = "fusiongym.CostModel/3"  # /3: mean pooling (sum in /2)
+MODEL_FORMAT = "fusiongym.CostModel/4"  # /4: edge features in the messages (none in /3); /3: mean pooling
 NUM_STATIC = len(STATIC_NODE_FEATURES) + NUM_KINDS  # leading columns of the node features
 GRAPH_CACHE_SIZE = 32
-# name -> shape in terms of V ops, F node features, H hidden, K group features, S schedules, D head
+# name -> shape in terms of V ops, F node features, Fe edge features, H hidden, K group features, S schedules,
+# D head
 WEIGHT_SHAPES = {
     "op_embedding": ("V", "H"), "w_in": ("F", "H"), "b_in": ("H",),
-    "w_msg": ("2H", "H"), "b_msg": ("H",), "w_head": ("H+K+1", "D"), "b_head": ("D",),
+    "w_msg": ("2H", "H"), "w_edge": ("Fe", "H"), "b_msg": ("H",), "w_head": ("H+K+1", "D"), "b_head": ("D",),
     "schedule_head": ("S", "D"), "w_out": ("D",), "b_out": (), "y_mean": (), "y_std": (),
 }
 
@@ -111,8 +113,9 @@ class CostModel:
         plan = plan_features(tensors, group_of, len(schedule_of_group))
         prior = self.prior.plan_log_us(graph, group_of, schedule_of_group)
         internal = plan.internal[tensors.by_dst].view(np.uint8)                      # [E] in consumer order
-        return self._forward(cache.static_proj, plan.node, tensors.in_indptr, tensors.in_src, internal, group_of,
-                             plan.group, prior, schedule_of_group, (cache.h0, cache.pooled))
+        return self._forward(cache.static_proj, plan.node, tensors.in_indptr, tensors.in_src, internal,
+                             tensors.in_edge_static, group_of, plan.group, prior, schedule_of_group,
+                             (cache.h0, cache.pooled))
 
     def predict_group_log_us(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> float:
         """ln µs of one group, computed on its own nodes only (what an env step asks)."""
@@ -126,24 +129,27 @@ class CostModel:
         static_proj = cache.static_proj[members]
         return float(self._forward(static_proj, np.ascontiguousarray(example.node[:, NUM_STATIC:]),
                                    csr_indptr(dst, size), np.ascontiguousarray(src[by_dst]),
-                                   np.ones(len(src), dtype=np.uint8), np.zeros(size, dtype=np.int64),
+                                   np.ones(len(src), dtype=np.uint8), np.ascontiguousarray(example.edge_attr[by_dst]),
+                                   np.zeros(size, dtype=np.int64),
                                    example.group[None], prior, self.schedule_ids([schedule]),
                                    (np.empty_like(static_proj), np.empty_like(static_proj)))[0])
 
     def _forward(self, static_proj: np.ndarray, plan_node: np.ndarray, in_indptr: np.ndarray, in_src: np.ndarray,
-                 in_mask: np.ndarray, group_of: np.ndarray, group: np.ndarray, prior_log_us: np.ndarray,
-                 schedule_of_group: np.ndarray, scratch: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+                 in_mask: np.ndarray, in_edge_attr: np.ndarray, group_of: np.ndarray, group: np.ndarray,
+                 prior_log_us: np.ndarray, schedule_of_group: np.ndarray, scratch: tuple[np.ndarray, np.ndarray]
+                 ) -> np.ndarray:
         """The network on n nodes in G groups -> [G] ln µs: ``static_proj`` [n, H], ``plan_node``
         [n, 4], in-edges as CSR by consumer (``in_indptr`` [n+1], ``in_src`` [E], ``in_mask`` [E]
-        uint8: the internal ones), ``group_of`` [n] int64, ``group`` [G, K], ``prior_log_us`` [G],
-        ``schedule_of_group`` [G]; ``scratch``: two [n, H] float32 arrays, node states and group
-        sums (G ≤ n)."""
+        uint8: the internal ones; ``in_edge_attr`` [E, 2] float32: their features), ``group_of``
+        [n] int64, ``group`` [G, K], ``prior_log_us`` [G], ``schedule_of_group`` [G]; ``scratch``:
+        two [n, H] float32 arrays, node states and group sums (G ≤ n)."""
         h0, pooled = scratch
         w = self.weights
         log_us = np.empty(len(prior_log_us), dtype=np.float64)                              # [G]
-        _kernels.forward(static_proj, plan_node, self._w_plan, in_indptr, in_src, in_mask, self._w_self,
-                         self._w_message, w["b_msg"], group_of, np.ascontiguousarray(group, dtype=np.float32),
-                         w["w_head"], self._schedule_bias, np.ascontiguousarray(schedule_of_group, dtype=np.int64),
+        _kernels.forward(static_proj, plan_node, self._w_plan, in_indptr, in_src, in_mask, in_edge_attr,
+                         self._w_self, self._w_message, w["w_edge"], w["b_msg"], group_of,
+                         np.ascontiguousarray(group, dtype=np.float32), w["w_head"], self._schedule_bias,
+                         np.ascontiguousarray(schedule_of_group, dtype=np.int64),
                          w["w_out"], np.ascontiguousarray(prior_log_us, dtype=np.float64), h0,
                          pooled[:len(log_us)], log_us, *self._output, PRIOR_INPUT_SCALE)
         return log_us
@@ -198,6 +204,7 @@ class CostModel:
             raise CostModelError(f"{path} has format {meta.get('format')!r}, this fusiongym reads "
                                  f"{MODEL_FORMAT}. {fix}")
         if (tuple(meta.get("node_features", ())) != NODE_FEATURES
+                or tuple(meta.get("edge_features", ())) != EDGE_FEATURES
                 or tuple(meta.get("group_features", ())) != (*GROUP_FEATURES, PRIOR_FEATURE)):
             raise CostModelError(f"{path} was trained on another feature schema than this fusiongym computes. {fix}")
         return CostModel(weights, meta)
@@ -210,7 +217,8 @@ def _check_shapes(weights: dict[str, np.ndarray], num_ops: int, num_schedules: i
         raise CostModelError(f"cost model lacks weights {missing}; the file is damaged. Fix: retrain it "
                              f"(fusiongym costmodel train)")
     hidden, head = weights["b_in"].shape[0], weights["b_head"].shape[0]
-    sizes = {"V": num_ops, "H": hidden, "F": len(NODE_FEATURES), "2H": 2 * hidden, "D": head,
+    sizes = {"V": num_ops, "H": hidden, "F": len(NODE_FEATURES), "Fe": len(EDGE_FEATURES), "2H": 2 * hidden,
+             "D": head,
              "H+K+1": hidden + len(GROUP_FEATURES) + 1, "S": num_schedules}
     for name, dims in WEIGHT_SHAPES.items():
         expected = tuple(sizes[d] for d in dims)
