@@ -1,7 +1,8 @@
 """Measure fused groups of zoo models on a real backend (into the store).
 
 Two modes. ``--plans N`` samples N plans per graph of a workload suite (seeded random
-merges and schedules, and the plans of baselines that search on the analytical model),
+merges and schedules, and the plans of baselines that search on the analytical model), and
+``--trajectory-points K`` more along greedy_cost's descent (the search's path, not only its end),
 measures every group of every plan on the real backend and appends the graphs and plans to
 the profile log beside the store: the data the learned cost model trains on
 (``fusiongym dataset export``). Re-running the same command resumes: groups already in the
@@ -29,6 +30,7 @@ from typing import Iterable
 import numpy as np
 
 DEFAULT_PLAN_METHODS = "greedy_cost,inductor_rules,no_fusion,random,annealing"
+TRAJECTORY_METHOD = "greedy_cost_trajectory"   # the method logged for --trajectory-points plans
 # A model's own Kendall τ is reported only over at least this many held-out groups.
 MIN_GROUPS_FOR_TAU = 5
 
@@ -55,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     plans.add_argument("--methods", default=DEFAULT_PLAN_METHODS,
                        help="baselines the plans come from: each deterministic one once, then the seeded "
                             "ones (random, annealing) in turn with a new seed per plan")
+    plans.add_argument("--trajectory-points", type=int, default=4,
+                       help="plans per graph taken evenly along greedy_cost's descent on the analytical model, "
+                            "between no fusion and its end (search trajectories, beside --plans)")
     plans.add_argument("--takes", type=int, default=1,
                        help="time every group of the suite's logged plans in this many takes, one pass over "
                             "all of them per take, each pass in a new process, and keep the fastest (timings "
@@ -88,6 +93,7 @@ def _profile_plans(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from fusiongym.agents import baselines
+    from fusiongym.agents.baselines.search import greedy_trajectory
     from fusiongym.agents.leaderboard import cases
     from fusiongym.reward import get_backend
     from fusiongym.reward.costmodel.records import ProfileLog, StoreKeyFields, plan_identity
@@ -95,8 +101,9 @@ def _profile_plans(args: argparse.Namespace) -> int:
 
     from .leaderboard import _parse_dims
 
-    if args.plans < 1 or args.takes < 1:
-        raise ValueError(f"--plans and --takes must be at least 1, got {args.plans} and {args.takes}")
+    if args.plans < 1 or args.takes < 1 or args.trajectory_points < 0:
+        raise ValueError(f"--plans and --takes must be at least 1 and --trajectory-points at least 0, got "
+                         f"{args.plans}, {args.takes} and {args.trajectory_points}")
     backend = get_backend(args.backend, store=args.store)
     if not isinstance(backend, MeasuredBackend):
         raise ValueError(f"backend {args.backend!r} keeps no MeasurementStore entries; profile --plans "
@@ -118,15 +125,19 @@ def _profile_plans(args: argparse.Namespace) -> int:
         if graph.hash not in known_graphs:
             log.append_graph(graph, case.model, case.workload)
             known_graphs.add(graph.hash)
+        sampled = []
         for index in range(args.plans):
             method = deterministic[index] if index < len(deterministic) else seeded[index % len(seeded)]
             # random plans draw schedules from the measuring backend's menu; searches plan on analytical
-            plan = method.decide(graph, backend if method.name == "random" else None,
-                                 seed=args.seed * 1000 + index)
+            sampled.append((method.name, method.decide(graph, backend if method.name == "random" else None,
+                                                       seed=args.seed * 1000 + index)))
+        sampled += [(TRAJECTORY_METHOD, plan) for plan in
+                    greedy_trajectory(graph, baselines.default_backend(), args.trajectory_points)]
+        for method_name, plan in sampled:
             identity = plan_identity(plan)
             if (graph.hash, identity) not in known_plans:
                 known_plans.add((graph.hash, identity))
-                work.append((graph, method.name, plan))
+                work.append((graph, method_name, plan))
     total_groups = sum(plan.num_groups for _, _, plan in work)
     with tqdm(total=total_groups, unit="group", desc=f"profile {args.suite}", dynamic_ncols=True) as bar:
         for graph, method, plan in work:

@@ -11,7 +11,7 @@ from fusiongym.agents import baselines
 from fusiongym.agents.baselines.common import Evaluator, PartitionState
 from fusiongym.agents.baselines.rules import (EXTERN, INDUCTOR_MAX_FUSION_SIZE, TEMPLATE, FusedKind,
                                               inductor_can_fuse, inductor_role)
-from fusiongym.agents.baselines.search import _AnnealingWalk
+from fusiongym.agents.baselines.search import _AnnealingWalk, greedy_trajectory
 from fusiongym.graphs import ComputeGraph, synthetic, zoo
 from fusiongym.reward import Plan, is_legal
 from fusiongym.reward.analytical import AnalyticalBackend
@@ -246,3 +246,20 @@ def test_tvm_default_is_legal_on_every_zoo_model(model, backend):
     graph = zoo.load(model, "small")
     plan = baselines.get("tvm_default").decide(graph, backend)
     assert is_legal(graph, plan, backend) and plan.num_groups < graph.num_nodes
+
+
+def test_greedy_trajectory_spans_no_fusion_to_greedy_cost(backend):
+    """Plans along greedy_cost's descent: legal, fewer groups and faster at every point, all
+    strictly between every node alone and greedy_cost's end."""
+    graph = zoo.load("resnet18", "small")
+    greedy = baselines.get("greedy_cost").decide(graph, backend)
+    trajectory = greedy_trajectory(graph, backend, 4)
+    assert len(trajectory) == 4 and all(is_legal(graph, plan) for plan in trajectory)
+    groups = [graph.num_nodes, *(plan.num_groups for plan in trajectory), greedy.num_groups]
+    latencies = [latency(backend, graph, plan) for plan in (baselines.get("no_fusion").decide(graph),
+                                                               *trajectory, greedy)]
+    assert all(a > b for a, b in zip(groups, groups[1:])), groups
+    assert all(a > b for a, b in zip(latencies, latencies[1:])), latencies
+    assert greedy_trajectory(graph, backend, 0) == []
+    with pytest.raises(ValueError, match="trajectory points"):
+        greedy_trajectory(graph, backend, -1)

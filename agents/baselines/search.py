@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -125,14 +126,32 @@ def greedy_cost(graph: ComputeGraph, backend: LatencyBackend) -> Plan:
     return frontier.state.plan(_meta(evaluator, frontier.state))
 
 
-def _greedy_descent(graph: ComputeGraph, evaluator: Evaluator,
-                    state: PartitionState | None = None) -> MergeFrontier:
+def greedy_trajectory(graph: ComputeGraph, backend: LatencyBackend, points: int) -> list[Plan]:
+    """``points`` plans spaced evenly along greedy_cost's descent, strictly between its start
+    (every node alone) and its end (greedy_cost's plan): what the search visits on the way,
+    plans of every degree of fusion, for a cost model's training data. Fewer when the
+    descent has fewer intermediate steps."""
+    if points < 0:
+        raise ValueError(f"trajectory points must be 0 or more, got {points}")
+    evaluator = _evaluator(graph, backend, None)
+    visited: list[Plan] = []
+    _greedy_descent(graph, evaluator, on_step=lambda state: visited.append(state.plan(_meta(evaluator, state))))
+    merges = len(visited)                 # visited[k - 1]: the plan after k merges; the last is greedy_cost's
+    steps = np.unique(np.round(np.arange(1, points + 1) * merges / (points + 1)).astype(int))
+    return [visited[k - 1] for k in steps if 1 <= k < merges]
+
+
+def _greedy_descent(graph: ComputeGraph, evaluator: Evaluator, state: PartitionState | None = None,
+                    on_step: Callable[[PartitionState], None] | None = None) -> MergeFrontier:
+    """Apply the best-gain merge until none gains; ``on_step`` sees the state after each merge."""
     frontier = MergeFrontier.start(state or PartitionState.singletons(graph, evaluator=evaluator), evaluator)
     while not evaluator.exhausted:
         best = frontier.best_merges(1)
         if not best:
             break
         frontier.apply(best[0][1], best[0][2])
+        if on_step is not None:
+            on_step(frontier.state)
     return frontier
 
 
