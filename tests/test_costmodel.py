@@ -221,7 +221,7 @@ def test_compiled_network_matches_torch_at_the_fast_and_the_plain_widths(dataset
     """The C kernel holds rows in AVX registers at 16/32 units and loops otherwise: both
     compute the torch network's numbers, alone and inside a whole plan."""
     torch.manual_seed(1)
-    net = GroupGNN(len(dataset.op_vocab), len(dataset.schedules), hidden=hidden, head=head)
+    net = GroupGNN(len(dataset.op_vocab), len(dataset.schedules), hidden=hidden, head=head, edge_features=True)
     model = build_model(net, dataset.op_vocab, dataset.schedules, PROFILE.to_dict(), {"data_hash": "untrained"})
     samples = dataset.subset("test")[:20]
     alone = [model.predict_group_log_us(measured.graphs[d.graph_hash], d.nodes.tolist(),

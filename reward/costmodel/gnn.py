@@ -68,15 +68,15 @@ class TrainResult:
 
 class GroupGNN(nn.Module):
     """Node encoder, one message pass over internal edges (each message: the producer's state
-    and the edge's features), mean pooling, MLP head on the pooled nodes, the group features and
-    the analytical prior; outputs the standardized residual.
+    and, with ``edge_features``, the edge's features), mean pooling, MLP head on the pooled
+    nodes, the group features and the analytical prior; outputs the standardized residual.
 
     Mean, not sum: a test model's fused groups are larger than most a training model has
     (64-node ResNet-50 kernels), and summed node states of such a group lie outside what the
     head was fitted on, while their mean does not; the group's size enters as ``log_nodes``."""
 
     def __init__(self, num_ops: int, num_schedules: int, hidden: int = 16, head: int = 32,
-                 edge_features: bool = True) -> None:
+                 edge_features: bool = False) -> None:
         super().__init__()
         self.op_embedding = nn.Embedding(num_ops, hidden)
         self.node_in = nn.Linear(len(NODE_FEATURES), hidden)
