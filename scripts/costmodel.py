@@ -9,7 +9,10 @@ measurement, scored as if it were a model: the ceiling any model is held to.
 ``fusiongym costmodel online --data data.pt --model DIR --store STORE`` streams the test
 models' measured groups (shuffled with --seed) through online updates of the GNN, as an env
 on a real backend would meet them: DIR/online.csv and online.png, the error of the updated
-model against the model as trained.
+model against the model as trained. Then, per test graph and K of --seen-plans, a fresh
+learner meets the groups of the graph's first K plans only, and both models rank the other
+plans: DIR/online-plans.csv and .png. --anchor sets how hard updates are held to the trained
+weights (``OnlineConfig.anchor``).
 ``fusiongym costmodel seeds --data data.pt --out DIR --loss L --seeds N`` trains the GNN
 with seeds 0..N-1 and scores each on val and test: DIR/seeds-L.csv (one row per seed and
 split) and seeds-L.png (each seed's plan τ), and the mean, min and max per split, printed.
@@ -42,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train, seeds, heldout: messages also carry the edges' features (bytes, size ratio)")
     parser.add_argument("--weight-decay", type=float, default=None,
                         help="train, seeds: Adam's L2 weight decay (default: TrainConfig's)")
+    parser.add_argument("--anchor", type=float, default=None,
+                        help="online: weight of the updates' pull toward the trained weights (default: OnlineConfig's; "
+                             "0 fits new groups hardest and reorders plans most)")
+    parser.add_argument("--seen-plans", default="3,8,16",
+                        help="online: comma-separated K: feed each test graph's first K plans, rank its others")
     parser.add_argument("--store", default=None,
                         help="online: the measurement store the dataset was exported from (default: $FUSIONGYM_STORE "
                              "or ~/.cache)")
@@ -80,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
               f"{folder / BOOSTED_FILE}")
         return 0
     if args.action == "online":
-        return _online(dataset, CostModel.load(folder / GNN_FILE), args.store, args.seed, folder)
+        seen_plans = [int(count) for count in args.seen_plans.split(",") if count]
+        return _online(dataset, CostModel.load(folder / GNN_FILE), args.store, args.seed, args.anchor, seen_plans,
+                       folder)
     remeasured = CostDataset.load(args.remeasured) if args.remeasured else None
     rows, predicted = compare(dataset, CostModel.load(folder / GNN_FILE), BoostedModel.load(folder / BOOSTED_FILE),
                               remeasured)
@@ -105,22 +115,25 @@ def _seeds(dataset, config, seeds: int, folder) -> int:
 
 
 def _held_out(dataset, config, folder) -> int:
-    from fusiongym.reward.costmodel.evaluate import leave_one_model_out, spread_summary, write_held_out_report
+    from fusiongym.reward.costmodel.evaluate import leave_one_model_out, spread_summary, write_paired_report
     from fusiongym.reward.costmodel.metrics import markdown_table
 
     rows = leave_one_model_out(dataset, config)
-    paths = write_held_out_report(rows, folder / f"heldout-{config.loss}.csv")
+    paths = write_paired_report(rows, folder / f"heldout-{config.loss}.csv", ("gnn", "analytical"),
+                                "Kendall τ of plans, model held out of training")
     print(markdown_table([*rows, *(summary for name in ("gnn", "analytical")
                                    for summary in spread_summary(rows, name, what="held-out models"))]))
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 
 
-def _online(dataset, model, store: str | None, seed: int, folder) -> int:
+def _online(dataset, model, store: str | None, seed: int, anchor: float | None, seen_plans: list[int],
+            folder) -> int:
     import numpy as np
 
-    from fusiongym.reward.costmodel.evaluate import write_stream_report
-    from fusiongym.reward.costmodel.online import OnlineLearner, stream_groups
+    from fusiongym.reward.costmodel.evaluate import online_plan_ranking, write_paired_report, write_stream_report
+    from fusiongym.reward.costmodel.metrics import markdown_table
+    from fusiongym.reward.costmodel.online import OnlineConfig, OnlineLearner, stream_groups
     from fusiongym.reward.costmodel.records import CostModelError, load_measured_set
 
     measured = load_measured_set(store)
@@ -130,7 +143,8 @@ def _online(dataset, model, store: str | None, seed: int, folder) -> int:
         raise CostModelError(f"the store holds no group of the dataset's test models {sorted(test_models)}; "
                              f"pass the --store the dataset was exported from")
     stream = [stream[i] for i in np.random.default_rng(seed).permutation(len(stream))]
-    learner = OnlineLearner(model, replay=dataset.subset("train"))
+    config = OnlineConfig(seed=seed) if anchor is None else OnlineConfig(seed=seed, anchor=anchor)
+    learner = OnlineLearner(model, config, replay=dataset.subset("train"))
     errors = stream_groups(learner, stream, measured.graphs)
     paths = write_stream_report(errors, folder)
     quarter = max(len(stream) // 4, 1)
@@ -138,5 +152,9 @@ def _online(dataset, model, store: str | None, seed: int, folder) -> int:
           f"mean |ln error| over the last {quarter}: updated {errors.online[-quarter:].mean():.3f}, "
           f"as trained {errors.frozen[-quarter:].mean():.3f} (first {quarter}: "
           f"{errors.online[:quarter].mean():.3f} / {errors.frozen[:quarter].mean():.3f})")
+    rows = online_plan_ranking(dataset, model, measured.graphs, seen_plans, config)
+    paths += write_paired_report(rows, folder / "online-plans.csv", ("as trained", "updated"),
+                                 "Kendall τ of the plans not seen")
+    print(markdown_table(rows))
     print("wrote " + ", ".join(map(str, paths)))
     return 0

@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
 from torch_geometric.data import Batch, Data
 from tqdm import tqdm
+
+from fusiongym.graphs import ComputeGraph
 
 from ..store import atomic_output
 from .boosted import BoostedModel
@@ -23,7 +25,7 @@ from .dataset import CostDataset
 from .gnn import GroupGNN, TrainConfig, train_gnn
 from .metrics import Metrics, markdown_table, over_numbers, score, write_csv
 from .model import CostModel
-from .online import StreamErrors, moving_mean
+from .online import OnlineConfig, OnlineLearner, StreamErrors, moving_mean
 from .records import CostModelError
 
 GNN_FILE = "model.npz"
@@ -162,6 +164,40 @@ def leave_one_model_out(dataset: CostDataset, config: TrainConfig) -> list[Metri
     return rows
 
 
+def online_plan_ranking(dataset: CostDataset, model: CostModel, graphs: Mapping[str, ComputeGraph],
+                        seen_plans: Sequence[int], config: OnlineConfig = OnlineConfig()) -> list[Metrics]:
+    """Does feedback on a new model's first plans help rank its other plans? For each test graph
+    and each K of ``seen_plans``, a fresh learner is fed the measured groups of the graph's first
+    K plans, in the order they were logged (baselines, random, annealing, trajectory), as an env
+    on a real backend would meet them. The model as trained and the updated one are then scored
+    on the graph's other plans (plan τ) and on those plans' groups the learner never saw."""
+    measured = measured_us(dataset)
+    as_trained = np.exp(gnn_log_us(model, dataset.samples))
+    by_graph: dict[str, list[dict]] = {}
+    for plan in plans_of_split(dataset, "test"):
+        by_graph.setdefault(plan["graph_hash"], []).append(plan)
+    cases = [(graph_hash, count) for graph_hash in by_graph for count in seen_plans]
+    rows = []
+    for graph_hash, count in tqdm(cases, desc="online plan ranking", unit="case", dynamic_ncols=True):
+        plans = by_graph[graph_hash]
+        seen = sorted({index for plan in plans[:count] for index in plan["samples"]})
+        rest = plans[count:]
+        unseen = sorted({index for plan in rest for index in plan["samples"]} - set(seen))
+        name = f"{plans[0]['model']}, {count} plans seen"
+        if len(rest) < 2 or len(unseen) < 2:
+            raise CostModelError(f"{name}: {len(rest)} other plans with {len(unseen)} groups never seen are left "
+                                 f"to score ({len(plans)} measured). Fix: pass smaller --seen-plans")
+        learner = OnlineLearner(model, config, replay=dataset.subset("train"))
+        for index in seen:
+            sample = dataset.samples[index]
+            learner.observe(graphs[graph_hash], sample.nodes.tolist(), dataset.schedules[int(sample.schedule)],
+                            float(measured[index]))
+        updated = np.exp(gnn_log_us(learner.model, dataset.samples))
+        rows += [score(f"{name}, as trained", as_trained, measured, unseen, rest),
+                 score(f"{name}, updated", updated, measured, unseen, rest)]
+    return rows
+
+
 def remeasured_us(dataset: CostDataset, remeasured: CostDataset, samples: Sequence[int]) -> np.ndarray:
     """[num_samples] µs: ``dataset``'s own measurement, replaced for ``samples`` by the same
     group's (graph, nodes, schedule) measurement in ``remeasured``."""
@@ -239,23 +275,26 @@ def write_stream_report(errors: StreamErrors, folder: str | os.PathLike, window:
     return [csv_path, _save_png(figure, folder / "online.png")]
 
 
-def write_held_out_report(rows: Sequence[Metrics], path: str | os.PathLike) -> list[Path]:
-    """``leave_one_model_out``'s rows as a CSV at ``path`` and, beside it, a PNG of the GNN's and
-    the analytical backend's plan τ on each held-out model."""
+def write_paired_report(rows: Sequence[Metrics], path: str | os.PathLike, pair: tuple[str, str], ylabel: str
+                        ) -> list[Path]:
+    """``rows`` as a CSV at ``path`` and, beside it, a PNG of plan τ in two bars per case: the
+    rows named ``"<case>, <pair[0]>"`` and ``"<case>, <pair[1]>"`` (``leave_one_model_out``'s
+    GNN and analytical backend per held-out model, ``online_plan_ranking``'s model as trained
+    and updated per test graph and number of plans seen)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     csv_path = write_csv(rows, path)
-    held_out = [row.model.rsplit(", ", 1)[0] for row in rows if row.model.endswith(", gnn")]
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(held_out)), 4))
+    cases = [row.model.rsplit(", ", 1)[0] for row in rows if row.model.endswith(f", {pair[0]}")]
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(cases)), 4))
     width = 0.4
-    for offset, name in ((-width / 2, "gnn"), (width / 2, "analytical")):
+    for offset, name in ((-width / 2, pair[0]), (width / 2, pair[1])):
         taus = [row.plan_tau for row in rows if row.model.endswith(f", {name}")]
-        axis.bar(np.arange(len(held_out)) + offset, taus, width, label=name)
-    axis.set_xticks(np.arange(len(held_out)), held_out, rotation=30, ha="right")
-    axis.set_ylabel("Kendall τ of plans, model held out of training")
+        axis.bar(np.arange(len(cases)) + offset, taus, width, label=name)
+    axis.set_xticks(np.arange(len(cases)), cases, rotation=30, ha="right")
+    axis.set_ylabel(ylabel)
     axis.axhline(0, color="k", linewidth=0.6)
     axis.legend()
     return [csv_path, _save_png(figure, csv_path.with_suffix(".png"))]
