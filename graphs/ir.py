@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from enum import IntEnum
-from collections import OrderedDict
 from typing import TYPE_CHECKING, Any, Callable, Generic, Iterable, Mapping, TypeVar
 
 import numpy as np
@@ -513,6 +513,8 @@ class StructureCache(Generic[Structural]):
         else:
             self._by_key.move_to_end(key)
         return found
+
+
 _NO_PROGRAM: Any = object()   # ComputeGraph._program of a template ShapeProgram cannot compile
 
 

@@ -382,6 +382,7 @@ class AnalyticalBackend(LatencyBackend):
             self._costs_cache.move_to_end(key)
         return costs
 
+
 def _one_plan_us(costs: _GraphCosts, group_of: np.ndarray, schedule_of_group: np.ndarray) -> np.ndarray:
     """[G] µs of one plan: ``evaluate``'s numbers in one C pass (``reward/roofline.c``)."""
     group_us = np.empty(len(schedule_of_group), dtype=np.float64)

@@ -23,8 +23,9 @@ from fusiongym.reward.devices import get_profile
 from fusiongym.reward.costmodel import CostModelError, MeasuredSet, ProfileLog, load_measured_set
 from fusiongym.reward.costmodel.dataset import CostDataset, build_dataset
 from fusiongym.reward.costmodel.features import GraphTensors, group_example, plan_features
-from fusiongym.reward.costmodel.evaluate import (compare, gnn_log_us, online_plan_ranking, remeasured_us,
-                                                 train_models, write_paired_report, write_stream_report)
+from fusiongym.reward.costmodel.evaluate import (compare, gnn_log_us, measured_us, online_plan_ranking,
+                                                 remeasured_us, train_models, write_paired_report,
+                                                 write_stream_report)
 from fusiongym.reward.costmodel.gnn import GroupGNN, PlanRankingLoss, TrainConfig, build_model, train_gnn
 from fusiongym.reward.costmodel.metrics import score
 from fusiongym.reward.costmodel.model import CostModel
@@ -139,7 +140,7 @@ def test_heldout_trains_without_each_model_and_scores_it_beside_the_roofline(dat
     pool = sorted({d.model for split in ("train", "val") for d in dataset.subset(split)})
     assert len(pool) == 2 and HELD_OUT not in pool
     assert sorted(rows) == sorted(f"{model}, {name}" for model in pool for name in ("gnn", "analytical"))
-    measured = np.exp(np.array([float(d.y) for d in dataset.samples]))
+    measured = measured_us(dataset)
     analytical = np.array([float(d.analytical_us) for d in dataset.samples])
     for model in pool:
         groups = [i for i, d in enumerate(dataset.samples) if d.model == model]
@@ -159,7 +160,7 @@ def test_a_second_measurement_is_scored_group_for_group(dataset, tmp_path):
     for data in other.samples:
         data.y = data.y + np.log(1.1)                 # every group 10 % slower the second time
     test = dataset.indices("test")
-    measured = np.exp(np.array([float(d.y) for d in dataset.samples]))
+    measured = measured_us(dataset)
     again = remeasured_us(dataset, other, test)
     np.testing.assert_allclose(again[test], 1.1 * measured[test], rtol=1e-5)
     train = dataset.indices("train")
@@ -345,9 +346,8 @@ def test_online_plan_ranking_feeds_the_first_plans_and_scores_the_others(trained
     assert [row.model for row in rows] == [f"{HELD_OUT}, 3 plans seen, as trained", f"{HELD_OUT}, 3 plans seen, updated"]
     fed = {i for plan in plans[:3] for i in plan["samples"]}
     never_fed = sorted({i for plan in plans[3:] for i in plan["samples"]} - fed)
-    measured_us = np.exp(np.array([float(d.y) for d in dataset.samples]))
-    expected = score(rows[0].model, np.exp(gnn_log_us(trained.gnn, dataset.samples)), measured_us, never_fed,
-                     plans[3:])
+    expected = score(rows[0].model, np.exp(gnn_log_us(trained.gnn, dataset.samples)), measured_us(dataset),
+                     never_fed, plans[3:])
     assert rows[0] == expected and rows[0].plans == 5 and rows[0].groups == len(never_fed)
     assert rows[1].mape_pct != rows[0].mape_pct                     # the updated model predicts differently
     csv_path, png_path = write_paired_report(rows, tmp_path / "online-plans.csv", ("as trained", "updated"), "τ")

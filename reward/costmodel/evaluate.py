@@ -177,6 +177,7 @@ def online_plan_ranking(dataset: CostDataset, model: CostModel, graphs: Mapping[
     for plan in plans_of_split(dataset, "test"):
         by_graph.setdefault(plan["graph_hash"], []).append(plan)
     cases = [(graph_hash, count) for graph_hash in by_graph for count in seen_plans]
+    replay = dataset.subset("train")
     rows = []
     for graph_hash, count in tqdm(cases, desc="online plan ranking", unit="case", dynamic_ncols=True):
         plans = by_graph[graph_hash]
@@ -187,7 +188,7 @@ def online_plan_ranking(dataset: CostDataset, model: CostModel, graphs: Mapping[
         if len(rest) < 2 or len(unseen) < 2:
             raise CostModelError(f"{name}: {len(rest)} other plans with {len(unseen)} groups never seen are left "
                                  f"to score ({len(plans)} measured). Fix: pass smaller --seen-plans")
-        learner = OnlineLearner(model, config, replay=dataset.subset("train"))
+        learner = OnlineLearner(model, config, replay=replay)
         for index in seen:
             sample = dataset.samples[index]
             learner.observe(graphs[graph_hash], sample.nodes.tolist(), dataset.schedules[int(sample.schedule)],
