@@ -19,6 +19,10 @@ split) and seeds-L.png (each seed's plan τ), and the mean, min and max per spli
 ``fusiongym costmodel heldout --data data.pt --out DIR --loss L`` holds each train and val
 model out in turn, trains the GNN on the others and scores it and the analytical backend on
 the held-out model: DIR/heldout-L.csv and .png, and the mean, min and max over models.
+``fusiongym costmodel ablate --data data.pt --out DIR --loss L --seeds N`` trains the GNN on
+the whole train split and without each train model in turn, N seeds each, and scores it on
+every val and test model apart: DIR/ablation-L-seeds.csv (every seed), DIR/ablation-L.csv
+and .png (the mean over seeds: which training architectures each unseen one's plan τ rests on).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("train", "eval", "online", "seeds", "heldout"))
+    parser.add_argument("action", choices=("train", "eval", "online", "seeds", "heldout", "ablate"))
     parser.add_argument("--data", required=True, help="dataset from `fusiongym dataset export`")
     parser.add_argument("--out", default="runs/costmodel", help="train: folder for the models")
     parser.add_argument("--model", default=None, help="eval: folder holding the models (default: --out)")
@@ -40,9 +44,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "as one more model (how far the measurements agree with themselves)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, default=8, help="seeds: how many seeds to train and score")
+    parser.add_argument("--seeds", type=int, default=8, help="seeds, ablate: how many seeds to train and score")
     parser.add_argument("--edge-features", action="store_true",
-                        help="train, seeds, heldout: messages also carry the edges' features (bytes, size ratio)")
+                        help="train, seeds, heldout, ablate: messages also carry the edges' features "
+                             "(bytes, size ratio)")
     parser.add_argument("--weight-decay", type=float, default=None,
                         help="train, seeds: Adam's L2 weight decay (default: TrainConfig's)")
     parser.add_argument("--anchor", type=float, default=None,
@@ -76,10 +81,14 @@ def run(args: argparse.Namespace) -> int:
     for option, value in (("epochs", args.epochs), ("weight_decay", args.weight_decay)):
         if value is not None:
             config = dataclasses.replace(config, **{option: value})
+    if args.action in ("seeds", "ablate") and args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     if args.action == "seeds":
         return _seeds(dataset, config, args.seeds, folder)
     if args.action == "heldout":
         return _held_out(dataset, config, folder)
+    if args.action == "ablate":
+        return _ablate(dataset, config, args.seeds, folder)
     if args.action == "train":
         trained = train_models(dataset, config, folder)
         gnn_path = folder / GNN_FILE
@@ -104,8 +113,6 @@ def _seeds(dataset, config, seeds: int, folder) -> int:
     from fusiongym.reward.costmodel.evaluate import seed_spread, spread_summary, write_seed_report
     from fusiongym.reward.costmodel.metrics import markdown_table
 
-    if seeds < 1:
-        raise ValueError(f"--seeds must be at least 1, got {seeds}")
     rows = seed_spread(dataset, config, seeds)
     paths = write_seed_report(rows, folder / f"seeds-{config.loss}.csv")
     splits = [split for split in ("val", "test") if any(row.model.endswith(f", {split}") for row in rows)]
@@ -115,14 +122,29 @@ def _seeds(dataset, config, seeds: int, folder) -> int:
 
 
 def _held_out(dataset, config, folder) -> int:
-    from fusiongym.reward.costmodel.evaluate import leave_one_model_out, spread_summary, write_paired_report
+    from fusiongym.reward.costmodel.evaluate import leave_one_model_out, spread_summary, write_bar_report
     from fusiongym.reward.costmodel.metrics import markdown_table
 
     rows = leave_one_model_out(dataset, config)
-    paths = write_paired_report(rows, folder / f"heldout-{config.loss}.csv", ("gnn", "analytical"),
-                                "Kendall τ of plans, model held out of training")
+    paths = write_bar_report(rows, folder / f"heldout-{config.loss}.csv", ("gnn", "analytical"),
+                             "Kendall τ of plans, model held out of training")
     print(markdown_table([*rows, *(summary for name in ("gnn", "analytical")
                                    for summary in spread_summary(rows, name, what="held-out models"))]))
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _ablate(dataset, config, seeds: int, folder) -> int:
+    from fusiongym.reward.costmodel.evaluate import ablation_means, training_model_ablation, write_bar_report
+    from fusiongym.reward.costmodel.metrics import markdown_table, write_csv
+
+    rows = training_model_ablation(dataset, config, seeds)
+    means = ablation_means(rows)
+    scored = list(dict.fromkeys(row.model.rsplit(", ", 1)[1] for row in means))
+    paths = [write_csv(rows, folder / f"ablation-{config.loss}-seeds.csv"),
+             *write_bar_report(means, folder / f"ablation-{config.loss}.csv", scored,
+                               f"Kendall τ of plans, mean of {seeds} seeds")]
+    print(markdown_table(means))
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 
@@ -131,7 +153,7 @@ def _online(dataset, model, store: str | None, seed: int, anchor: float | None, 
             folder) -> int:
     import numpy as np
 
-    from fusiongym.reward.costmodel.evaluate import online_plan_ranking, write_paired_report, write_stream_report
+    from fusiongym.reward.costmodel.evaluate import online_plan_ranking, write_bar_report, write_stream_report
     from fusiongym.reward.costmodel.metrics import markdown_table
     from fusiongym.reward.costmodel.online import OnlineConfig, OnlineLearner, stream_groups
     from fusiongym.reward.costmodel.records import CostModelError, load_measured_set
@@ -153,8 +175,8 @@ def _online(dataset, model, store: str | None, seed: int, anchor: float | None, 
           f"as trained {errors.frozen[-quarter:].mean():.3f} (first {quarter}: "
           f"{errors.online[:quarter].mean():.3f} / {errors.frozen[:quarter].mean():.3f})")
     rows = online_plan_ranking(dataset, model, measured.graphs, seen_plans, config)
-    paths += write_paired_report(rows, folder / "online-plans.csv", ("as trained", "updated"),
-                                 "Kendall τ of the plans not seen")
+    paths += write_bar_report(rows, folder / "online-plans.csv", ("as trained", "updated"),
+                              "Kendall τ of the plans not seen")
     print(markdown_table(rows))
     print("wrote " + ", ".join(map(str, paths)))
     return 0

@@ -24,8 +24,8 @@ from fusiongym.reward.costmodel import CostModelError, MeasuredSet, ProfileLog, 
 from fusiongym.reward.costmodel.dataset import CostDataset, build_dataset
 from fusiongym.reward.costmodel.features import GraphTensors, group_example, plan_features
 from fusiongym.reward.costmodel.evaluate import (compare, gnn_log_us, measured_us, online_plan_ranking,
-                                                 remeasured_us, train_models, write_paired_report,
-                                                 write_stream_report)
+                                                 remeasured_us, train_models, training_model_ablation,
+                                                 write_bar_report, write_stream_report)
 from fusiongym.reward.costmodel.gnn import GroupGNN, PlanRankingLoss, TrainConfig, build_model, train_gnn
 from fusiongym.reward.costmodel.metrics import score
 from fusiongym.reward.costmodel.model import CostModel
@@ -150,6 +150,40 @@ def test_heldout_trains_without_each_model_and_scores_it_beside_the_roofline(dat
         assert float(rows[f"{model}, gnn"]["group_tau"]) != float(rows[f"{model}, analytical"]["group_tau"])
     assert (tmp_path / "heldout-mse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "mean of 2 held-out models, gnn" in capsys.readouterr().out
+
+
+def test_ablate_trains_without_each_training_model_and_scores_every_unseen_one(dataset, tmp_path, capsys):
+    """``costmodel ablate``: the GNN trained on all train models and without each in turn, per
+    seed, scored on the test model; its "all" models are the very ones ``costmodel seeds`` trains.
+    (The fixture's val model joins the train split: ablating needs two training models.)"""
+    with pytest.raises(CostModelError, match=r"two or more of them, the train split has \['bert'\].*Fix: profile"):
+        training_model_ablation(dataset, TrainConfig(epochs=10), 1)
+    split = ["train" if split == "val" else split for split in dataset.split]
+    source = {**dataset.source, "models": {"train": ["bert", "mixtral_moe"], "val": [], "test": [HELD_OUT]}}
+    two_trained = CostDataset(dataset.samples, split, dataset.op_vocab, dataset.schedules, dataset.plans, source)
+    data = two_trained.save(tmp_path / "data.pt")
+    options = ["--data", str(data), "--out", str(tmp_path), "--seeds", "2", "--epochs", "60"]
+    assert main(["costmodel", "ablate", *options]) == 0
+    assert f"| no bert, {HELD_OUT} |" in capsys.readouterr().out
+    assert main(["costmodel", "seeds", *options]) == 0
+
+    def rows(name: str) -> dict[str, dict]:
+        with open(tmp_path / name, encoding="utf-8") as handle:
+            return {row["model"]: row for row in csv.DictReader(handle)}
+
+    ablation, seeds, means = rows("ablation-mse-seeds.csv"), rows("seeds-mse.csv"), rows("ablation-mse.csv")
+    labels = ["all", "no bert", "no mixtral_moe"]
+    assert list(ablation) == [f"{label}, seed {seed}, {HELD_OUT}" for label in labels for seed in range(2)]
+    assert list(means) == [f"{label}, {HELD_OUT}" for label in labels]
+    for seed in range(2):
+        mape = {label: float(ablation[f"{label}, seed {seed}, {HELD_OUT}"]["mape_pct"]) for label in labels}
+        assert mape["all"] == float(seeds[f"seed {seed}, test"]["mape_pct"])
+        assert len(set(mape.values())) == 3                       # each training set makes another model
+    for label in labels:
+        per_seed = [float(ablation[f"{label}, seed {seed}, {HELD_OUT}"]["mape_pct"]) for seed in range(2)]
+        assert float(means[f"{label}, {HELD_OUT}"]["mape_pct"]) == pytest.approx(np.mean(per_seed))
+        assert int(means[f"{label}, {HELD_OUT}"]["groups"]) == len(dataset.indices("test"))
+    assert (tmp_path / "ablation-mse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_second_measurement_is_scored_group_for_group(dataset, tmp_path):
@@ -350,7 +384,7 @@ def test_online_plan_ranking_feeds_the_first_plans_and_scores_the_others(trained
                      never_fed, plans[3:])
     assert rows[0] == expected and rows[0].plans == 5 and rows[0].groups == len(never_fed)
     assert rows[1].mape_pct != rows[0].mape_pct                     # the updated model predicts differently
-    csv_path, png_path = write_paired_report(rows, tmp_path / "online-plans.csv", ("as trained", "updated"), "τ")
+    csv_path, png_path = write_bar_report(rows, tmp_path / "online-plans.csv", ("as trained", "updated"), "τ")
     assert len(csv_path.read_text().splitlines()) == 3 and png_path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(CostModelError, match="pass smaller --seen-plans"):
         online_plan_ranking(data, trained.gnn, measured.graphs, [7], config)

@@ -164,6 +164,45 @@ def leave_one_model_out(dataset: CostDataset, config: TrainConfig) -> list[Metri
     return rows
 
 
+ALL_TRAINING_MODELS = "all"
+
+
+def training_model_ablation(dataset: CostDataset, config: TrainConfig, seeds: int) -> list[Metrics]:
+    """Which training architectures a model's scores on the unseen ones rest on. The GNN is
+    trained on the whole train split (label ``"all"``) and without each train model in turn
+    (``"no <model>"``), with seeds 0..seeds-1 (validation: the val split, as in ``seed_spread``),
+    and scored on every val and test model apart. Rows: ``"<label>, seed <s>, <scored model>"``."""
+    measured = measured_us(dataset)
+    train = dataset.indices("train")
+    models = sorted({dataset.samples[i].model for i in train})
+    if len(models) < 2:
+        raise CostModelError(f"ablating training models needs two or more of them, the train split has {models}. "
+                             f"Fix: profile more models, or re-export holding out fewer")
+    scored = [model for split in ("val", "test") for model in dataset.source.get("models", {}).get(split, [])]
+    cases = [(dropped, seed) for dropped in (None, *models) for seed in range(seeds)]   # None: drop nothing
+    rows = []
+    for dropped, seed in tqdm(cases, desc=f"training-model ablation ({config.loss})", unit="model",
+                              dynamic_ncols=True):
+        label = ALL_TRAINING_MODELS if dropped is None else f"no {dropped}"
+        kept = [i for i in train if dataset.samples[i].model != dropped]
+        trained = train_gnn([dataset.samples[i] for i in kept], dataset.subset("val"), dataset.op_vocab,
+                            dataset.schedules, analytical_profile(dataset), replace(config, seed=seed),
+                            plans=dataset.plans_within(kept))
+        predicted = np.exp(gnn_log_us(trained.model, dataset.samples))
+        for model in scored:
+            samples = [i for i, data in enumerate(dataset.samples) if data.model == model]
+            plans = [plan for plan in dataset.plans if plan["model"] == model]
+            rows.append(score(f"{label}, seed {seed}, {model}", predicted, measured, samples, plans))
+    return rows
+
+
+def ablation_means(rows: Sequence[Metrics]) -> list[Metrics]:
+    """``training_model_ablation``'s rows averaged over seeds: one ``"<label>, <scored model>"`` row each."""
+    cases = dict.fromkeys((row.model.split(", seed ")[0], row.model.rsplit(", ", 1)[1]) for row in rows)
+    return [replace(spread_summary([row for row in rows if row.model.startswith(f"{label}, seed ")], scored)[0],
+                    model=f"{label}, {scored}") for label, scored in cases]
+
+
 def online_plan_ranking(dataset: CostDataset, model: CostModel, graphs: Mapping[str, ComputeGraph],
                         seen_plans: Sequence[int], config: OnlineConfig = OnlineConfig()) -> list[Metrics]:
     """Does feedback on a new model's first plans help rank its other plans? For each test graph
@@ -276,24 +315,25 @@ def write_stream_report(errors: StreamErrors, folder: str | os.PathLike, window:
     return [csv_path, _save_png(figure, folder / "online.png")]
 
 
-def write_paired_report(rows: Sequence[Metrics], path: str | os.PathLike, pair: tuple[str, str], ylabel: str
-                        ) -> list[Path]:
-    """``rows`` as a CSV at ``path`` and, beside it, a PNG of plan τ in two bars per case: the
-    rows named ``"<case>, <pair[0]>"`` and ``"<case>, <pair[1]>"`` (``leave_one_model_out``'s
-    GNN and analytical backend per held-out model, ``online_plan_ranking``'s model as trained
-    and updated per test graph and number of plans seen)."""
+def write_bar_report(rows: Sequence[Metrics], path: str | os.PathLike, series: Sequence[str], ylabel: str
+                     ) -> list[Path]:
+    """``rows`` as a CSV at ``path`` and, beside it, a PNG of plan τ in one bar per series for
+    each case: the rows named ``"<case>, <series>"`` (``leave_one_model_out``'s GNN and
+    analytical backend per held-out model, ``online_plan_ranking``'s model as trained and
+    updated per test graph and number of plans seen, ``ablation_means``' scored models per
+    training set)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     csv_path = write_csv(rows, path)
-    cases = [row.model.rsplit(", ", 1)[0] for row in rows if row.model.endswith(f", {pair[0]}")]
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.9 * len(cases)), 4))
-    width = 0.4
-    for offset, name in ((-width / 2, pair[0]), (width / 2, pair[1])):
+    cases = [row.model.rsplit(", ", 1)[0] for row in rows if row.model.endswith(f", {series[0]}")]
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.45 * len(series) * len(cases)), 4))
+    width = 0.8 / len(series)
+    for number, name in enumerate(series):
         taus = [row.plan_tau for row in rows if row.model.endswith(f", {name}")]
-        axis.bar(np.arange(len(cases)) + offset, taus, width, label=name)
+        axis.bar(np.arange(len(cases)) + (number - (len(series) - 1) / 2) * width, taus, width, label=name)
     axis.set_xticks(np.arange(len(cases)), cases, rotation=30, ha="right")
     axis.set_ylabel(ylabel)
     axis.axhline(0, color="k", linewidth=0.6)
