@@ -12,7 +12,8 @@ on a real backend would meet them: DIR/online.csv and online.png, the error of t
 model against the model as trained. Then, per test graph and K of --seen-plans, a fresh
 learner meets the groups of the graph's first K plans only, and both models rank the other
 plans: DIR/online-plans.csv and .png. --anchor sets how hard updates are held to the trained
-weights (``OnlineConfig.anchor``).
+weights (``OnlineConfig.anchor``), --plan-weight how much the order of the plans fed counts
+(``OnlineConfig.plan_weight``).
 ``fusiongym costmodel seeds --data data.pt --out DIR --loss L --seeds N`` trains the GNN
 with seeds 0..N-1 and scores each on val and test: DIR/seeds-L.csv (one row per seed and
 split) and seeds-L.png (each seed's plan τ), and the mean, min and max per split, printed.
@@ -53,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--anchor", type=float, default=None,
                         help="online: weight of the updates' pull toward the trained weights (default: OnlineConfig's; "
                              "0 fits new groups hardest and reorders plans most)")
+    parser.add_argument("--plan-weight", type=float, default=None,
+                        help="online: weight of the plans' ranking term in the updates (default: OnlineConfig's; "
+                             "0 learns from groups alone)")
     parser.add_argument("--seen-plans", default="3,8,16",
                         help="online: comma-separated K: feed each test graph's first K plans, rank its others")
     parser.add_argument("--store", default=None,
@@ -97,9 +101,13 @@ def run(args: argparse.Namespace) -> int:
               f"{folder / BOOSTED_FILE}")
         return 0
     if args.action == "online":
+        from fusiongym.reward.costmodel.online import OnlineConfig
+
         seen_plans = [int(count) for count in args.seen_plans.split(",") if count]
-        return _online(dataset, CostModel.load(folder / GNN_FILE), args.store, args.seed, args.anchor, seen_plans,
-                       folder)
+        overrides = {name: value for name, value in (("anchor", args.anchor), ("plan_weight", args.plan_weight))
+                     if value is not None}
+        online_config = OnlineConfig(seed=args.seed, **overrides)
+        return _online(dataset, CostModel.load(folder / GNN_FILE), args.store, online_config, seen_plans, folder)
     remeasured = CostDataset.load(args.remeasured) if args.remeasured else None
     rows, predicted = compare(dataset, CostModel.load(folder / GNN_FILE), BoostedModel.load(folder / BOOSTED_FILE),
                               remeasured)
@@ -149,13 +157,12 @@ def _ablate(dataset, config, seeds: int, folder) -> int:
     return 0
 
 
-def _online(dataset, model, store: str | None, seed: int, anchor: float | None, seen_plans: list[int],
-            folder) -> int:
+def _online(dataset, model, store: str | None, config, seen_plans: list[int], folder) -> int:
     import numpy as np
 
     from fusiongym.reward.costmodel.evaluate import online_plan_ranking, write_bar_report, write_stream_report
     from fusiongym.reward.costmodel.metrics import markdown_table
-    from fusiongym.reward.costmodel.online import OnlineConfig, OnlineLearner, stream_groups
+    from fusiongym.reward.costmodel.online import OnlineLearner, stream_groups
     from fusiongym.reward.costmodel.records import CostModelError, load_measured_set
 
     measured = load_measured_set(store)
@@ -164,8 +171,7 @@ def _online(dataset, model, store: str | None, seed: int, anchor: float | None, 
     if not stream:
         raise CostModelError(f"the store holds no group of the dataset's test models {sorted(test_models)}; "
                              f"pass the --store the dataset was exported from")
-    stream = [stream[i] for i in np.random.default_rng(seed).permutation(len(stream))]
-    config = OnlineConfig(seed=seed) if anchor is None else OnlineConfig(seed=seed, anchor=anchor)
+    stream = [stream[i] for i in np.random.default_rng(config.seed).permutation(len(stream))]
     learner = OnlineLearner(model, config, replay=dataset.subset("train"))
     errors = stream_groups(learner, stream, measured.graphs)
     paths = write_stream_report(errors, folder)

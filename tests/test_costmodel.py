@@ -23,7 +23,7 @@ from fusiongym.reward.devices import get_profile
 from fusiongym.reward.costmodel import CostModelError, MeasuredSet, ProfileLog, load_measured_set
 from fusiongym.reward.costmodel.dataset import CostDataset, build_dataset
 from fusiongym.reward.costmodel.features import GraphTensors, group_example, plan_features
-from fusiongym.reward.costmodel.evaluate import (compare, gnn_log_us, measured_us, online_plan_ranking,
+from fusiongym.reward.costmodel.evaluate import (compare, feed_plan, gnn_log_us, measured_us, online_plan_ranking,
                                                  remeasured_us, train_models, training_model_ablation,
                                                  write_bar_report, write_stream_report)
 from fusiongym.reward.costmodel.gnn import GroupGNN, PlanRankingLoss, TrainConfig, build_model, train_gnn
@@ -388,6 +388,64 @@ def test_online_plan_ranking_feeds_the_first_plans_and_scores_the_others(trained
     assert len(csv_path.read_text().splitlines()) == 3 and png_path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(CostModelError, match="pass smaller --seen-plans"):
         online_plan_ranking(data, trained.gnn, measured.graphs, [7], config)
+
+
+def test_plan_feedback_fits_the_order_of_the_plans_fed(trained, dataset, measured):
+    """``observe_plan``: with ``plan_weight`` the fine-tunes also fit the order of each graph's
+    plans fed (the bandit's arms, ranked by their rewards). One plan alone has nothing to
+    order and changes nothing; a plan or a group fed twice counts once."""
+    test = dataset.indices("test")
+    graph_hash = dataset.samples[test[0]].graph_hash
+    graph = measured.graphs[graph_hash]
+    members = [i for i in test if dataset.samples[i].graph_hash == graph_hash]
+    rng = np.random.default_rng(1)
+    plans = [sorted(rng.choice(members, size=5, replace=False).tolist()) for _ in range(8)]
+    measured_totals = [measured_us(dataset)[plan].sum() for plan in plans]
+
+    def fed(plan_weight: float, count: int) -> np.ndarray:   # [num_samples] µs of the updated model
+        learner = OnlineLearner(trained.gnn, OnlineConfig(update_every=1000, steps=100, plan_weight=plan_weight,
+                                                          seed=0), replay=dataset.subset("train"))
+        for plan in plans[:count]:
+            feed_plan(learner, dataset, graph, plan, measured_us(dataset))
+        learner.flush()
+        assert learner.updates == 1
+        return np.exp(gnn_log_us(learner.model, dataset.samples))
+
+    def fed_plans_tau(predicted: np.ndarray) -> float:
+        return kendall_tau(np.array([predicted[plan].sum() for plan in plans]), np.array(measured_totals))
+
+    groups_only, ranked = fed_plans_tau(fed(0.0, len(plans))), fed_plans_tau(fed(5.0, len(plans)))
+    print(f"Kendall tau of the {len(plans)} plans fed: groups only {groups_only:.3f}, plan feedback {ranked:.3f}")
+    assert ranked > groups_only
+    np.testing.assert_array_equal(fed(5.0, 1), fed(0.0, 1))
+
+    groups = [dataset.samples[index].nodes.tolist() for index in plans[0]]
+    schedules = [dataset.schedules[int(dataset.samples[index].schedule)] for index in plans[0]]
+    learner = OnlineLearner(trained.gnn, OnlineConfig(update_every=len(groups) + 2, steps=5, plan_weight=1.0,
+                                                      seed=0))
+    for _ in range(2):   # its groups and the plan count once: one short of an update
+        learner.observe_plan(graph, groups, schedules, [10.0] * len(groups))
+    assert learner.updates == 0 and len(learner.curve) == len(groups)
+    learner.observe_plan(graph, groups[1:], schedules[1:], [10.0] * (len(groups) - 1))   # a new plan, no new group
+    assert learner.updates == 1 and len(learner.curve) == len(groups)
+    with pytest.raises(ValueError, match="plan_weight must be 0 or more"):
+        OnlineConfig(plan_weight=-1.0)
+
+
+def test_online_backend_observes_each_new_group_once_and_hands_over_each_plan(trained, dataset, measured):
+    """An env asks its backend about the same groups again and again; the learner sees each
+    once. A whole plan's latency also hands the plan over (it counts toward the next update)."""
+    graph = measured.graphs[dataset.samples[dataset.indices("test")[0]].graph_hash]
+    plan = Plan.singletons(graph)
+    learner = OnlineLearner(trained.gnn, OnlineConfig(update_every=plan.num_groups + 1, steps=5, seed=0),
+                            replay=dataset.subset("train"))
+    online = OnlineBackend(get_backend("analytical"), learner)
+    for _ in range(2):
+        online.group_latency(graph, [0], "default")
+    assert len(learner.curve) == 1
+    report = online.latency(graph, plan)
+    assert len(learner.curve) == plan.num_groups and learner.updates == 1   # its groups, then the plan
+    assert report.total_us == pytest.approx(get_backend("analytical").latency(graph, plan).total_us)
 
 
 def test_streamed_groups_are_scored_before_learning_and_against_the_frozen_model(trained, dataset, measured,

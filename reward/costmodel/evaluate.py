@@ -204,16 +204,18 @@ def ablation_means(rows: Sequence[Metrics]) -> list[Metrics]:
 
 
 def online_plan_ranking(dataset: CostDataset, model: CostModel, graphs: Mapping[str, ComputeGraph],
-                        seen_plans: Sequence[int], config: OnlineConfig = OnlineConfig()) -> list[Metrics]:
-    """Does feedback on a new model's first plans help rank its other plans? For each test graph
-    and each K of ``seen_plans``, a fresh learner is fed the measured groups of the graph's first
-    K plans, in the order they were logged (baselines, random, annealing, trajectory), as an env
-    on a real backend would meet them. The model as trained and the updated one are then scored
-    on the graph's other plans (plan τ) and on those plans' groups the learner never saw."""
+                        seen_plans: Sequence[int], config: OnlineConfig = OnlineConfig(), split: str = "test"
+                        ) -> list[Metrics]:
+    """Does feedback on a new model's first plans help rank its other plans? For each graph of
+    ``split`` and each K of ``seen_plans``, a fresh learner is fed the graph's first K plans in
+    the order they were logged (baselines, random, annealing, trajectory), as an env on a real
+    backend would meet them: each plan's new groups (``observe``), then the plan
+    (``observe_plan``). The model as trained and the updated one are then scored on the
+    graph's other plans (plan τ) and on those plans' groups the learner never saw."""
     measured = measured_us(dataset)
     as_trained = np.exp(gnn_log_us(model, dataset.samples))
     by_graph: dict[str, list[dict]] = {}
-    for plan in plans_of_split(dataset, "test"):
+    for plan in plans_of_split(dataset, split):
         by_graph.setdefault(plan["graph_hash"], []).append(plan)
     cases = [(graph_hash, count) for graph_hash in by_graph for count in seen_plans]
     replay = dataset.subset("train")
@@ -228,14 +230,21 @@ def online_plan_ranking(dataset: CostDataset, model: CostModel, graphs: Mapping[
             raise CostModelError(f"{name}: {len(rest)} other plans with {len(unseen)} groups never seen are left "
                                  f"to score ({len(plans)} measured). Fix: pass smaller --seen-plans")
         learner = OnlineLearner(model, config, replay=replay)
-        for index in seen:
-            sample = dataset.samples[index]
-            learner.observe(graphs[graph_hash], sample.nodes.tolist(), dataset.schedules[int(sample.schedule)],
-                            float(measured[index]))
+        for plan in plans[:count]:
+            feed_plan(learner, dataset, graphs[graph_hash], plan["samples"], measured)
+        learner.flush()
         updated = np.exp(gnn_log_us(learner.model, dataset.samples))
         rows += [score(f"{name}, as trained", as_trained, measured, unseen, rest),
                  score(f"{name}, updated", updated, measured, unseen, rest)]
     return rows
+
+
+def feed_plan(learner: OnlineLearner, dataset: CostDataset, graph: ComputeGraph, samples: Sequence[int],
+               measured: np.ndarray) -> None:
+    """Hand ``learner`` one measured plan of ``dataset`` (its groups: ``samples``), as ``OnlineBackend`` does."""
+    learner.observe_plan(graph, [dataset.samples[index].nodes.tolist() for index in samples],
+                         [dataset.schedules[int(dataset.samples[index].schedule)] for index in samples],
+                         [float(measured[index]) for index in samples])
 
 
 def remeasured_us(dataset: CostDataset, remeasured: CostDataset, samples: Sequence[int]) -> np.ndarray:

@@ -5,8 +5,11 @@ it tries. ``OnlineBackend`` wraps that backend: it answers with the real latency
 each group it has not seen before to an ``OnlineLearner``, which first predicts it (the
 error of that prediction, made before learning from it, is the honest error curve), then
 puts it in a small replay buffer and, every ``update_every`` new groups, fine-tunes the
-model on the buffer for a few steps. ``learner.model`` is then a fresh numpy ``CostModel``
-ready for a ``learned`` backend.
+model on the buffer for a few steps. The env's reward is a whole plan's latency, so the
+backend also hands over each plan it measures (``observe_plan``): with ``plan_weight`` > 0 the
+fine-tunes also fit the order of the plans measured on each graph, the bandit's arms ranked
+by their rewards. ``learner.model`` is then a fresh numpy ``CostModel`` ready for a
+``learned`` backend.
 """
 
 from __future__ import annotations
@@ -22,10 +25,11 @@ from torch_geometric.data import Batch, Data
 
 from fusiongym.graphs import ComputeGraph
 
-from ..backend import GroupLatency, LatencyBackend
+from ..backend import GroupLatency, LatencyBackend, LatencyReport
+from ..plan import Plan
 from .dataset import example_data
 from .features import group_example
-from .gnn import GroupGNN, build_model
+from .gnn import GroupGNN, PlanRankingLoss, TrainConfig, build_model
 from .model import CostModel
 from .records import GroupSample
 
@@ -33,22 +37,27 @@ from .records import GroupSample
 @dataclass(frozen=True)
 class OnlineConfig:
     buffer_size: int = 256    # most recent groups kept for fine-tuning
-    update_every: int = 8     # new groups between fine-tunes
+    update_every: int = 8     # new groups and plans between fine-tunes
     steps: int = 40           # Adam steps per fine-tune, full batch over the buffer (+ replay)
     lr: float = 2e-3
     head_only: bool = True    # tune the pooling head only: a few dozen groups cannot retrain the encoder
     # weight of the squared distance of the tuned weights from the trained ones (L2-SP; the output
     # bias, which scales all plans of a graph alike, stays free). 0 fits new groups hardest, and can
     # reorder the plans a model ranks: fed a test graph's first 3-16 plans, the `plans` model's τ on
-    # the others fell from 0.59 to 0.30 (mean of 6) at 0 and stayed at 0.57 at 10 (chosen on val,
+    # the others fell from 0.59 to 0.43 (mean of 6) at 0 and stayed at 0.57 at 10 (chosen on val,
     # of 0, 1, 10), where the error on new groups falls little (`costmodel online --anchor`)
     anchor: float = 0.0
+    # weight of the plans' ranking term (the `plans` loss, ListMLE over the plans measured on each
+    # graph): the order the env is rewarded by. 0 learns from groups alone; 5 with anchor 10 (chosen
+    # on val, of 0, 1, 5) lifted the `plans` model's τ on the other plans to 0.68 (`--plan-weight`)
+    plan_weight: float = 0.0
+    plan_buffer_size: int = 64   # most recent distinct plans kept for the ranking term
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if not self.anchor >= 0:
-            raise ValueError(f"OnlineConfig.anchor must be 0 or more (0: no pull toward the trained weights), "
-                             f"got {self.anchor}")
+        for name in ("anchor", "plan_weight"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"OnlineConfig.{name} must be 0 or more (0: off), got {getattr(self, name)}")
 
 
 @dataclass(frozen=True)
@@ -58,6 +67,15 @@ class ErrorPoint:
     seen: int              # groups seen before this one
     updates: int           # fine-tunes done before this one
     abs_log_error: float   # |ln predicted µs - ln measured µs|
+
+
+@dataclass(frozen=True)
+class MeasuredPlan:
+    """A plan the learner was handed: ``key`` (graph hash, its groups and schedules) and one
+    sample per group, its measured µs the target."""
+
+    key: tuple
+    samples: list[Data]
 
 
 @dataclass
@@ -82,6 +100,8 @@ class OnlineLearner:
         self._anchored = [parameter for parameter in tuned if parameter is not self._net.out.bias]
         self._trained = [parameter.detach().clone() for parameter in self._anchored]
         self._buffer: deque[Data] = deque(maxlen=self.config.buffer_size)
+        self._plans: deque[MeasuredPlan] = deque(maxlen=self.config.plan_buffer_size)
+        self._seen: set[tuple[str, tuple[int, ...], str]] = set()   # (graph hash, nodes, schedule) observed
         self._pending = 0
         self._op_id = {op: i for i, op in enumerate(self.model.op_vocab)}
 
@@ -90,14 +110,40 @@ class OnlineLearner:
         log_us = math.log(measured_us)
         error = abs(self.model.predict_group_log_us(graph, nodes, schedule) - log_us)
         self.curve.append(ErrorPoint(len(self.curve), self.updates, error))
+        self._seen.add((graph.hash, tuple(nodes), schedule))
+        self._buffer.append(self._sample(graph, nodes, schedule, measured_us))
+        self._count_pending()
+        return error
+
+    def has_seen(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> bool:
+        """Whether this group was observed before (a backend asks again for groups it has measured)."""
+        return (graph.hash, tuple(nodes), schedule) in self._seen
+
+    def observe_plan(self, graph: ComputeGraph, groups: Sequence[Sequence[int]], schedules: Sequence[str],
+                     group_us: Sequence[float]) -> None:
+        """Learn from one measured plan of ``graph`` (its groups, their schedules and µs): its
+        groups not seen before are observed, and the plan is remembered for the ranking term
+        (a plan already remembered is not counted again)."""
+        for nodes, schedule, us in zip(groups, schedules, group_us):
+            if not self.has_seen(graph, nodes, schedule):
+                self.observe(graph, nodes, schedule, us)
+        key = (graph.hash, tuple((tuple(nodes), schedule) for nodes, schedule in zip(groups, schedules)))
+        if any(plan.key == key for plan in self._plans):
+            return
+        self._plans.append(MeasuredPlan(key, [self._sample(graph, nodes, schedule, us)
+                                              for nodes, schedule, us in zip(groups, schedules, group_us)]))
+        self._count_pending()
+
+    def _sample(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str, measured_us: float) -> Data:
         example = group_example(self.model.graph_tensors(graph), nodes)
         prior_log_us = self.model.prior.group_log_us(graph, nodes, schedule)
-        self._buffer.append(example_data(example, self._op_id, int(self.model.schedule_ids([schedule])[0]),
-                                         prior_log_us, log_us))
+        return example_data(example, self._op_id, int(self.model.schedule_ids([schedule])[0]), prior_log_us,
+                            math.log(measured_us))
+
+    def _count_pending(self) -> None:
         self._pending += 1
         if self._pending >= self.config.update_every:
             self.update()
-        return error
 
     def update(self) -> None:
         """Fine-tune on the buffer plus as many replayed training groups; rebuild the numpy model."""
@@ -107,9 +153,13 @@ class OnlineLearner:
         batch = Batch.from_data_list([*self._buffer, *replayed])
         net = self._net
         target = net.target(batch)
+        ranked = self._plan_ranking()
         net.train()
         for _ in range(self.config.steps):
             loss = torch.mean((net(batch) - target) ** 2) + self.config.anchor * self.distance_from_trained()
+            if ranked is not None:
+                plan_batch, ranking = ranked
+                loss = loss + self.config.plan_weight * ranking(net(plan_batch), None, self._rng)
             self._optimizer.zero_grad()
             loss.backward()
             self._optimizer.step()
@@ -120,6 +170,30 @@ class OnlineLearner:
                              "analytical_profile")}
         self.model = build_model(net, self.model.op_vocab, self.model.schedules, self.model.meta["analytical_profile"],
                                  {**meta, "online_updates": self.updates, "online_groups": len(self.curve)})
+
+    def flush(self) -> None:
+        """Fine-tune on what came since the last update, if anything did: before the model is
+        handed on, so the last groups and plans observed count."""
+        if self._pending:
+            self.update()
+
+    def _plan_ranking(self) -> tuple[Batch, PlanRankingLoss] | None:
+        """The remembered plans' groups as one batch and the ListMLE over each graph's plans;
+        None when the term is off or no graph has two plans yet."""
+        plans_of_graph: dict[str, list[MeasuredPlan]] = {}
+        for plan in self._plans:
+            plans_of_graph.setdefault(plan.key[0], []).append(plan)
+        ranked = [plan for plans in plans_of_graph.values() if len(plans) >= 2 for plan in plans]
+        if not self.config.plan_weight or not ranked:
+            return None
+        samples = [sample for plan in ranked for sample in plan.samples]
+        starts = np.cumsum([0, *(len(plan.samples) for plan in ranked)])
+        positions = [list(range(start, start + len(plan.samples))) for start, plan in zip(starts, ranked)]
+        graph_ids = np.unique([plan.key[0] for plan in ranked for _ in plan.samples], return_inverse=True)[1]
+        batch = Batch.from_data_list(samples)
+        net = self._net
+        return batch, PlanRankingLoss(positions, graph_ids, batch.y, net.y_mean + batch.prior.float(), net.y_std,
+                                      TrainConfig.plan_temperature)
 
     def distance_from_trained(self) -> torch.Tensor:
         """Squared L2 distance of the anchored weights from the weights the model was trained to."""
@@ -189,8 +263,16 @@ class OnlineBackend(LatencyBackend):
 
     def group_latency(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> GroupLatency:
         result = self.real.group_latency(graph, nodes, schedule)
-        self.learner.observe(graph, nodes, schedule, result.us)
+        if not self.learner.has_seen(graph, nodes, schedule):
+            self.learner.observe(graph, nodes, schedule, result.us)
         return result
+
+    def latency(self, graph: ComputeGraph, plan: Plan, check: bool = True) -> LatencyReport:
+        """The real latency; each new group trains the learner as it is measured, then the whole
+        plan joins the ones the learner ranks (``OnlineLearner.observe_plan``)."""
+        report = super().latency(graph, plan, check)
+        self.learner.observe_plan(graph, plan.groups, plan.schedules, report.group_us)
+        return report
 
     def remeasure_group(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> GroupLatency:
         """The real backend's new timing; validation teaches the learner nothing."""
