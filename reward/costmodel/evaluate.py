@@ -178,7 +178,9 @@ def training_model_ablation(dataset: CostDataset, config: TrainConfig, seeds: in
     if len(models) < 2:
         raise CostModelError(f"ablating training models needs two or more of them, the train split has {models}. "
                              f"Fix: profile more models, or re-export holding out fewer")
-    scored = [model for split in ("val", "test") for model in dataset.source.get("models", {}).get(split, [])]
+    scored = {model: ([i for i, data in enumerate(dataset.samples) if data.model == model],
+                      [plan for plan in dataset.plans if plan["model"] == model])
+              for split in ("val", "test") for model in dataset.source.get("models", {}).get(split, [])}
     cases = [(dropped, seed) for dropped in (None, *models) for seed in range(seeds)]   # None: drop nothing
     rows = []
     for dropped, seed in tqdm(cases, desc=f"training-model ablation ({config.loss})", unit="model",
@@ -189,10 +191,8 @@ def training_model_ablation(dataset: CostDataset, config: TrainConfig, seeds: in
                             dataset.schedules, analytical_profile(dataset), replace(config, seed=seed),
                             plans=dataset.plans_within(kept))
         predicted = np.exp(gnn_log_us(trained.model, dataset.samples))
-        for model in scored:
-            samples = [i for i, data in enumerate(dataset.samples) if data.model == model]
-            plans = [plan for plan in dataset.plans if plan["model"] == model]
-            rows.append(score(f"{label}, seed {seed}, {model}", predicted, measured, samples, plans))
+        rows += [score(f"{label}, seed {seed}, {model}", predicted, measured, samples, plans)
+                 for model, (samples, plans) in scored.items()]
     return rows
 
 

@@ -107,11 +107,14 @@ class OnlineLearner:
 
     def observe(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str, measured_us: float) -> float:
         """Learn from one measured group; returns the error of the prediction made before."""
-        log_us = math.log(measured_us)
-        error = abs(self.model.predict_group_log_us(graph, nodes, schedule) - log_us)
+        return self._learn_group(graph, nodes, schedule, measured_us, self._sample(graph, nodes, schedule, measured_us))
+
+    def _learn_group(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str, measured_us: float,
+                     sample: Data) -> float:
+        error = abs(self.model.predict_group_log_us(graph, nodes, schedule) - math.log(measured_us))
         self.curve.append(ErrorPoint(len(self.curve), self.updates, error))
         self._seen.add((graph.hash, tuple(nodes), schedule))
-        self._buffer.append(self._sample(graph, nodes, schedule, measured_us))
+        self._buffer.append(sample)
         self._count_pending()
         return error
 
@@ -124,14 +127,14 @@ class OnlineLearner:
         """Learn from one measured plan of ``graph`` (its groups, their schedules and µs): its
         groups not seen before are observed, and the plan is remembered for the ranking term
         (a plan already remembered is not counted again)."""
-        for nodes, schedule, us in zip(groups, schedules, group_us):
-            if not self.has_seen(graph, nodes, schedule):
-                self.observe(graph, nodes, schedule, us)
         key = (graph.hash, tuple((tuple(nodes), schedule) for nodes, schedule in zip(groups, schedules)))
         if any(plan.key == key for plan in self._plans):
-            return
-        self._plans.append(MeasuredPlan(key, [self._sample(graph, nodes, schedule, us)
-                                              for nodes, schedule, us in zip(groups, schedules, group_us)]))
+            return   # its groups were observed when it was first handed over
+        samples = [self._sample(graph, nodes, schedule, us) for nodes, schedule, us in zip(groups, schedules, group_us)]
+        for nodes, schedule, us, sample in zip(groups, schedules, group_us, samples):
+            if not self.has_seen(graph, nodes, schedule):
+                self._learn_group(graph, nodes, schedule, us, sample)
+        self._plans.append(MeasuredPlan(key, samples))
         self._count_pending()
 
     def _sample(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str, measured_us: float) -> Data:
