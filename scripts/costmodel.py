@@ -24,6 +24,9 @@ the held-out model: DIR/heldout-L.csv and .png, and the mean, min and max over m
 the whole train split and without each train model in turn, N seeds each, and scores it on
 every val and test model apart: DIR/ablation-L-seeds.csv (every seed), DIR/ablation-L.csv
 and .png (the mean over seeds: which training architectures each unseen one's plan τ rests on).
+``fusiongym costmodel tune --data data.pt --out DIR --seeds N`` trains LightGBM at each setting
+of ``boosted.TUNING_GRID``, N seeds each, and scores it on val and test: DIR/tune-lightgbm-seeds.csv
+(every seed), DIR/tune-lightgbm.csv and .png (the mean over seeds), and the setting val prefers.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ import os
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", choices=("train", "eval", "online", "seeds", "heldout", "ablate"))
+    parser.add_argument("action", choices=("train", "eval", "online", "seeds", "heldout", "ablate", "tune"))
     parser.add_argument("--data", required=True, help="dataset from `fusiongym dataset export`")
     parser.add_argument("--out", default="runs/costmodel", help="train: folder for the models")
     parser.add_argument("--model", default=None, help="eval: folder holding the models (default: --out)")
@@ -45,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "as one more model (how far the measurements agree with themselves)")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--seeds", type=int, default=8, help="seeds, ablate: how many seeds to train and score")
+    parser.add_argument("--seeds", type=int, default=8, help="seeds, ablate, tune: how many seeds to train and score")
     parser.add_argument("--edge-features", action="store_true",
                         help="train, seeds, heldout, ablate: messages also carry the edges' features "
                              "(bytes, size ratio)")
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     for option, value in (("epochs", args.epochs), ("weight_decay", args.weight_decay)):
         if value is not None:
             config = dataclasses.replace(config, **{option: value})
-    if args.action in ("seeds", "ablate") and args.seeds < 1:
+    if args.action in ("seeds", "ablate", "tune") and args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     if args.action == "seeds":
         return _seeds(dataset, config, args.seeds, folder)
@@ -93,6 +96,8 @@ def run(args: argparse.Namespace) -> int:
         return _held_out(dataset, config, folder)
     if args.action == "ablate":
         return _ablate(dataset, config, args.seeds, folder)
+    if args.action == "tune":
+        return _tune(dataset, args.seeds, folder)
     if args.action == "train":
         trained = train_models(dataset, config, folder)
         gnn_path = folder / GNN_FILE
@@ -143,16 +148,35 @@ def _held_out(dataset, config, folder) -> int:
 
 
 def _ablate(dataset, config, seeds: int, folder) -> int:
-    from fusiongym.reward.costmodel.evaluate import ablation_means, training_model_ablation, write_bar_report
+    from fusiongym.reward.costmodel.evaluate import seed_means, training_model_ablation, write_bar_report
     from fusiongym.reward.costmodel.metrics import markdown_table, write_csv
 
     rows = training_model_ablation(dataset, config, seeds)
-    means = ablation_means(rows)
+    means = seed_means(rows)
     scored = list(dict.fromkeys(row.model.rsplit(", ", 1)[1] for row in means))
     paths = [write_csv(rows, folder / f"ablation-{config.loss}-seeds.csv"),
              *write_bar_report(means, folder / f"ablation-{config.loss}.csv", scored,
                                f"Kendall τ of plans, mean of {seeds} seeds")]
     print(markdown_table(means))
+    print("wrote " + ", ".join(map(str, paths)))
+    return 0
+
+
+def _tune(dataset, seeds: int, folder) -> int:
+    from fusiongym.reward.costmodel.boosted import TUNING_GRID
+    from fusiongym.reward.costmodel.evaluate import boosted_grid, seed_means, write_bar_report
+    from fusiongym.reward.costmodel.metrics import markdown_table, write_csv
+
+    rows = boosted_grid(dataset, TUNING_GRID, seeds)
+    means = seed_means(rows)
+    paths = [write_csv(rows, folder / "tune-lightgbm-seeds.csv"),
+             *write_bar_report(means, folder / "tune-lightgbm.csv", ("val", "test"),
+                               f"LightGBM plan τ, mean of {seeds} seeds")]
+    print(markdown_table(means))
+    val = [row for row in means if row.model.endswith(", val")]
+    if val:
+        best = max(val, key=lambda row: row.plan_tau)
+        print(f"val prefers {best.model.rsplit(', ', 1)[0]} (val plan τ {best.plan_tau:.3f})")
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 

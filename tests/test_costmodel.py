@@ -21,6 +21,7 @@ from fusiongym.reward import Plan, get_backend
 from fusiongym.reward.calibrate import collect_samples, kendall_tau
 from fusiongym.reward.devices import get_profile
 from fusiongym.reward.costmodel import CostModelError, MeasuredSet, ProfileLog, load_measured_set
+from fusiongym.reward.costmodel.boosted import TUNING_GRID, BoostedModel
 from fusiongym.reward.costmodel.dataset import CostDataset, build_dataset
 from fusiongym.reward.costmodel.features import GraphTensors, group_example, plan_features
 from fusiongym.reward.costmodel.evaluate import (compare, feed_plan, gnn_log_us, measured_us, online_plan_ranking,
@@ -184,6 +185,34 @@ def test_ablate_trains_without_each_training_model_and_scores_every_unseen_one(d
         assert float(means[f"{label}, {HELD_OUT}"]["mape_pct"]) == pytest.approx(np.mean(per_seed))
         assert int(means[f"{label}, {HELD_OUT}"]["groups"]) == len(dataset.indices("test"))
     assert (tmp_path / "ablation-mse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_tune_trains_lightgbm_at_each_setting_and_names_the_one_val_prefers(dataset, tmp_path, capsys):
+    """``costmodel tune``: LightGBM at every setting of the grid, per seed, scored on val and
+    test; each row is the model ``BoostedModel.train`` makes with that setting, and the setting
+    printed as val's choice has the best mean val plan τ."""
+    data = dataset.save(tmp_path / "data.pt")
+    assert main(["costmodel", "tune", "--data", str(data), "--out", str(tmp_path), "--seeds", "2"]) == 0
+    printed = capsys.readouterr().out
+
+    def rows(name: str) -> dict[str, dict]:
+        with open(tmp_path / name, encoding="utf-8") as handle:
+            return {row["model"]: row for row in csv.DictReader(handle)}
+
+    per_seed, means = rows("tune-lightgbm-seeds.csv"), rows("tune-lightgbm.csv")
+    labels = [" ".join(f"{name}={value}" for name, value in params.items()) for params in TUNING_GRID]
+    assert list(per_seed) == [f"{label}, seed {seed}, {split}" for label in labels for seed in range(2)
+                              for split in ("val", "test")]
+    assert list(means) == [f"{label}, {split}" for label in labels for split in ("val", "test")]
+    grown = BoostedModel.train(dataset.subset("train"), dataset.subset("val"), 1, params=TUNING_GRID[1])
+    assert grown.meta["params"]["min_data_in_leaf"] == TUNING_GRID[1]["min_data_in_leaf"]
+    predicted = np.exp(grown.predict_log_us(dataset.samples))
+    test_mape = score("", predicted, measured_us(dataset), dataset.indices("test"), []).mape_pct
+    assert float(per_seed[f"{labels[1]}, seed 1, test"]["mape_pct"]) == pytest.approx(test_mape)
+    assert len({row["mape_pct"] for name, row in per_seed.items() if name.endswith(", seed 0, test")}) > 1
+    val_tau = {label: float(means[f"{label}, val"]["plan_tau"]) for label in labels}
+    assert f"val prefers {max(val_tau, key=val_tau.get)} (val plan τ" in printed
+    assert (tmp_path / "tune-lightgbm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_a_second_measurement_is_scored_group_for_group(dataset, tmp_path):

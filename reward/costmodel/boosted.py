@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 from torch_geometric.data import Data
@@ -25,10 +25,14 @@ from .records import CostModelError
 
 BOOSTED_FORMAT = "fusiongym.BoostedCostModel/2"
 FEATURE_NAMES = (*GROUP_FEATURES, PRIOR_FEATURE, "schedule", "dominant_op")
-PARAMS = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 15, "min_data_in_leaf": 5,
+PARAMS = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 20,
           "lambda_l2": 1.0, "feature_fraction": 0.9, "bagging_fraction": 0.9, "bagging_freq": 1,
           "deterministic": True, "force_row_wise": True, "num_threads": 1, "verbose": -1}
 ROUNDS = 400
+# The settings `fusiongym costmodel tune` tries: how many leaves a tree may grow, and how many
+# groups a leaf must hold.
+TUNING_GRID = tuple({"num_leaves": leaves, "min_data_in_leaf": min_data}
+                    for leaves in (15, 31, 63, 127, 255) for min_data in (5, 20))
 
 
 def design_matrix(samples: Sequence[Data]) -> np.ndarray:
@@ -50,9 +54,10 @@ class BoostedModel:
         self.meta = meta
 
     @staticmethod
-    def train(train: Sequence[Data], val: Sequence[Data] = (), seed: int = 0, meta: dict | None = None
-              ) -> "BoostedModel":
-        """Fit on ``train``; with ``val``, stop when its error has not improved for 50 rounds."""
+    def train(train: Sequence[Data], val: Sequence[Data] = (), seed: int = 0, meta: dict | None = None,
+              params: Mapping[str, object] | None = None) -> "BoostedModel":
+        """Fit on ``train``; with ``val``, stop when its error has not improved for 50 rounds.
+        ``params`` override ``PARAMS`` (``costmodel tune`` tries a grid of them)."""
         import lightgbm as lgb
 
         if not train:
@@ -65,10 +70,10 @@ class BoostedModel:
         if val:
             valid_sets = [lgb.Dataset(design_matrix(val), label=_residuals(val), reference=dataset)]
             callbacks = [lgb.early_stopping(50, verbose=False)]
-        booster = lgb.train({**PARAMS, "seed": seed}, dataset, num_boost_round=ROUNDS, valid_sets=valid_sets,
-                            callbacks=callbacks)
+        chosen = {**PARAMS, **(params or {}), "seed": seed}
+        booster = lgb.train(chosen, dataset, num_boost_round=ROUNDS, valid_sets=valid_sets, callbacks=callbacks)
         return BoostedModel(booster, {"format": BOOSTED_FORMAT, "features": list(FEATURE_NAMES),
-                                      "params": {**PARAMS, "seed": seed}, "train_samples": len(train),
+                                      "params": chosen, "train_samples": len(train),
                                       "target": "ln µs - ln analytical µs",
                                       "best_iteration": booster.best_iteration or ROUNDS, **(meta or {})})
 

@@ -196,11 +196,29 @@ def training_model_ablation(dataset: CostDataset, config: TrainConfig, seeds: in
     return rows
 
 
-def ablation_means(rows: Sequence[Metrics]) -> list[Metrics]:
-    """``training_model_ablation``'s rows averaged over seeds: one ``"<label>, <scored model>"`` row each."""
+def seed_means(rows: Sequence[Metrics]) -> list[Metrics]:
+    """Rows named ``"<label>, seed <s>, <case>"`` (``training_model_ablation``'s, ``boosted_grid``'s)
+    averaged over seeds: one ``"<label>, <case>"`` row each."""
     cases = dict.fromkeys((row.model.split(", seed ")[0], row.model.rsplit(", ", 1)[1]) for row in rows)
     return [replace(spread_summary([row for row in rows if row.model.startswith(f"{label}, seed ")], scored)[0],
                     model=f"{label}, {scored}") for label, scored in cases]
+
+
+def boosted_grid(dataset: CostDataset, grid: Sequence[Mapping[str, object]], seeds: int) -> list[Metrics]:
+    """LightGBM trained at each setting of ``grid`` (overrides of ``boosted.PARAMS``) with seeds
+    0..seeds-1 (early stopping on the val split, as shipped), each scored on val and test: the
+    baseline's capacity, chosen on val as the GNN's loss is. Rows: ``"<setting>, seed <s>, <split>"``,
+    the setting written ``name=value`` joined by spaces."""
+    measured = measured_us(dataset)
+    train, val = dataset.subset("train"), dataset.subset("val")
+    cases = [(params, seed) for params in grid for seed in range(seeds)]
+    rows = []
+    for params, seed in tqdm(cases, desc="LightGBM grid", unit="model", dynamic_ncols=True):
+        predicted = np.exp(BoostedModel.train(train, val, seed, params=params).predict_log_us(dataset.samples))
+        label = " ".join(f"{name}={value}" for name, value in params.items())
+        rows += [score(f"{label}, seed {seed}, {split}", predicted, measured, dataset.indices(split),
+                       plans_of_split(dataset, split)) for split in ("val", "test") if dataset.indices(split)]
+    return rows
 
 
 def online_plan_ranking(dataset: CostDataset, model: CostModel, graphs: Mapping[str, ComputeGraph],
@@ -329,8 +347,8 @@ def write_bar_report(rows: Sequence[Metrics], path: str | os.PathLike, series: S
     """``rows`` as a CSV at ``path`` and, beside it, a PNG of plan τ in one bar per series for
     each case: the rows named ``"<case>, <series>"`` (``leave_one_model_out``'s GNN and
     analytical backend per held-out model, ``online_plan_ranking``'s model as trained and
-    updated per test graph and number of plans seen, ``ablation_means``' scored models per
-    training set)."""
+    updated per test graph and number of plans seen, ``seed_means``' scored models per
+    training set or splits per LightGBM setting)."""
     import matplotlib
 
     matplotlib.use("Agg")
