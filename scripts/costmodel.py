@@ -128,8 +128,8 @@ def _seeds(dataset, config, seeds: int, folder) -> int:
 
     rows = seed_spread(dataset, config, seeds)
     paths = write_seed_report(rows, folder / f"seeds-{config.loss}.csv")
-    splits = [split for split in ("val", "test") if any(row.model.endswith(f", {split}") for row in rows)]
-    print(markdown_table([summary for split in splits for summary in spread_summary(rows, split)]))
+    cases = list(dict.fromkeys(row.model.split(", ", 1)[1] for row in rows))   # splits, then models apart
+    print(markdown_table([summary for case in cases for summary in spread_summary(rows, case)]))
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 
@@ -191,7 +191,8 @@ def _online(dataset, model, store: str | None, config, seen_plans: list[int], fo
 
     measured = load_measured_set(store)
     test_models = set(dataset.source.get("models", {}).get("test", []))
-    stream = [s for s in measured.samples if measured.model_of.get(s.graph_hash) in test_models]
+    test_graphs = {data.graph_hash for data in dataset.subset("test")}
+    stream = [s for s in measured.samples if s.graph_hash in test_graphs]
     if not stream:
         raise CostModelError(f"the store holds no group of the dataset's test models {sorted(test_models)}; "
                              f"pass the --store the dataset was exported from")

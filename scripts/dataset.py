@@ -3,7 +3,8 @@
 ``fusiongym dataset export --store S --out data.pt`` joins the MeasurementStore with the
 profile log that ``fusiongym profile --plans N`` wrote beside it, computes the features of
 every measured group and saves a PyG dataset split by model (train / val / test: the test
-models are never trained on).
+models are never trained on). ``--test-workloads`` also tests on the graphs of the named
+workloads while their model's other workloads train: unseen shapes of a seen architecture.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                           "(default: one drawn with --seed)")
     parser.add_argument("--val-models", default="", help="comma-separated models for validation "
                                                          "(default: one drawn with --seed)")
+    parser.add_argument("--test-workloads", default="",
+                        help="comma-separated workloads whose graphs are also held out for testing, each as a "
+                             "model of its own, '<model> @ <workload>' (e.g. llama_long/test: unseen shapes of "
+                             "an architecture whose other workloads train)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu",
                         help="device profile of the analytical prior both models take as input (cpu: this "
@@ -34,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
 
     measured = load_measured_set(args.store, args.log)
     dataset = build_dataset(measured, _names(args.test_models), _names(args.val_models), args.seed,
-                            profile=get_profile(args.device))
+                            profile=get_profile(args.device), test_workloads=_names(args.test_workloads))
     path = dataset.save(args.out)
     sizes = {split: len(dataset.indices(split)) for split in ("train", "val", "test")}
     print(f"wrote {path}: {len(dataset.samples)} groups {sizes}, {len(dataset.plans)} plans, "

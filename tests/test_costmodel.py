@@ -25,7 +25,7 @@ from fusiongym.reward.costmodel.boosted import TUNING_GRID, BoostedModel
 from fusiongym.reward.costmodel.dataset import CostDataset, build_dataset
 from fusiongym.reward.costmodel.features import GraphTensors, group_example, plan_features
 from fusiongym.reward.costmodel.evaluate import (compare, feed_plan, gnn_log_us, measured_us, online_plan_ranking,
-                                                 remeasured_us, train_models, training_model_ablation,
+                                                 remeasured_us, seed_spread, train_models, training_model_ablation,
                                                  write_bar_report, write_stream_report)
 from fusiongym.reward.costmodel.gnn import GroupGNN, PlanRankingLoss, TrainConfig, build_model, train_gnn
 from fusiongym.reward.costmodel.metrics import score
@@ -84,6 +84,27 @@ def test_dataset_is_split_by_model(dataset, tmp_path):
     assert len(dataset.samples) >= 60
     loaded = CostDataset.load(dataset.save(tmp_path / "data.pt"))
     assert loaded.content_hash == dataset.content_hash and loaded.split == dataset.split
+
+
+def test_test_workloads_hold_out_a_graph_of_a_model_that_trains(measured):
+    """``--test-workloads``: a graph of a named workload is tested on as a model of its own while
+    its model's other graphs train (unseen shapes of a seen architecture); ``costmodel seeds``
+    then scores each test model apart as well as the whole split."""
+    bert, llama, moe = (next(h for h, m in measured.model_of.items() if m == name) for name in MODELS)
+    relabelled = MeasuredSet(measured.graphs, {**measured.model_of, llama: "bert"},
+                             {bert: "bert/train", llama: "bert_long/test", moe: "mixtral_moe/train"},
+                             measured.samples, measured.plans)
+    with pytest.raises(CostModelError, match=r"\['bert_xl/test'\] are not in the profile log.*Fix: name logged"):
+        build_dataset(relabelled, test_workloads=["bert_xl/test"], profile=PROFILE)
+    data = build_dataset(relabelled, test_models=["mixtral_moe"], test_workloads=["bert_long/test"], profile=PROFILE)
+    held_out = "bert @ bert_long/test"
+    assert data.source["models"] == {"train": ["bert"], "val": [], "test": [held_out, "mixtral_moe"]}
+    split_of_graph = {d.graph_hash: (split, d.model) for d, split in zip(data.samples, data.split)}
+    assert split_of_graph == {bert: ("train", "bert"), llama: ("test", held_out), moe: ("test", "mixtral_moe")}
+    rows = {row.model: row for row in seed_spread(data, TrainConfig(epochs=20), 1)}
+    assert list(rows) == ["seed 0, test", f"seed 0, {held_out}", "seed 0, mixtral_moe"]
+    assert rows[f"seed 0, {held_out}"].groups + rows["seed 0, mixtral_moe"].groups == rows["seed 0, test"].groups
+    assert rows[f"seed 0, {held_out}"].groups == sum(1 for d in data.samples if d.graph_hash == llama)
 
 
 def test_gnn_trains_and_numpy_path_matches_torch(trained, dataset, measured, tmp_path):
@@ -541,6 +562,7 @@ def test_profile_plans_then_dataset_export_resumes_and_roundtrips(tmp_path, caps
     greedy = baselines.get("greedy_cost").decide(graph)
     sizes = [len(r["plan"]["groups"]) for r in (unfused, *trajectory)]
     assert sizes[0] == graph.num_nodes and sizes[0] > sizes[1] > sizes[2] > greedy.num_groups, sizes
+    assert load_measured_set(store).workload_of == {records[0]["graph_hash"]: "mixtral_moe/smoke"}
     out = tmp_path / "data.pt"
     assert main(["dataset", "export", "--store", str(store), "--out", str(out)]) == 0
     data = CostDataset.load(out)

@@ -100,11 +100,14 @@ class CostDataset:
 
 
 def build_dataset(measured: MeasuredSet, test_models: Sequence[str] = (), val_models: Sequence[str] = (),
-                  seed: int = 0, group_holdout: float = 0.0, profile: DeviceProfile | None = None) -> CostDataset:
+                  seed: int = 0, group_holdout: float = 0.0, profile: DeviceProfile | None = None,
+                  test_workloads: Sequence[str] = ()) -> CostDataset:
     """Features of every measured group, split by model.
 
     ``test_models``/``val_models`` name the held-out models; unnamed splits get one model
     each, drawn with ``seed`` from those left (at least one model stays for training).
+    ``test_workloads`` also holds out the graphs of those workloads (``llama_long/test``), each
+    as a model of its own (``workload_models``): unseen shapes of an architecture that trains.
     ``group_holdout`` > 0 splits by group instead: that share of all groups, drawn with
     ``seed``, is the test split (models then appear on both sides; no val split).
     ``profile``: the analytical prior's device profile (default: this machine's ``cpu`` one,
@@ -115,13 +118,16 @@ def build_dataset(measured: MeasuredSet, test_models: Sequence[str] = (), val_mo
                              "`fusiongym profile --plans N` first")
     tensors = {h: GraphTensors.of(g) for h, g in measured.graphs.items()}
     examples = [group_example(tensors[s.graph_hash], s.nodes) for s in measured.samples]
+    model_of = workload_models(measured, test_workloads)
+    models = sorted(set(model_of.values()))
     if group_holdout > 0:
         held_out = np.random.default_rng(seed).random(len(measured.samples)) < group_holdout
         splits = ["test" if h else "train" for h in held_out]
-        split_of = {m: "train" for m in measured.models()}
+        split_of = {m: "train" for m in models}
     else:
-        split_of = split_models(measured.models(), test_models, val_models, seed)
-        splits = [split_of[measured.model_of[s.graph_hash]] for s in measured.samples]
+        held_out_workloads = [m for h, m in model_of.items() if m != measured.model_of[h]]
+        split_of = split_models(models, [*test_models, *held_out_workloads], val_models, seed)
+        splits = [split_of[model_of[s.graph_hash]] for s in measured.samples]
     op_vocab = [OTHER_OP] + sorted({op for e, sp in zip(examples, splits) if sp == "train" for op in e.op_names})
     op_id = {op: i for i, op in enumerate(op_vocab)}
     seen = {s.schedule for s in measured.samples}
@@ -139,14 +145,28 @@ def build_dataset(measured: MeasuredSet, test_models: Sequence[str] = (), val_mo
         data.update({"analytical_us": torch.tensor([analytical_us], dtype=torch.float64),
                      "dominant_op": torch.tensor([op_id.get(dominant, 0)]), "nodes": torch.tensor(sample.nodes),
                      "sample_id": torch.tensor([index]), "graph_hash": sample.graph_hash,
-                     "model": measured.model_of[sample.graph_hash]})
+                     "model": model_of[sample.graph_hash]})
         samples.append(data)
-    plans = [{"graph_hash": p.graph_hash, "model": measured.model_of[p.graph_hash], "method": p.method,
+    plans = [{"graph_hash": p.graph_hash, "model": model_of[p.graph_hash], "method": p.method,
               "samples": list(p.sample_indices)} for p in measured.plans]
     source = {"models": {sp: sorted(m for m, s in split_of.items() if s == sp) for sp in SPLITS},
               "graphs": len(measured.graphs), "seed": seed, "group_holdout": group_holdout,
               "analytical_profile": prior.profile.to_dict()}
     return CostDataset(samples, splits, op_vocab, schedules, plans, source)
+
+
+def workload_models(measured: MeasuredSet, test_workloads: Sequence[str]) -> dict[str, str]:
+    """graph hash -> the model it is split by: its own, or ``"<model> @ <workload>"`` for a graph
+    of a workload in ``test_workloads``, so that graph is held out while the model's other
+    workloads train."""
+    logged = set(measured.workload_of.values())
+    unknown = sorted(set(test_workloads) - logged)
+    if unknown:
+        raise CostModelError(f"test workloads {unknown} are not in the profile log, which holds "
+                             f"{sorted(logged) or 'no workload names'}. Fix: name logged workloads, or profile "
+                             f"them with `fusiongym profile --suite S --plans N`")
+    return {graph: f"{model} @ {measured.workload_of[graph]}" if measured.workload_of.get(graph) in test_workloads
+            else model for graph, model in measured.model_of.items()}
 
 
 def example_data(example: GroupExample, op_id: dict[str, int], schedule_id: int, prior_log_us: float,

@@ -104,24 +104,46 @@ def analytical_us(dataset: CostDataset) -> np.ndarray:
 
 def plans_of_split(dataset: CostDataset, split: str) -> list[dict]:
     """The measured plans of the models in ``split``."""
-    models = set(dataset.source.get("models", {}).get(split, []))
+    models = set(models_of_split(dataset, split))
     return [plan for plan in dataset.plans if plan["model"] in models]
 
 
 def seed_spread(dataset: CostDataset, config: TrainConfig, seeds: int) -> list[Metrics]:
     """The GNN trained with seeds 0..seeds-1 (``config`` otherwise), each scored on the val and
     the test split: what a metric owes to the seed rather than to the model (trained on a
-    handful of architectures, a model's plan τ on unseen ones moves with the seed)."""
+    handful of architectures, a model's plan τ on unseen ones moves with the seed). Rows
+    ``"seed <s>, <split>"``; where a split holds two or more models, also ``"seed <s>, <model>"``
+    for each of them apart."""
     measured = measured_us(dataset)
     rows = []
     for seed in tqdm(range(seeds), desc=f"seeds ({config.loss})", unit="model", dynamic_ncols=True):
         trained = train_gnn(dataset.subset("train"), dataset.subset("val"), dataset.op_vocab, dataset.schedules,
                             analytical_profile(dataset), replace(config, seed=seed),
                             plans=dataset.plans_of("train"))
-        predicted = np.exp(gnn_log_us(trained.model, dataset.samples))
-        rows += [score(f"seed {seed}, {split}", predicted, measured, dataset.indices(split),
-                       plans_of_split(dataset, split)) for split in ("val", "test") if dataset.indices(split)]
+        rows += score_unseen(f"seed {seed}", np.exp(gnn_log_us(trained.model, dataset.samples)), measured, dataset)
     return rows
+
+
+def score_unseen(name: str, predicted_us: np.ndarray, measured: np.ndarray, dataset: CostDataset) -> list[Metrics]:
+    """``predicted_us`` scored on the val and the test split (rows ``"<name>, <split>"``) and, where
+    a split holds two or more models, on each of them apart (``"<name>, <model>"``)."""
+    splits = [split for split in ("val", "test") if dataset.indices(split)]
+    rows = [score(f"{name}, {split}", predicted_us, measured, dataset.indices(split), plans_of_split(dataset, split))
+            for split in splits]
+    apart = [split for split in splits if len(models_of_split(dataset, split)) > 1]
+    return rows + [score(f"{name}, {model}", predicted_us, measured, samples, plans)
+                   for model, (samples, plans) in groups_and_plans_by_model(dataset, apart).items()]
+
+
+def models_of_split(dataset: CostDataset, split: str) -> list[str]:
+    return dataset.source.get("models", {}).get(split, [])
+
+
+def groups_and_plans_by_model(dataset: CostDataset, splits: Sequence[str]) -> dict[str, tuple[list[int], list[dict]]]:
+    """model -> (its sample indices, its plans), for every model of ``splits``: to score each apart."""
+    return {model: ([i for i, data in enumerate(dataset.samples) if data.model == model],
+                    [plan for plan in dataset.plans if plan["model"] == model])
+            for split in splits for model in models_of_split(dataset, split)}
 
 
 def spread_summary(rows: Sequence[Metrics], suffix: str, what: str = "seeds") -> list[Metrics]:
@@ -178,9 +200,7 @@ def training_model_ablation(dataset: CostDataset, config: TrainConfig, seeds: in
     if len(models) < 2:
         raise CostModelError(f"ablating training models needs two or more of them, the train split has {models}. "
                              f"Fix: profile more models, or re-export holding out fewer")
-    scored = {model: ([i for i, data in enumerate(dataset.samples) if data.model == model],
-                      [plan for plan in dataset.plans if plan["model"] == model])
-              for split in ("val", "test") for model in dataset.source.get("models", {}).get(split, [])}
+    scored = groups_and_plans_by_model(dataset, ("val", "test"))
     cases = [(dropped, seed) for dropped in (None, *models) for seed in range(seeds)]   # None: drop nothing
     rows = []
     for dropped, seed in tqdm(cases, desc=f"training-model ablation ({config.loss})", unit="model",
@@ -206,9 +226,9 @@ def seed_means(rows: Sequence[Metrics]) -> list[Metrics]:
 
 def boosted_grid(dataset: CostDataset, grid: Sequence[Mapping[str, object]], seeds: int) -> list[Metrics]:
     """LightGBM trained at each setting of ``grid`` (overrides of ``boosted.PARAMS``) with seeds
-    0..seeds-1 (early stopping on the val split, as shipped), each scored on val and test: the
-    baseline's capacity, chosen on val as the GNN's loss is. Rows: ``"<setting>, seed <s>, <split>"``,
-    the setting written ``name=value`` joined by spaces."""
+    0..seeds-1 (early stopping on the val split, as shipped), each scored on val and test
+    (``score_unseen``): the baseline's capacity, chosen on val as the GNN's loss is. Rows:
+    ``"<setting>, seed <s>, <split or model>"``, the setting written ``name=value`` joined by spaces."""
     measured = measured_us(dataset)
     train, val = dataset.subset("train"), dataset.subset("val")
     cases = [(params, seed) for params in grid for seed in range(seeds)]
@@ -216,8 +236,7 @@ def boosted_grid(dataset: CostDataset, grid: Sequence[Mapping[str, object]], see
     for params, seed in tqdm(cases, desc="LightGBM grid", unit="model", dynamic_ncols=True):
         predicted = np.exp(BoostedModel.train(train, val, seed, params=params).predict_log_us(dataset.samples))
         label = " ".join(f"{name}={value}" for name, value in params.items())
-        rows += [score(f"{label}, seed {seed}, {split}", predicted, measured, dataset.indices(split),
-                       plans_of_split(dataset, split)) for split in ("val", "test") if dataset.indices(split)]
+        rows += score_unseen(f"{label}, seed {seed}", predicted, measured, dataset)
     return rows
 
 

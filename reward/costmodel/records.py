@@ -57,18 +57,22 @@ class MeasuredSet:
     """Graphs, their measured groups and (optionally) whole plans made of those groups.
 
     ``model_of`` names each graph's model (zoo name): datasets are split by it, so a test
-    model is never seen in training.
+    model is never seen in training. ``workload_of`` names the workload a graph was profiled
+    from (``llama_long/test``), where the profile log says.
     """
 
     graphs: dict[str, ComputeGraph] = field(default_factory=dict)
     model_of: dict[str, str] = field(default_factory=dict)
+    workload_of: dict[str, str] = field(default_factory=dict)
     samples: list[GroupSample] = field(default_factory=list)
     plans: list[PlanRecord] = field(default_factory=list)
     _index: dict[tuple[str, tuple[int, ...], str], int] = field(default_factory=dict, repr=False)
 
-    def add_graph(self, graph: ComputeGraph, model: str) -> None:
+    def add_graph(self, graph: ComputeGraph, model: str, workload: str = "") -> None:
         self.graphs[graph.hash] = graph
         self.model_of[graph.hash] = model
+        if workload:
+            self.workload_of[graph.hash] = workload
 
     def add_sample(self, sample: GroupSample) -> int:
         """Index of ``sample`` (added once: the same group and schedule on one graph is one sample)."""
@@ -199,7 +203,8 @@ def load_measured_set(store_path: str | os.PathLike | None, log_path: str | os.P
     with MeasurementStore(store_file) as store:
         for record in log.records():
             if record["kind"] == "graph":
-                measured.add_graph(ComputeGraph.from_json(json.dumps(record["graph"])), record["model"])
+                measured.add_graph(ComputeGraph.from_json(json.dumps(record["graph"])), record["model"],
+                                   record.get("workload", ""))
             else:
                 _add_plan(measured, store, record)
     if not measured.samples:
