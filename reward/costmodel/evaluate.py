@@ -148,7 +148,7 @@ def groups_and_plans_by_model(dataset: CostDataset, splits: Sequence[str]) -> di
 
 def spread_summary(rows: Sequence[Metrics], suffix: str, what: str = "seeds") -> list[Metrics]:
     """Mean, min and max over the rows whose name ends in ``", {suffix}"`` (``seed_spread``'s
-    rows of one split, ``leave_one_model_out``'s of one model kind); nan entries are skipped.
+    rows of one split or one model, ``leave_one_model_out``'s of one model kind); nan entries are skipped.
     Counts (groups, plans, graphs) are the rows' common value, or their total where they differ."""
     chosen = [row for row in rows if row.model.endswith(f", {suffix}")]
     fields = asdict(chosen[0])
