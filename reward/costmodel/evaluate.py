@@ -114,25 +114,30 @@ def seed_spread(dataset: CostDataset, config: TrainConfig, seeds: int) -> list[M
     handful of architectures, a model's plan τ on unseen ones moves with the seed). Rows
     ``"seed <s>, <split>"``; where a split holds two or more models, also ``"seed <s>, <model>"``
     for each of them apart."""
-    measured = measured_us(dataset)
+    measured, scored = measured_us(dataset), unseen_cases(dataset)
     rows = []
     for seed in tqdm(range(seeds), desc=f"seeds ({config.loss})", unit="model", dynamic_ncols=True):
         trained = train_gnn(dataset.subset("train"), dataset.subset("val"), dataset.op_vocab, dataset.schedules,
                             analytical_profile(dataset), replace(config, seed=seed),
                             plans=dataset.plans_of("train"))
-        rows += score_unseen(f"seed {seed}", np.exp(gnn_log_us(trained.model, dataset.samples)), measured, dataset)
+        rows += score_cases(f"seed {seed}", np.exp(gnn_log_us(trained.model, dataset.samples)), measured, scored)
     return rows
 
 
-def score_unseen(name: str, predicted_us: np.ndarray, measured: np.ndarray, dataset: CostDataset) -> list[Metrics]:
-    """``predicted_us`` scored on the val and the test split (rows ``"<name>, <split>"``) and, where
-    a split holds two or more models, on each of them apart (``"<name>, <model>"``)."""
+def unseen_cases(dataset: CostDataset) -> dict[str, tuple[list[int], list[dict]]]:
+    """What ``seed_spread`` and ``boosted_grid`` score each model on: the val and the test split
+    and, where a split holds two or more models, each of them apart; name -> (sample indices, plans)."""
     splits = [split for split in ("val", "test") if dataset.indices(split)]
-    rows = [score(f"{name}, {split}", predicted_us, measured, dataset.indices(split), plans_of_split(dataset, split))
-            for split in splits]
     apart = [split for split in splits if len(models_of_split(dataset, split)) > 1]
-    return rows + [score(f"{name}, {model}", predicted_us, measured, samples, plans)
-                   for model, (samples, plans) in groups_and_plans_by_model(dataset, apart).items()]
+    return {**{split: (dataset.indices(split), plans_of_split(dataset, split)) for split in splits},
+            **groups_and_plans_by_model(dataset, apart)}
+
+
+def score_cases(name: str, predicted_us: np.ndarray, measured: np.ndarray,
+                cases: Mapping[str, tuple[Sequence[int], Sequence[dict]]]) -> list[Metrics]:
+    """``predicted_us`` scored on each case (sample indices, plans): rows ``"<name>, <case>"``."""
+    return [score(f"{name}, {case}", predicted_us, measured, samples, plans)
+            for case, (samples, plans) in cases.items()]
 
 
 def models_of_split(dataset: CostDataset, split: str) -> list[str]:
@@ -210,9 +215,8 @@ def training_model_ablation(dataset: CostDataset, config: TrainConfig, seeds: in
         trained = train_gnn([dataset.samples[i] for i in kept], dataset.subset("val"), dataset.op_vocab,
                             dataset.schedules, analytical_profile(dataset), replace(config, seed=seed),
                             plans=dataset.plans_within(kept))
-        predicted = np.exp(gnn_log_us(trained.model, dataset.samples))
-        rows += [score(f"{label}, seed {seed}, {model}", predicted, measured, samples, plans)
-                 for model, (samples, plans) in scored.items()]
+        rows += score_cases(f"{label}, seed {seed}", np.exp(gnn_log_us(trained.model, dataset.samples)), measured,
+                            scored)
     return rows
 
 
@@ -227,16 +231,16 @@ def seed_means(rows: Sequence[Metrics]) -> list[Metrics]:
 def boosted_grid(dataset: CostDataset, grid: Sequence[Mapping[str, object]], seeds: int) -> list[Metrics]:
     """LightGBM trained at each setting of ``grid`` (overrides of ``boosted.PARAMS``) with seeds
     0..seeds-1 (early stopping on the val split, as shipped), each scored on val and test
-    (``score_unseen``): the baseline's capacity, chosen on val as the GNN's loss is. Rows:
+    (``unseen_cases``): the baseline's capacity, chosen on val as the GNN's loss is. Rows:
     ``"<setting>, seed <s>, <split or model>"``, the setting written ``name=value`` joined by spaces."""
-    measured = measured_us(dataset)
+    measured, scored = measured_us(dataset), unseen_cases(dataset)
     train, val = dataset.subset("train"), dataset.subset("val")
     cases = [(params, seed) for params in grid for seed in range(seeds)]
     rows = []
     for params, seed in tqdm(cases, desc="LightGBM grid", unit="model", dynamic_ncols=True):
         predicted = np.exp(BoostedModel.train(train, val, seed, params=params).predict_log_us(dataset.samples))
         label = " ".join(f"{name}={value}" for name, value in params.items())
-        rows += score_unseen(f"{label}, seed {seed}", predicted, measured, dataset)
+        rows += score_cases(f"{label}, seed {seed}", predicted, measured, scored)
     return rows
 
 

@@ -183,11 +183,13 @@ class OnlineLearner:
     def _plan_ranking(self) -> tuple[Batch, PlanRankingLoss] | None:
         """The remembered plans' groups as one batch and the ListMLE over each graph's plans;
         None when the term is off or no graph has two plans yet."""
+        if not self.config.plan_weight:
+            return None
         plans_of_graph: dict[str, list[MeasuredPlan]] = {}
         for plan in self._plans:
             plans_of_graph.setdefault(plan.key[0], []).append(plan)
         ranked = [plan for plans in plans_of_graph.values() if len(plans) >= 2 for plan in plans]
-        if not self.config.plan_weight or not ranked:
+        if not ranked:
             return None
         samples = [sample for plan in ranked for sample in plan.samples]
         starts = np.cumsum([0, *(len(plan.samples) for plan in ranked)])
