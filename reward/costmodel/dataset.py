@@ -125,7 +125,7 @@ def build_dataset(measured: MeasuredSet, test_models: Sequence[str] = (), val_mo
         splits = ["test" if h else "train" for h in held_out]
         split_of = {m: "train" for m in models}
     else:
-        held_out_workloads = [m for h, m in model_of.items() if m != measured.model_of[h]]
+        held_out_workloads = sorted({m for h, m in model_of.items() if m != measured.model_of[h]})
         split_of = split_models(models, [*test_models, *held_out_workloads], val_models, seed)
         splits = [split_of[model_of[s.graph_hash]] for s in measured.samples]
     op_vocab = [OTHER_OP] + sorted({op for e, sp in zip(examples, splits) if sp == "train" for op in e.op_names})
