@@ -89,7 +89,7 @@ def test_dataset_is_split_by_model(dataset, tmp_path):
 def test_test_workloads_hold_out_a_graph_of_a_model_that_trains(measured):
     """``--test-workloads``: a graph of a named workload is tested on as a model of its own while
     its model's other graphs train (unseen shapes of a seen architecture); ``costmodel seeds``
-    then scores each test model apart as well as the whole split."""
+    and ``costmodel eval`` then score each test model apart as well as the whole split."""
     bert, llama, moe = (next(h for h, m in measured.model_of.items() if m == name) for name in MODELS)
     relabelled = MeasuredSet(measured.graphs, {**measured.model_of, llama: "bert"},
                              {bert: "bert/train", llama: "bert_long/test", moe: "mixtral_moe/train"},
@@ -105,6 +105,16 @@ def test_test_workloads_hold_out_a_graph_of_a_model_that_trains(measured):
     assert list(rows) == ["seed 0, test", f"seed 0, {held_out}", "seed 0, mixtral_moe"]
     assert rows[f"seed 0, {held_out}"].groups + rows["seed 0, mixtral_moe"].groups == rows["seed 0, test"].groups
     assert rows[f"seed 0, {held_out}"].groups == sum(1 for d in data.samples if d.graph_hash == llama)
+    trained = train_models(data, TrainConfig(epochs=20))
+    compared, predicted = compare(data, trained.gnn, trained.boosted)
+    by_name = {row.model: row for row in compared}
+    assert list(by_name) == [f"{kind}{case}" for kind in ("gnn", "lightgbm", "analytical")
+                             for case in ("", f", {held_out}", ", mixtral_moe")]
+    moe_samples = [i for i, d in enumerate(data.samples) if d.graph_hash == moe]
+    alone = score("lightgbm, mixtral_moe", predicted["lightgbm"], predicted["measured"], moe_samples,
+                  [plan for plan in data.plans if plan["graph_hash"] == moe])
+    np.testing.assert_equal(by_name["lightgbm, mixtral_moe"].to_dict(), alone.to_dict())   # nan == nan here
+    assert by_name["gnn"].groups == by_name[f"gnn, {held_out}"].groups + by_name["gnn, mixtral_moe"].groups
 
 
 def test_gnn_trains_and_numpy_path_matches_torch(trained, dataset, measured, tmp_path):

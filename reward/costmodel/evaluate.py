@@ -75,9 +75,11 @@ def gnn_log_us(model: CostModel, samples: Sequence[Data]) -> np.ndarray:
 
 def compare(dataset: CostDataset, gnn: CostModel, boosted: BoostedModel, remeasured: CostDataset | None = None
             ) -> tuple[list[Metrics], dict[str, np.ndarray]]:
-    """Metrics of the GNN, LightGBM and analytical backend on the test split, and their µs per
-    sample; with ``remeasured`` (the same test groups profiled again into another store), also
-    those timings scored as a model: how far the measurements agree with themselves."""
+    """Metrics of the GNN, LightGBM and analytical backend on the test split (rows named after
+    the model kind) and, where it holds two or more models, on each apart (``"<kind>, <model>"``:
+    a mean over architectures hides which one a model fails on), and their µs per sample; with
+    ``remeasured`` (the same test groups profiled again into another store), also those timings
+    scored as a model: how far the measurements agree with themselves."""
     test = dataset.indices("test")
     if len(test) < 2:
         raise ValueError(f"the dataset's test split has {len(test)} groups; export it with --test-models naming "
@@ -88,7 +90,10 @@ def compare(dataset: CostDataset, gnn: CostModel, boosted: BoostedModel, remeasu
                  "analytical": analytical_us(dataset)}
     if remeasured is not None:
         predicted["re-measured"] = remeasured_us(dataset, remeasured, test)
-    rows = [score(name, us, measured, test, plans_of_split(dataset, "test")) for name, us in predicted.items()]
+    apart = groups_and_plans_by_model(dataset, ["test"]) if len(models_of_split(dataset, "test")) > 1 else {}
+    rows = [row for name, us in predicted.items()
+            for row in [score(name, us, measured, test, plans_of_split(dataset, "test")),
+                        *score_cases(name, us, measured, apart)]]
     return rows, {**predicted, "measured": measured}
 
 
@@ -313,7 +318,8 @@ def remeasured_us(dataset: CostDataset, remeasured: CostDataset, samples: Sequen
 
 def write_report(rows: Sequence[Metrics], predicted: dict[str, np.ndarray], test: Sequence[int],
                  folder: str | os.PathLike) -> list[Path]:
-    """metrics.csv, metrics.md and metrics.png (predicted vs measured µs of the test groups)."""
+    """metrics.csv, metrics.md and metrics.png (predicted vs measured µs of the test groups, one
+    panel per model kind: the rows named in ``predicted``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -325,8 +331,9 @@ def write_report(rows: Sequence[Metrics], predicted: dict[str, np.ndarray], test
     with atomic_output(md_path) as tmp:
         tmp.write_text(markdown_table(rows) + "\n", encoding="utf-8")
     measured = predicted["measured"][list(test)]
-    figure, axes = plt.subplots(1, len(rows), figsize=(4 * len(rows), 4), squeeze=False)
-    for axis, row in zip(axes[0], rows):
+    kinds = [row for row in rows if row.model in predicted]
+    figure, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 4), squeeze=False)
+    for axis, row in zip(axes[0], kinds):
         axis.loglog(measured, predicted[row.model][list(test)], ".", alpha=0.5)
         low, high = measured.min(), measured.max()
         axis.plot([low, high], [low, high], "k--", linewidth=0.8)
