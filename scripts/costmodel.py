@@ -1,9 +1,11 @@
 """Train and evaluate the learned cost model (GNN and LightGBM) on an exported dataset.
 
 ``fusiongym costmodel train --data data.pt --out DIR`` writes DIR/model.npz (the GNN, what
-``get_backend("learned", model=DIR/model.npz)`` loads) and DIR/lightgbm.json.
+``get_backend("learned", model=DIR/model.npz)`` loads) and DIR/lightgbm.json; with
+``--residual-scale S`` both predict the analytical prior plus S times their learned residual.
 ``fusiongym costmodel eval --data data.pt --model DIR`` scores both and the analytical
-backend on the test split: DIR/metrics.csv, metrics.md (printed) and metrics.png; with
+backend on the test split and on each of its models apart: DIR/metrics.csv, metrics.md
+(printed) and metrics.png; with
 ``--remeasured DATA2`` (the same groups profiled again into a second store) also that second
 measurement, scored as if it were a model: the ceiling any model is held to.
 ``fusiongym costmodel online --data data.pt --model DIR --store STORE`` streams the test
@@ -54,6 +56,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "(bytes, size ratio)")
     parser.add_argument("--weight-decay", type=float, default=None,
                         help="train, seeds: Adam's L2 weight decay (default: TrainConfig's)")
+    parser.add_argument("--residual-scale", type=float, default=None,
+                        help="train, seeds, heldout, ablate, tune: the models predict the analytical prior plus this "
+                             "share of their learned residual, in [0, 1] (default: TrainConfig's, 1; 0.5 ranks "
+                             "unseen models' plans better and fits their groups worse)")
     parser.add_argument("--anchor", type=float, default=None,
                         help="online: weight of the updates' pull toward the trained weights (default: OnlineConfig's; "
                              "0 fits new groups hardest and reorders plans most)")
@@ -85,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
     dataset = CostDataset.load(args.data)
     folder = Path(args.model or args.out)
     config = TrainConfig(loss=args.loss, seed=args.seed, edge_features=args.edge_features)
-    for option, value in (("epochs", args.epochs), ("weight_decay", args.weight_decay)):
+    for option, value in (("epochs", args.epochs), ("weight_decay", args.weight_decay),
+                          ("residual_scale", args.residual_scale)):
         if value is not None:
             config = dataclasses.replace(config, **{option: value})
     if args.action in ("seeds", "ablate", "tune") and args.seeds < 1:
@@ -97,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "ablate":
         return _ablate(dataset, config, args.seeds, folder)
     if args.action == "tune":
-        return _tune(dataset, args.seeds, folder)
+        return _tune(dataset, args.seeds, config.residual_scale, folder)
     if args.action == "train":
         trained = train_models(dataset, config, folder)
         gnn_path = folder / GNN_FILE
@@ -162,12 +169,12 @@ def _ablate(dataset, config, seeds: int, folder) -> int:
     return 0
 
 
-def _tune(dataset, seeds: int, folder) -> int:
+def _tune(dataset, seeds: int, residual_scale: float, folder) -> int:
     from fusiongym.reward.costmodel.boosted import TUNING_GRID
     from fusiongym.reward.costmodel.evaluate import boosted_grid, seed_means, write_bar_report
     from fusiongym.reward.costmodel.metrics import markdown_table, write_csv
 
-    rows = boosted_grid(dataset, TUNING_GRID, seeds)
+    rows = boosted_grid(dataset, TUNING_GRID, seeds, residual_scale)
     means = seed_means(rows)
     paths = [write_csv(rows, folder / "tune-lightgbm-seeds.csv"),
              *write_bar_report(means, folder / "tune-lightgbm.csv", ("val", "test"),

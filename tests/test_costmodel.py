@@ -128,6 +128,31 @@ def test_gnn_trains_and_numpy_path_matches_torch(trained, dataset, measured, tmp
     np.testing.assert_allclose(numpy_log_us, gnn_log_us(model, samples), rtol=1e-4, atol=1e-4)
 
 
+def test_residual_scale_keeps_that_share_of_the_learned_correction(dataset, measured, tmp_path):
+    """``costmodel train --residual-scale s``: both models predict ln analytical µs + s * the residual they learned,
+    through the saved files and the numpy model's C kernel too (which is not told s: the scale
+    lives in the de-standardization)."""
+    full = train_models(dataset, TrainConfig(epochs=40, seed=0))
+    data = dataset.save(tmp_path / "data.pt")
+    assert main(["costmodel", "train", "--data", str(data), "--out", str(tmp_path), "--epochs", "40",
+                 "--residual-scale", "0.5"]) == 0
+    gnn, boosted = CostModel.load(tmp_path / "model.npz"), BoostedModel.load(tmp_path / "lightgbm.json")
+    assert gnn.meta["train_config"]["residual_scale"] == 0.5 and boosted.meta["residual_scale"] == 0.5
+    full_residuals = []
+    for data in dataset.subset("test")[:20]:
+        group = (measured.graphs[data.graph_hash], data.nodes.tolist(), dataset.schedules[int(data.schedule)])
+        full_residuals.append(full.gnn.predict_group_log_us(*group) - float(data.prior))
+        half_residual = gnn.predict_group_log_us(*group) - float(data.prior)
+        assert half_residual == pytest.approx(0.5 * full_residuals[-1], abs=1e-4)
+    assert np.abs(full_residuals).max() > 0.05   # the network learned something to halve
+    prior = np.array([float(data.prior) for data in dataset.samples])
+    boosted_residual = full.boosted.predict_log_us(dataset.samples) - prior
+    np.testing.assert_allclose(boosted.predict_log_us(dataset.samples) - prior, 0.5 * boosted_residual, atol=1e-9)
+    assert np.abs(boosted_residual).max() > 0.05   # the trees learned something to halve
+    with pytest.raises(ValueError, match=r"residual_scale must lie in \[0, 1\]"):
+        TrainConfig(residual_scale=1.5)
+
+
 def test_plan_metrics_on_a_worked_example():
     """Four one-group plans of one graph: 100, 105, 150, 200 µs measured."""
     measured = np.array([100.0, 105.0, 150.0, 200.0])

@@ -21,6 +21,7 @@ from torch_geometric.data import Data
 
 from ..store import atomic_output
 from .features import GROUP_FEATURES, PRIOR_FEATURE
+from .prior import check_residual_scale
 from .records import CostModelError
 
 BOOSTED_FORMAT = "fusiongym.BoostedCostModel/2"
@@ -55,13 +56,15 @@ class BoostedModel:
 
     @staticmethod
     def train(train: Sequence[Data], val: Sequence[Data] = (), seed: int = 0, meta: dict | None = None,
-              params: Mapping[str, object] | None = None) -> "BoostedModel":
+              params: Mapping[str, object] | None = None, residual_scale: float = 1.0) -> "BoostedModel":
         """Fit on ``train``; with ``val``, stop when its error has not improved for 50 rounds.
-        ``params`` override ``PARAMS`` (``costmodel tune`` tries a grid of them)."""
+        ``params`` override ``PARAMS`` (``costmodel tune`` tries a grid of them); the model
+        predicts prior + ``residual_scale`` * the trees' residual (``gnn.TrainConfig.residual_scale``)."""
         import lightgbm as lgb
 
         if not train:
             raise ValueError("BoostedModel.train needs at least one training sample")
+        check_residual_scale(residual_scale)
         categorical = [len(FEATURE_NAMES) - 2, len(FEATURE_NAMES) - 1]
         dataset = lgb.Dataset(design_matrix(train), label=_residuals(train),
                               feature_name=list(FEATURE_NAMES), categorical_feature=categorical,
@@ -74,13 +77,13 @@ class BoostedModel:
         booster = lgb.train(chosen, dataset, num_boost_round=ROUNDS, valid_sets=valid_sets, callbacks=callbacks)
         return BoostedModel(booster, {"format": BOOSTED_FORMAT, "features": list(FEATURE_NAMES),
                                       "params": chosen, "train_samples": len(train),
-                                      "target": "ln µs - ln analytical µs",
+                                      "target": "ln µs - ln analytical µs", "residual_scale": residual_scale,
                                       "best_iteration": booster.best_iteration or ROUNDS, **(meta or {})})
 
     def predict_log_us(self, samples: Sequence[Data]) -> np.ndarray:
-        """[B] ln µs: the prior plus the predicted residual."""
+        """[B] ln µs: the prior plus the predicted residual (times the model's residual scale)."""
         residual = self.booster.predict(design_matrix(samples), num_iteration=self.meta["best_iteration"])
-        return residual + np.array([float(d.prior) for d in samples])
+        return self.meta.get("residual_scale", 1.0) * residual + np.array([float(d.prior) for d in samples])
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)

@@ -48,7 +48,7 @@ def train_models(dataset: CostDataset, config: TrainConfig = TrainConfig(), out:
     meta = {"data_hash": dataset.source.get("content_hash", dataset.content_hash), "source": dataset.source}
     result = train_gnn(train, val, dataset.op_vocab, dataset.schedules, analytical_profile(dataset), config, meta,
                        plans=dataset.plans_of("train"))
-    boosted = BoostedModel.train(train, val, config.seed, meta)
+    boosted = BoostedModel.train(train, val, config.seed, meta, residual_scale=config.residual_scale)
     if out is not None:
         folder = Path(out)
         result.model.save(folder / GNN_FILE)
@@ -233,17 +233,19 @@ def seed_means(rows: Sequence[Metrics]) -> list[Metrics]:
                     model=f"{label}, {scored}") for label, scored in cases]
 
 
-def boosted_grid(dataset: CostDataset, grid: Sequence[Mapping[str, object]], seeds: int) -> list[Metrics]:
+def boosted_grid(dataset: CostDataset, grid: Sequence[Mapping[str, object]], seeds: int,
+                 residual_scale: float = 1.0) -> list[Metrics]:
     """LightGBM trained at each setting of ``grid`` (overrides of ``boosted.PARAMS``) with seeds
-    0..seeds-1 (early stopping on the val split, as shipped), each scored on val and test
-    (``unseen_cases``): the baseline's capacity, chosen on val as the GNN's loss is. Rows:
+    0..seeds-1 (early stopping on the val split, as shipped) and ``residual_scale``, each scored
+    on val and test (``unseen_cases``): the baseline's capacity, chosen on val as the GNN's loss is. Rows:
     ``"<setting>, seed <s>, <split or model>"``, the setting written ``name=value`` joined by spaces."""
     measured, scored = measured_us(dataset), unseen_cases(dataset)
     train, val = dataset.subset("train"), dataset.subset("val")
     cases = [(params, seed) for params in grid for seed in range(seeds)]
     rows = []
     for params, seed in tqdm(cases, desc="LightGBM grid", unit="model", dynamic_ncols=True):
-        predicted = np.exp(BoostedModel.train(train, val, seed, params=params).predict_log_us(dataset.samples))
+        model = BoostedModel.train(train, val, seed, params=params, residual_scale=residual_scale)
+        predicted = np.exp(model.predict_log_us(dataset.samples))
         label = " ".join(f"{name}={value}" for name, value in params.items())
         rows += score_cases(f"{label}, seed {seed}", predicted, measured, scored)
     return rows

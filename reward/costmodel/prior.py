@@ -3,6 +3,7 @@
 Trained on four or five architectures, a model meets op mixes it has never seen; the
 roofline already knows how FLOPs and bytes turn into time, so both learned models take its
 estimate as an input and the GNN learns only the correction: ln µs = ln analytical µs + f(group).
+A model may keep only part of that correction (``check_residual_scale``): ln analytical µs + s f(group).
 
 The profile is pinned: ``get_profile("cpu")`` reads whatever calibration this machine has
 made, so the dataset records the profile it used and every model trained on it carries the
@@ -59,3 +60,11 @@ class AnalyticalPrior:
     def group_us(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> float:
         """µs of one group, exactly as the analytical backend reports it (the baseline being compared)."""
         return self.backend.group_latency(graph, list(nodes), schedule).us
+
+
+def check_residual_scale(residual_scale: float) -> None:
+    """``residual_scale`` s: a model predicts ln analytical µs + s * its learned residual. Below 1
+    it trusts the roofline more where the residual, fitted on a few architectures, may not carry."""
+    if not 0 <= residual_scale <= 1:
+        raise ValueError(f"residual_scale must lie in [0, 1] (0: the analytical prior alone, 1: the learned "
+                         f"residual in full), got {residual_scale}")
