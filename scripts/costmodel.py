@@ -5,9 +5,9 @@
 ``--residual-scale S`` both predict the analytical prior plus S times their learned residual.
 ``fusiongym costmodel eval --data data.pt --model DIR`` scores both and the analytical
 backend on the test split and on each of its models apart: DIR/metrics.csv, metrics.md
-(printed) and metrics.png; with
-``--remeasured DATA2`` (the same groups profiled again into a second store) also that second
-measurement, scored as if it were a model: the ceiling any model is held to.
+(printed) and metrics.png; with ``--remeasured DATA2`` (the same groups profiled again into a
+second store) also that second measurement, scored as if it were a model: the ceiling any
+model is held to.
 ``fusiongym costmodel online --data data.pt --model DIR --store STORE`` streams the test
 models' measured groups (shuffled with --seed) through online updates of the GNN, as an env
 on a real backend would meet them: DIR/online.csv and online.png, the error of the updated

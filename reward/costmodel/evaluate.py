@@ -90,10 +90,10 @@ def compare(dataset: CostDataset, gnn: CostModel, boosted: BoostedModel, remeasu
                  "analytical": analytical_us(dataset)}
     if remeasured is not None:
         predicted["re-measured"] = remeasured_us(dataset, remeasured, test)
+    test_plans = plans_of_split(dataset, "test")
     apart = groups_and_plans_by_model(dataset, ["test"]) if len(models_of_split(dataset, "test")) > 1 else {}
     rows = [row for name, us in predicted.items()
-            for row in [score(name, us, measured, test, plans_of_split(dataset, "test")),
-                        *score_cases(name, us, measured, apart)]]
+            for row in [score(name, us, measured, test, test_plans), *score_cases(name, us, measured, apart)]]
     return rows, {**predicted, "measured": measured}
 
 
