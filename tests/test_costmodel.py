@@ -21,7 +21,7 @@ from fusiongym.reward import Plan, get_backend
 from fusiongym.reward.calibrate import collect_samples, kendall_tau
 from fusiongym.reward.devices import get_profile
 from fusiongym.reward.costmodel import CostModelError, MeasuredSet, ProfileLog, load_measured_set
-from fusiongym.reward.costmodel.boosted import TUNING_GRID, BoostedModel
+from fusiongym.reward.costmodel.boosted import MAX_ROUNDS, ROUNDS, TUNING_GRID, BoostedModel
 from fusiongym.reward.costmodel.dataset import CostDataset, build_dataset
 from fusiongym.reward.costmodel.features import GraphTensors, group_example, plan_features
 from fusiongym.reward.costmodel.evaluate import (compare, feed_plan, gnn_log_us, measured_us, online_plan_ranking,
@@ -269,6 +269,15 @@ def test_tune_trains_lightgbm_at_each_setting_and_names_the_one_val_prefers(data
     val_tau = {label: float(means[f"{label}, val"]["plan_tau"]) for label in labels}
     assert f"val prefers {max(val_tau, key=val_tau.get)} (val plan τ" in printed
     assert (tmp_path / "tune-lightgbm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lightgbm_boosts_until_val_stops_improving_not_to_a_fixed_count(dataset):
+    """Early stopping, not the round count, ends training with a val split: scored on its own
+    training groups, val keeps improving past ``ROUNDS`` (the cap that used to end it first)."""
+    train = dataset.subset("train")
+    model = BoostedModel.train(train, train, seed=0)
+    assert ROUNDS < model.meta["best_iteration"] <= MAX_ROUNDS
+    assert BoostedModel.train(train, seed=0).meta["best_iteration"] == ROUNDS   # no val: a fixed count
 
 
 def test_a_second_measurement_is_scored_group_for_group(dataset, tmp_path):

@@ -1,6 +1,6 @@
 """LightGBM on hand-made group features: the classical cost-model baseline for the GNN.
 
-Each group is one row: the 15 group features of ``features.GROUP_FEATURES`` (summed FLOPs
+Each group is one row: the 14 group features of ``features.GROUP_FEATURES`` (summed FLOPs
 and moved bytes, size, intensity, op-kind counts), the analytical backend's ln µs (what
 carries to models never trained on), its schedule and the op of its heaviest node (both
 categorical). Target: the residual ln µs - ln analytical µs, like the GNN's: trees cannot
@@ -29,6 +29,9 @@ FEATURE_NAMES = (*GROUP_FEATURES, PRIOR_FEATURE, "schedule", "dominant_op")
 PARAMS = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 20,
           "lambda_l2": 1.0, "feature_fraction": 0.9, "bagging_fraction": 0.9, "bagging_freq": 1,
           "deterministic": True, "force_row_wise": True, "num_threads": 1, "verbose": -1}
+# Boosting rounds: with a val split, at most MAX_ROUNDS, ended by early stopping (at 580-920
+# rounds on the README's data, where a cap of 400 used to end it first); without one, ROUNDS.
+MAX_ROUNDS = 3000
 ROUNDS = 400
 # The settings `fusiongym costmodel tune` tries: how many leaves a tree may grow, and how many
 # groups a leaf must hold.
@@ -37,7 +40,7 @@ TUNING_GRID = tuple({"num_leaves": leaves, "min_data_in_leaf": min_data}
 
 
 def design_matrix(samples: Sequence[Data]) -> np.ndarray:
-    """[B, 18] float64: group features, ln analytical µs, schedule id, dominant op id."""
+    """[B, 17] float64: the 14 group features, ln analytical µs, schedule id, dominant op id."""
     return np.array([[*d.group[0].tolist(), float(d.prior), int(d.schedule), int(d.dominant_op)] for d in samples],
                     dtype=np.float64)
 
@@ -57,7 +60,8 @@ class BoostedModel:
     @staticmethod
     def train(train: Sequence[Data], val: Sequence[Data] = (), seed: int = 0, meta: dict | None = None,
               params: Mapping[str, object] | None = None, residual_scale: float = 1.0) -> "BoostedModel":
-        """Fit on ``train``; with ``val``, stop when its error has not improved for 50 rounds.
+        """Fit on ``train``: ``ROUNDS`` rounds, or with ``val`` until its error has not improved for
+        50 rounds (at most ``MAX_ROUNDS``).
         ``params`` override ``PARAMS`` (``costmodel tune`` tries a grid of them); the model
         predicts prior + ``residual_scale`` * the trees' residual (``gnn.TrainConfig.residual_scale``)."""
         import lightgbm as lgb
@@ -69,16 +73,17 @@ class BoostedModel:
         dataset = lgb.Dataset(design_matrix(train), label=_residuals(train),
                               feature_name=list(FEATURE_NAMES), categorical_feature=categorical,
                               params={"min_data_per_group": 5, "verbose": -1})
-        callbacks, valid_sets = [], []
+        callbacks, valid_sets, rounds = [], [], ROUNDS
         if val:
+            rounds = MAX_ROUNDS
             valid_sets = [lgb.Dataset(design_matrix(val), label=_residuals(val), reference=dataset)]
             callbacks = [lgb.early_stopping(50, verbose=False)]
         chosen = {**PARAMS, **(params or {}), "seed": seed}
-        booster = lgb.train(chosen, dataset, num_boost_round=ROUNDS, valid_sets=valid_sets, callbacks=callbacks)
+        booster = lgb.train(chosen, dataset, num_boost_round=rounds, valid_sets=valid_sets, callbacks=callbacks)
         return BoostedModel(booster, {"format": BOOSTED_FORMAT, "features": list(FEATURE_NAMES),
                                       "params": chosen, "train_samples": len(train),
                                       "target": "ln µs - ln analytical µs", "residual_scale": residual_scale,
-                                      "best_iteration": booster.best_iteration or ROUNDS, **(meta or {})})
+                                      "best_iteration": booster.best_iteration or rounds, **(meta or {})})
 
     def predict_log_us(self, samples: Sequence[Data]) -> np.ndarray:
         """[B] ln µs: the prior plus the predicted residual (times the model's residual scale)."""
