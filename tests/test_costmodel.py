@@ -129,12 +129,12 @@ def test_gnn_trains_and_numpy_path_matches_torch(trained, dataset, measured, tmp
 
 
 def test_residual_scale_keeps_that_share_of_the_learned_correction(dataset, measured, tmp_path):
-    """``costmodel train --residual-scale s``: both models predict ln analytical µs + s * the residual they learned,
-    through the saved files and the numpy model's C kernel too (which is not told s: the scale
-    lives in the de-standardization)."""
+    """``costmodel train --residual-scale s``: both models predict ln analytical µs + s * the
+    residual they learned, through the saved files and the numpy model's C kernel too (which is
+    not told s: the scale lives in the de-standardization)."""
     full = train_models(dataset, TrainConfig(epochs=40, seed=0))
-    data = dataset.save(tmp_path / "data.pt")
-    assert main(["costmodel", "train", "--data", str(data), "--out", str(tmp_path), "--epochs", "40",
+    data_path = dataset.save(tmp_path / "data.pt")
+    assert main(["costmodel", "train", "--data", str(data_path), "--out", str(tmp_path), "--epochs", "40",
                  "--residual-scale", "0.5"]) == 0
     gnn, boosted = CostModel.load(tmp_path / "model.npz"), BoostedModel.load(tmp_path / "lightgbm.json")
     assert gnn.meta["train_config"]["residual_scale"] == 0.5 and boosted.meta["residual_scale"] == 0.5
