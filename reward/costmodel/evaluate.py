@@ -90,10 +90,9 @@ def compare(dataset: CostDataset, gnn: CostModel, boosted: BoostedModel, remeasu
                  "analytical": analytical_us(dataset)}
     if remeasured is not None:
         predicted["re-measured"] = remeasured_us(dataset, remeasured, test)
-    test_plans = plans_of_split(dataset, "test")
-    apart = groups_and_plans_by_model(dataset, ["test"]) if len(models_of_split(dataset, "test")) > 1 else {}
-    rows = [row for name, us in predicted.items()
-            for row in [score(name, us, measured, test, test_plans), *score_cases(name, us, measured, apart)]]
+    cases = unseen_cases(dataset, ("test",))
+    rows = [score(name if case == "test" else f"{name}, {case}", us, measured, samples, plans)
+            for name, us in predicted.items() for case, (samples, plans) in cases.items()]
     return rows, {**predicted, "measured": measured}
 
 
@@ -129,10 +128,12 @@ def seed_spread(dataset: CostDataset, config: TrainConfig, seeds: int) -> list[M
     return rows
 
 
-def unseen_cases(dataset: CostDataset) -> dict[str, tuple[list[int], list[dict]]]:
-    """What ``seed_spread`` and ``boosted_grid`` score each model on: the val and the test split
-    and, where a split holds two or more models, each of them apart; name -> (sample indices, plans)."""
-    splits = [split for split in ("val", "test") if dataset.indices(split)]
+def unseen_cases(dataset: CostDataset, splits: Sequence[str] = ("val", "test")
+                 ) -> dict[str, tuple[list[int], list[dict]]]:
+    """What ``seed_spread``, ``boosted_grid`` and ``compare`` score each model on: each of ``splits``
+    that holds groups and, where one holds two or more models, each of them apart;
+    name -> (sample indices, plans)."""
+    splits = [split for split in splits if dataset.indices(split)]
     apart = [split for split in splits if len(models_of_split(dataset, split)) > 1]
     return {**{split: (dataset.indices(split), plans_of_split(dataset, split)) for split in splits},
             **groups_and_plans_by_model(dataset, apart)}
