@@ -146,19 +146,24 @@ def test_backend_by_name_on_each_device_word(small_graph):
         make_env([small_graph], backend=get_backend("analytical"), backend_options={"max_group_size": 2})
 
 
-def test_tvm_backend_by_name_measures_a_step_on_the_device_it_names():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_tvm_backend_by_name_measures_a_step_on_the_device_it_names(device):
     """Real TVM on a 3-op graph: gym.make(backend="tvm", device=...) reaches TVMBackend's target."""
     import torch
+    import tvm
+
+    if device == "cuda" and not tvm.cuda(0).exist:
+        pytest.skip("needs a CUDA GPU; none is visible to TVM")
 
     from fusiongym.graphs import from_torch
     from fusiongym.reward.timing import TimingProtocol
 
     graph = from_torch(torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.ReLU()), (torch.randn(2, 8),))
     fast = TimingProtocol(warmup=1, min_repeat_ms=1.0, repeats=5, max_remeasure=0)
-    env = gym.make("FusionEnv-v0", workloads=[graph], backend="tvm", device="cpu", max_nodes=8, max_edges=8,
+    env = gym.make("FusionEnv-v0", workloads=[graph], backend="tvm", device=device, max_nodes=8, max_edges=8,
                    backend_options={"protocol": fast})
     backend = env.unwrapped.backend
-    assert backend.name == "tvm" and backend.target.kind.name == "llvm"
+    assert backend.name == "tvm" and backend.target.kind.name == {"cpu": "llvm", "cuda": "cuda"}[device]
     assert env.unwrapped.reward_flags == {"deterministic": False, "platform_dependent": True}
     _, info = env.reset(seed=0)
     fuse = int(np.flatnonzero(info["action_mask"][:graph.num_edges])[0])

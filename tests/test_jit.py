@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from importlib import resources
 
 import pytest
@@ -14,6 +15,7 @@ from fusiongym.agents.jit import PlannedModule, eager_region, group_order, impor
 from fusiongym.reward import Plan
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible to torch")
 
 
 class SmallCNN(nn.Module):
@@ -99,6 +101,43 @@ def test_tvm_compile_with_the_policy_equals_eager(name: str, policy: FusionPolic
     with torch.no_grad():
         torch.testing.assert_close(run(*inputs), model(*inputs), **TOLERANCE)
     assert run.plan.num_groups < sum(len(g) for g in run.plan.groups)   # the policy fused something
+
+
+@pytest.fixture
+def exact_cuda_math():
+    """Full fp32 on the GPU while a test runs: eager convs default to TF32 on Ampere and later,
+    which differs from a region's fp32 kernel by ~1e-3."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_torch_compile_with_the_policy_on_cuda_equals_eager(name: str, policy: FusionPolicy, exact_cuda_math) -> None:
+    model, inputs = MODELS[name]
+    model, inputs = copy.deepcopy(model).cuda(), tuple(x.cuda() for x in inputs)
+    torch._dynamo.reset()
+    backend = policy_backend(policy, device="cuda")
+    compiled = torch.compile(model, backend=backend, dynamic=False)
+    with torch.no_grad():
+        result = compiled(*inputs)
+        torch.testing.assert_close(result, model(*inputs), **TOLERANCE)
+    assert result.device.type == "cuda"
+    assert 1 <= backend.plans[0].num_groups < sum(len(g) for g in backend.plans[0].groups)
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_tvm_compile_for_cuda_with_the_policy_equals_eager(name: str, policy: FusionPolicy) -> None:
+    model, inputs = MODELS[name]
+    run = tvm_compile(model, inputs, policy, target="cuda")
+    with torch.no_grad():
+        torch.testing.assert_close(run(*inputs), model(*inputs), **TOLERANCE)
+    assert run.plan.num_groups < sum(len(g) for g in run.plan.groups)
 
 
 def test_groups_run_in_dependency_order_not_by_first_node() -> None:

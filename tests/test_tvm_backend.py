@@ -21,6 +21,7 @@ from fusiongym.reward.tvm_backend import BuiltGroup, TVMBackend, TVMBackendError
 from fusiongym.reward.tvm_default import tvm_default_plan
 
 FAST = TimingProtocol(warmup=1, min_repeat_ms=1.0, repeats=5, max_remeasure=0)
+needs_gpu = pytest.mark.skipif(not tvm.cuda(0).exist, reason="needs a CUDA GPU; none is visible to TVM")
 
 
 class TwinBlocks(torch.nn.Module):
@@ -233,3 +234,22 @@ def test_cuda_source_builds_without_a_gpu(twins: ComputeGraph, tmp_path: Path) -
     if not tvm.cuda(0).exist:
         with pytest.raises(TVMBackendError, match="target='llvm'"):
             backend.group_latency(twins, group, "default")
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_cuda_groups_are_timed_on_the_gpu_and_fusing_a_block_pays(twins: ComputeGraph, tmp_path: Path) -> None:
+    """On a GPU each op apart is its own kernel launch and round trip through memory: the
+    block fused into one kernel must be faster than its ops timed apart."""
+    backend = TVMBackend(target="cuda", store=tmp_path / "store.db", protocol=FAST)
+    assert backend.device.startswith("cuda:") and backend.target.attrs["arch"].startswith("sm_")
+    group = block_groups(twins)[0]
+    fused = backend.group_latency(twins, group, "default")
+    apart_us = sum(backend.group_latency(twins, [node], "default").us for node in group)
+    assert fused.origin == "measured" and 0 < fused.us < apart_us
+    keys = [entry.key for entry in backend.store.iter_all()]
+    assert {key.backend for key in keys} == {"tvm-cuda"} and {key.device for key in keys} == {backend.device}
+    plan = tvm_default_plan(twins)
+    report = backend.latency(twins, plan)
+    end_to_end_us = backend.end_to_end_latency_us(twins, plan)
+    assert report.total_us > 0 and 0.2 * report.total_us < end_to_end_us < 1e5
