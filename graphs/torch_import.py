@@ -11,6 +11,9 @@ from .ir import ComputeGraph, GraphError
 from .relax_import import UnsupportedOpError, from_relax
 
 
+MIN_TORCH_FOR_SYMBOLIC_EXPORT = (2, 13)
+
+
 class ModelExportError(GraphError):
     """torch.export or TVM's frontend could not capture the model."""
 
@@ -61,8 +64,21 @@ def _export(module, example_inputs, dynamic_shapes, name: str):
         raise ModelExportError(
             f"torch.export could not export {name}: {reason}. Hint: make control flow "
             f"independent of tensor values, give example inputs ≥ 2 along dynamic dims, and "
-            f"check the Dim ranges in dynamic_shapes."
+            f"check the Dim ranges in dynamic_shapes.{_older_torch_hint(torch.__version__)}"
         ) from error
+
+
+def _older_torch_hint(version: str) -> str:
+    """The upgrade to name when this torch predates the one the zoo's symbolic exports need:
+    torch 2.11 (seen on a GPU machine) guards on the parity of a symbolic image size in
+    max_pool2d's shape function and on the sequence length in Llama's attention, so ResNet
+    and Llama templates fail there; torch 2.13 exports them."""
+    major, minor = (int(part) for part in version.split("+")[0].split(".")[:2])
+    if (major, minor) >= MIN_TORCH_FOR_SYMBOLIC_EXPORT:
+        return ""
+    wanted = ".".join(map(str, MIN_TORCH_FOR_SYMBOLIC_EXPORT))
+    return (f" This is torch {version}; torch before {wanted} refuses symbolic sizes that {wanted} "
+            f"exports (the zoo's ResNet image, Llama sequence): install torch>={wanted}.")
 
 
 def _to_relax(program, name: str):

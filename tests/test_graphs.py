@@ -241,6 +241,20 @@ def test_unexportable_model_gives_reason_and_hint():
     assert "data-dependent expression" in str(raised.value)  # torch.export's own reason, before the hint
 
 
+def test_export_error_names_the_torch_upgrade_when_torch_is_older_than_the_zoo_needs(monkeypatch):
+    class DataDependent(torch.nn.Module):
+        def forward(self, x):
+            return x * 2 if x.sum() > 0 else x
+
+    monkeypatch.setattr(torch, "__version__", "2.11.0+cu130")
+    with pytest.raises(ModelExportError, match=r"This is torch 2\.11\.0\+cu130.*install torch>=2\.13"):
+        from_torch(DataDependent(), (torch.randn(3),), name="DataDependent")
+    monkeypatch.setattr(torch, "__version__", "2.13.0+cpu")
+    with pytest.raises(ModelExportError) as raised:
+        from_torch(DataDependent(), (torch.randn(3),), name="DataDependent")
+    assert "install torch" not in str(raised.value)
+
+
 def test_from_relax_accepts_a_users_module():
     import tvm
     from tvm.relax.frontend.torch import from_exported_program
