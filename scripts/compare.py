@@ -7,8 +7,8 @@ Example (GPU): ``fusiongym compare --device cuda --suite test --variant small
 * ``inductor_default``: the whole graph as one Inductor region, so Inductor fuses as it likes;
 * ``tvm_default``: TVM's own FuseOps plan on the tvm backend (skipped where TVM is missing).
 
-Writes ``<out>/compare/<suite>[-<variant>]-<device>.csv`` and ``COMPARE-<device>.md`` with the
-device fingerprint and library versions. Latencies are sums of per-group times, as the
+Writes ``<out>/compare/<suite>-<variant>-<device>.csv`` and ``COMPARE-<suite>-<variant>-<device>.md``
+with the device fingerprint and library versions. Latencies are sums of per-group times, as the
 environment's reward counts them.
 """
 
@@ -79,9 +79,9 @@ def run(args: argparse.Namespace) -> int:
         writer.writeheader()
         writer.writerows(rows)
     machine = {**describe_machine(), **library_versions(), "device": torch_backend.device}
-    with atomic_output(out / f"COMPARE-{args.device}.md") as tmp:
+    with atomic_output(out / f"COMPARE-{stem}.md") as tmp:
         tmp.write_text(_markdown(rows, machine, tvm_note, args))
-    print(f"wrote {out / f'{stem}.csv'} and {out / f'COMPARE-{args.device}.md'}")
+    print(f"wrote {out / f'{stem}.csv'} and {out / f'COMPARE-{stem}.md'}")
     return 0
 
 
@@ -103,6 +103,7 @@ def _markdown(rows: list[dict], machine: dict, tvm_note: str, args: argparse.Nam
     lines = [f"# Policy vs Inductor vs TVM on {machine['device']}", "",
              f"`fusiongym compare --device {args.device} --suite {args.suite} --variant {args.variant} "
              f"--cases-per-workload {args.cases_per_workload}"
+             + (f" --workloads {args.workloads}" if args.workloads else "")
              + (f" --threads {args.threads}" if args.threads else "")
              + (f" --max-dims {args.max_dims}" if args.max_dims else "") + "`", "",
              "Versions: " + ", ".join(f"{k} {machine.get(k)}" for k in ("torch", "triton", "tvm", "python")), ""]

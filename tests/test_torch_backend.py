@@ -150,6 +150,6 @@ def test_compare_writes_the_three_plans_of_a_case(tmp_path) -> None:
     assert rows["inductor_default"]["num_groups"] == "1" and int(rows["policy"]["num_groups"]) > 1
     policy_plan = json.loads(rows["policy"]["plan"])
     assert len(policy_plan["groups"]) == int(rows["policy"]["num_groups"])
-    report = (tmp_path / "compare" / "COMPARE-cpu.md").read_text()
-    assert "llama_long/test" in report and "torch" in report
+    report = (tmp_path / "compare" / "COMPARE-test-small-cpu.md").read_text()
+    assert "--workloads llama_long/test" in report and "torch" in report
     assert not any(path.name.endswith(".tmp") for path in (tmp_path / "compare").iterdir())
