@@ -6,6 +6,7 @@ the session's store); one model is held out, as the dataset export does for test
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 
@@ -522,6 +523,13 @@ def test_plan_feedback_fits_the_order_of_the_plans_fed(trained, dataset, measure
     assert learner.updates == 0 and len(learner.curve) == len(groups)
     learner.observe_plan(graph, groups[1:], schedules[1:], [10.0] * (len(groups) - 1))   # a new plan, no new group
     assert learner.updates == 1 and len(learner.curve) == len(groups)
+    assert learner._plan_ranking()[1].temperature == trained.gnn.meta["train_config"]["plan_temperature"]
+    warmer = copy.copy(trained.gnn)   # the ranking term ranks at the temperature the model was trained at
+    warmer.meta = {**warmer.meta, "train_config": {**warmer.meta["train_config"], "plan_temperature": 0.5}}
+    learner = OnlineLearner(warmer, OnlineConfig(plan_weight=1.0))
+    for plan_groups, plan_schedules in ((groups, schedules), (groups[1:], schedules[1:])):
+        learner.observe_plan(graph, plan_groups, plan_schedules, [10.0] * len(plan_groups))
+    assert learner._plan_ranking()[1].temperature == 0.5
     with pytest.raises(ValueError, match="plan_weight must be 0 or more"):
         OnlineConfig(plan_weight=-1.0)
 

@@ -197,8 +197,9 @@ class OnlineLearner:
         graph_ids = np.unique([plan.key[0] for plan in ranked for _ in plan.samples], return_inverse=True)[1]
         batch = Batch.from_data_list(samples)
         net = self._net
+        temperature = self.model.meta.get("train_config", {}).get("plan_temperature", TrainConfig.plan_temperature)
         return batch, PlanRankingLoss(positions, graph_ids, batch.y, net.y_mean + batch.prior.float(), net.y_std,
-                                      TrainConfig.plan_temperature)
+                                      temperature)
 
     def distance_from_trained(self) -> torch.Tensor:
         """Squared L2 distance of the anchored weights from the weights the model was trained to."""
