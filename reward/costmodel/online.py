@@ -101,7 +101,9 @@ class OnlineLearner:
         self._trained = [parameter.detach().clone() for parameter in self._anchored]
         self._buffer: deque[Data] = deque(maxlen=self.config.buffer_size)
         self._plans: deque[MeasuredPlan] = deque(maxlen=self.config.plan_buffer_size)
-        self._seen: set[tuple[str, tuple[int, ...], str]] = set()   # (graph hash, nodes, schedule) observed
+        # (graph hash, nodes, schedule) of every group observed -> (its µs, its sample), so a plan handed
+        # over after its groups were observed (OnlineBackend.latency) does not build their features again
+        self._observed: dict[tuple[str, tuple[int, ...], str], tuple[float, Data]] = {}
         self._pending = 0
         self._op_id = {op: i for i, op in enumerate(self.model.op_vocab)}
 
@@ -113,14 +115,14 @@ class OnlineLearner:
                      sample: Data) -> float:
         error = abs(self.model.predict_group_log_us(graph, nodes, schedule) - math.log(measured_us))
         self.curve.append(ErrorPoint(len(self.curve), self.updates, error))
-        self._seen.add((graph.hash, tuple(nodes), schedule))
+        self._observed[(graph.hash, tuple(nodes), schedule)] = (measured_us, sample)
         self._buffer.append(sample)
         self._count_pending()
         return error
 
     def has_seen(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> bool:
         """Whether this group was observed before (a backend asks again for groups it has measured)."""
-        return (graph.hash, tuple(nodes), schedule) in self._seen
+        return (graph.hash, tuple(nodes), schedule) in self._observed
 
     def observe_plan(self, graph: ComputeGraph, groups: Sequence[Sequence[int]], schedules: Sequence[str],
                      group_us: Sequence[float]) -> None:
@@ -130,10 +132,14 @@ class OnlineLearner:
         key = (graph.hash, tuple((tuple(nodes), schedule) for nodes, schedule in zip(groups, schedules)))
         if any(plan.key == key for plan in self._plans):
             return   # its groups were observed when it was first handed over
-        samples = [self._sample(graph, nodes, schedule, us) for nodes, schedule, us in zip(groups, schedules, group_us)]
-        for nodes, schedule, us, sample in zip(groups, schedules, group_us, samples):
-            if not self.has_seen(graph, nodes, schedule):
+        samples = []
+        for nodes, schedule, us in zip(groups, schedules, group_us):
+            observed_us, sample = self._observed.get((graph.hash, tuple(nodes), schedule), (None, None))
+            if observed_us != us:   # not observed yet, or at another timing (the plan's counts)
+                sample = self._sample(graph, nodes, schedule, us)
+            if observed_us is None:
                 self._learn_group(graph, nodes, schedule, us, sample)
+            samples.append(sample)
         self._plans.append(MeasuredPlan(key, samples))
         self._count_pending()
 
