@@ -169,14 +169,19 @@ def test_plan_metrics_on_a_worked_example():
     assert np.isnan(close.plan_tau_apart) and close.plan_tau == -1.0
 
 
+def rows_by_model(path) -> dict[str, dict]:
+    """A report CSV's rows by their ``model`` column, in file order."""
+    with open(path, encoding="utf-8") as handle:
+        return {row["model"]: row for row in csv.DictReader(handle)}
+
+
 def test_seeds_scores_one_model_per_seed_and_summarizes_them(dataset, tmp_path, capsys):
     """``costmodel seeds``: N models that differ only in their seed, each scored on the val and
     the test split, and their mean, min and max per split."""
     data = dataset.save(tmp_path / "data.pt")
     assert main(["costmodel", "seeds", "--data", str(data), "--out", str(tmp_path), "--seeds", "3",
                  "--epochs", "60"]) == 0
-    with open(tmp_path / "seeds-mse.csv", encoding="utf-8") as handle:
-        rows = list(csv.DictReader(handle))
+    rows = list(rows_by_model(tmp_path / "seeds-mse.csv").values())
     assert (tmp_path / "seeds-mse.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert [row["model"] for row in rows] == [f"seed {seed}, {split}" for seed in range(3) for split in ("val", "test")]
     mape = np.array([float(row["mape_pct"]) for row in rows if row["model"].endswith("test")])
@@ -193,8 +198,7 @@ def test_heldout_trains_without_each_model_and_scores_it_beside_the_roofline(dat
     used. The analytical rows are the roofline's own scores on that model's groups."""
     data = dataset.save(tmp_path / "data.pt")
     assert main(["costmodel", "heldout", "--data", str(data), "--out", str(tmp_path), "--epochs", "60"]) == 0
-    with open(tmp_path / "heldout-mse.csv", encoding="utf-8") as handle:
-        rows = {row["model"]: row for row in csv.DictReader(handle)}
+    rows = rows_by_model(tmp_path / "heldout-mse.csv")
     pool = sorted({d.model for split in ("train", "val") for d in dataset.subset(split)})
     assert len(pool) == 2 and HELD_OUT not in pool
     assert sorted(rows) == sorted(f"{model}, {name}" for model in pool for name in ("gnn", "analytical"))
@@ -224,12 +228,8 @@ def test_ablate_trains_without_each_training_model_and_scores_every_unseen_one(d
     assert main(["costmodel", "ablate", *options]) == 0
     assert f"| no bert, {HELD_OUT} |" in capsys.readouterr().out
     assert main(["costmodel", "seeds", *options]) == 0
-
-    def rows(name: str) -> dict[str, dict]:
-        with open(tmp_path / name, encoding="utf-8") as handle:
-            return {row["model"]: row for row in csv.DictReader(handle)}
-
-    ablation, seeds, means = rows("ablation-mse-seeds.csv"), rows("seeds-mse.csv"), rows("ablation-mse.csv")
+    ablation, seeds, means = (rows_by_model(tmp_path / name)
+                              for name in ("ablation-mse-seeds.csv", "seeds-mse.csv", "ablation-mse.csv"))
     labels = ["all", "no bert", "no mixtral_moe"]
     assert list(ablation) == [f"{label}, seed {seed}, {HELD_OUT}" for label in labels for seed in range(2)]
     assert list(means) == [f"{label}, {HELD_OUT}" for label in labels]
@@ -251,12 +251,7 @@ def test_tune_trains_lightgbm_at_each_setting_and_names_the_one_val_prefers(data
     data = dataset.save(tmp_path / "data.pt")
     assert main(["costmodel", "tune", "--data", str(data), "--out", str(tmp_path), "--seeds", "2"]) == 0
     printed = capsys.readouterr().out
-
-    def rows(name: str) -> dict[str, dict]:
-        with open(tmp_path / name, encoding="utf-8") as handle:
-            return {row["model"]: row for row in csv.DictReader(handle)}
-
-    per_seed, means = rows("tune-lightgbm-seeds.csv"), rows("tune-lightgbm.csv")
+    per_seed, means = rows_by_model(tmp_path / "tune-lightgbm-seeds.csv"), rows_by_model(tmp_path / "tune-lightgbm.csv")
     labels = [" ".join(f"{name}={value}" for name, value in params.items()) for params in TUNING_GRID]
     assert list(per_seed) == [f"{label}, seed {seed}, {split}" for label in labels for seed in range(2)
                               for split in ("val", "test")]
@@ -495,13 +490,14 @@ def test_plan_feedback_fits_the_order_of_the_plans_fed(trained, dataset, measure
     members = [i for i in test if dataset.samples[i].graph_hash == graph_hash]
     rng = np.random.default_rng(1)
     plans = [sorted(rng.choice(members, size=5, replace=False).tolist()) for _ in range(8)]
-    measured_totals = [measured_us(dataset)[plan].sum() for plan in plans]
+    group_us = measured_us(dataset)
+    measured_totals = [group_us[plan].sum() for plan in plans]
 
     def fed(plan_weight: float, count: int) -> np.ndarray:   # [num_samples] µs of the updated model
         learner = OnlineLearner(trained.gnn, OnlineConfig(update_every=1000, steps=100, plan_weight=plan_weight,
                                                           seed=0), replay=dataset.subset("train"))
         for plan in plans[:count]:
-            feed_plan(learner, dataset, graph, plan, measured_us(dataset))
+            feed_plan(learner, dataset, graph, plan, group_us)
         learner.flush()
         assert learner.updates == 1
         return np.exp(gnn_log_us(learner.model, dataset.samples))
