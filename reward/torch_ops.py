@@ -86,21 +86,25 @@ def tensor_binary(a: torch.Tensor, b: torch.Tensor, *, op: str, dtype: torch.dty
     return out if out.dtype == dtype else out.to(dtype)
 
 
-def conv2d(x: torch.Tensor, weight: torch.Tensor, *, strides: tuple[int, int], padding: tuple[int, ...],
-           dilation: tuple[int, int], groups: int, data_perm: tuple[int, ...] | None,
-           kernel_perm: tuple[int, ...] | None, out_perm: tuple[int, ...] | None,
-           dtype: torch.dtype) -> torch.Tensor:
-    """Relax conv2d: padding (top, left, bottom, right); layouts permuted to and from NCHW/OIHW."""
+def conv(x: torch.Tensor, weight: torch.Tensor, *, strides: tuple[int, ...], padding: tuple[int, ...],
+         dilation: tuple[int, ...], groups: int, data_perm: tuple[int, ...] | None,
+         kernel_perm: tuple[int, ...] | None, out_perm: tuple[int, ...] | None,
+         dtype: torch.dtype) -> torch.Tensor:
+    """Relax conv1d / conv2d: padding (begin of each spatial axis, then end of each); layouts
+    permuted to and from NC[H]W / OI[H]W."""
     if data_perm is not None:
         x = x.permute(data_perm)
     if kernel_perm is not None:
         weight = weight.permute(kernel_perm)
-    top, left, bottom, right = padding
-    if (top, left) == (bottom, right):
-        out = F.conv2d(x, weight, stride=strides, padding=(top, left), dilation=dilation, groups=groups)
+    spatial = len(strides)
+    convolve = F.conv1d if spatial == 1 else F.conv2d
+    begin, end = padding[:spatial], padding[spatial:]
+    if begin == end:
+        out = convolve(x, weight, stride=strides, padding=begin, dilation=dilation, groups=groups)
     else:
-        out = F.conv2d(F.pad(x, (left, right, top, bottom)), weight, stride=strides, dilation=dilation,
-                       groups=groups)
+        # F.pad takes (begin, end) pairs from the last axis back.
+        pairs = [side for axis in reversed(range(spatial)) for side in (begin[axis], end[axis])]
+        out = convolve(F.pad(x, pairs), weight, stride=strides, dilation=dilation, groups=groups)
     if out_perm is not None:
         out = out.permute(out_perm)
     return out if out.dtype == dtype else out.to(dtype)
@@ -255,13 +259,14 @@ def _reduce(node: OpNode, args: CallArgs | None) -> TorchOp:
                             "keepdims": bool(node.attrs.get("keepdims", False))})
 
 
-def _conv2d(node: OpNode, args: CallArgs | None) -> TorchOp:
+def _conv(node: OpNode, args: CallArgs | None) -> TorchOp:
     a = node.attrs
-    return TorchOp(conv2d, {
+    data_layout, kernel_layout = ("NCW", "OIW") if len(a["strides"]) == 1 else ("NCHW", "OIHW")
+    return TorchOp(conv, {
         "strides": tuple(a["strides"]), "padding": tuple(a["padding"]), "dilation": tuple(a["dilation"]),
-        "groups": int(a["groups"]), "data_perm": _layout_perm(a["data_layout"], "NCHW"),
-        "kernel_perm": _layout_perm(a["kernel_layout"], "OIHW"),
-        "out_perm": _layout_perm("NCHW", a.get("out_layout") or a["data_layout"]),
+        "groups": int(a["groups"]), "data_perm": _layout_perm(a["data_layout"], data_layout),
+        "kernel_perm": _layout_perm(a["kernel_layout"], kernel_layout),
+        "out_perm": _layout_perm(data_layout, a.get("out_layout") or a["data_layout"]),
         "dtype": torch_dtype(node.outputs[0].dtype)})
 
 
@@ -341,7 +346,8 @@ CONVERTERS: dict[str, Callable[[OpNode, CallArgs | None], TorchOp]] = {
     **{name: _unary for name in _UNARY},
     **{name: _binary for name in _BINARY},
     **{name: _reduce for name in _REDUCE},
-    "conv2d": _conv2d,
+    "conv1d": _conv,
+    "conv2d": _conv,
     "max_pool2d": _max_pool2d,
     "layer_norm": _layer_norm,
     "matmul": lambda node, args: TorchOp(matmul, {"dtype": torch_dtype(node.outputs[0].dtype)}),

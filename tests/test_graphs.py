@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from fusiongym.graphs import (ComputeGraph, GraphError, OpKind, from_relax, from_torch, load_suite,
+from fusiongym.graphs import (ComputeGraph, GraphError, OpKind, OpNode, from_relax, from_torch, load_suite,
                               synthetic, zoo)
 from fusiongym.graphs.relax_import import UnsupportedOpError
 from fusiongym.graphs.torch_import import ModelExportError
@@ -120,6 +120,12 @@ def fresh_static_export(name: str, dims: dict[str, int]) -> ComputeGraph:
     return from_torch(model.module, inputs_at(model, dims), name=name)
 
 
+def node_without_callee(node: OpNode) -> dict:
+    record = node.to_dict()
+    record["attrs"] = {key: value for key, value in record["attrs"].items() if key != "callee"}
+    return record
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", zoo.names())
 def test_zoo_instantiate_equals_a_fresh_static_export(name: str) -> None:
@@ -133,7 +139,8 @@ def test_zoo_instantiate_equals_a_fresh_static_export(name: str) -> None:
     instance, fresh = template.instantiate(dims), fresh_static_export(name, dims)
     assert [n.op for n in instance.nodes] == [n.op for n in fresh.nodes]
     assert [n.kind for n in instance.nodes] == [n.kind for n in fresh.nodes]
-    assert [n.to_dict() for n in instance.nodes] == [n.to_dict() for n in fresh.nodes]  # shapes, FLOPs, bindings
+    # shapes, FLOPs, bindings; not the PrimFunc names, which each module numbers apart (matmul3 / matmul)
+    assert [node_without_callee(n) for n in instance.nodes] == [node_without_callee(n) for n in fresh.nodes]
     assert instance.edges == fresh.edges and instance.outputs == fresh.outputs
     for column in ("flops", "bytes_read", "bytes_written", "param_bytes", "edge_bytes"):
         np.testing.assert_array_equal(getattr(instance.arrays, column), getattr(fresh.arrays, column))

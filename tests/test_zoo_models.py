@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -9,23 +11,27 @@ from torch import nn
 from fusiongym.graphs.zoo import models
 from fusiongym.graphs.zoo.models import UnknownModelError, ZooModel, build, names
 from fusiongym.graphs.zoo.moe import NUM_EXPERTS, routing_inputs
+from fusiongym.graphs.zoo.whisper import sinusoids
 
-CORE_MODELS = ["bert", "convnext", "gpt", "llama", "mixtral_moe", "mlp_mixer", "mobilenet_v2", "resnet18",
-               "resnet50", "vit"]
+CORE_MODELS = ["bert", "convnext", "efficientnet", "gpt", "llama", "mixtral_moe", "mlp_mixer", "mobilenet_v2", "regnet",
+               "resnet18", "resnet50", "vit", "whisper"]
 HF_MODELS = ["hf_gpt2", "hf_llama"]
 
 # Output shape of each small variant at its example inputs.
 SMALL_OUTPUT_SHAPES = {
     "bert": (2, 16, 32),
     "convnext": (2, 10),
+    "efficientnet": (2, 10),
     "gpt": (2, 16, 1000),
     "mlp_mixer": (2, 10),
     "llama": (2, 16, 512),
     "mixtral_moe": (40, 32),
     "mobilenet_v2": (2, 10),
+    "regnet": (2, 10),
     "resnet18": (2, 10),
     "resnet50": (2, 10),
     "vit": (2, 10),
+    "whisper": (2, 16, 32),
     "hf_gpt2": (2, 16, 32),
     "hf_llama": (2, 16, 64),
 }
@@ -128,7 +134,8 @@ def test_builds_are_seeded() -> None:
 
 @pytest.mark.parametrize(
     ("name", "expected"),
-    [("resnet50", 4.1e9), ("resnet18", 1.82e9), ("mobilenet_v2", 0.30e9)],
+    [("resnet50", 4.1e9), ("resnet18", 1.82e9), ("mobilenet_v2", 0.30e9), ("regnet", 0.40e9),
+     ("efficientnet", 0.39e9)],
 )
 def test_cnn_full_macs_match_published(name: str, expected: float) -> None:
     zoo = build(name, "full")
@@ -140,12 +147,27 @@ def test_cnn_full_macs_match_published(name: str, expected: float) -> None:
     ("name", "expected"),
     # GPT-2 small 124.4 M (tied LM head); Mixer-S/16 18.5 M (timm; the paper rounds to 18 M);
     # ConvNeXt-T 28.6 M with 2x2 downsampling convs, here 3x3 ones: 5 more weights per
-    # input-output channel pair of the three.
-    [("gpt", 124.4e6), ("mlp_mixer", 18.5e6), ("convnext", 28.6e6 + 5 * (96 * 192 + 192 * 384 + 384 * 768))],
+    # input-output channel pair of the three. RegNetY-400MF 4.34 M (timm regnety_004), EfficientNet-B0
+    # 5.29 M (torchvision).
+    [("gpt", 124.4e6), ("mlp_mixer", 18.5e6), ("convnext", 28.6e6 + 5 * (96 * 192 + 192 * 384 + 384 * 768)),
+     ("regnet", 4.34e6), ("efficientnet", 5.29e6)],
 )
 def test_full_parameter_counts_match_published(name: str, expected: float) -> None:
     params = sum(p.numel() for p in build(name, "full").module.parameters())
     assert abs(params - expected) / expected < 0.01
+
+
+def test_whisper_halves_the_frames_into_tokens_and_adds_whisper_sinusoids() -> None:
+    zoo = build("whisper", "small")
+    encoder = zoo.module
+    with torch.no_grad():
+        out = encoder(torch.randn(1, 16, 45))
+    assert tuple(out.shape) == (1, 23, 32)  # (45 - 1) // 2 + 1 tokens
+    # Whisper's reference table (openai/whisper model.py) at 4 positions, 8 channels.
+    log_timescale = math.log(10000) / 3
+    inv = [math.exp(-log_timescale * i) for i in range(4)]
+    expected = torch.tensor([[f(t * w) for f in (math.sin, math.cos) for w in inv] for t in range(4)])
+    torch.testing.assert_close(sinusoids(4, 8), expected)
 
 
 def test_moe_matches_dense_reference_for_any_routing() -> None:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .models import ZooModel
+from .regnet import SqueezeExcite
 from .resnet import cnn_zoo_model, global_avg_pool
 
 # (expansion t, output channels c, repeats n, first stride s), from the MobileNetV2 paper.
@@ -56,60 +57,69 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return rounded + divisor if rounded < 0.9 * value else rounded
 
 
-def conv_bn_relu6(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1) -> nn.Sequential:
-    """Conv, batch norm, ReLU6: the basic MobileNet unit."""
+def conv_bn_act(cin: int, cout: int, kernel: int, stride: int = 1, groups: int = 1,
+                activation: type[nn.Module] = nn.ReLU6) -> nn.Sequential:
+    """Conv, batch norm, activation: the basic MobileNet (ReLU6) and EfficientNet (SiLU) unit."""
     return nn.Sequential(
         nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, groups=groups, bias=False),
         nn.BatchNorm2d(cout),
-        nn.ReLU6(),
+        activation(),
     )
 
 
 class InvertedResidual(nn.Module):
-    """1x1 expand, 3x3 depthwise, linear 1x1 project; residual when shapes allow."""
+    """1x1 expand, kxk depthwise, SE gate (EfficientNet only), linear 1x1 project; residual when shapes allow."""
 
-    def __init__(self, cin: int, cout: int, stride: int, expansion: int) -> None:
+    def __init__(self, cin: int, cout: int, stride: int, expansion: int, kernel: int = 3,
+                 activation: type[nn.Module] = nn.ReLU6, se_channels: int = 0) -> None:
         super().__init__()
         hidden = cin * expansion
         layers: list[nn.Module] = []
         if expansion != 1:
-            layers.append(conv_bn_relu6(cin, hidden, 1))
-        layers += [
-            conv_bn_relu6(hidden, hidden, 3, stride=stride, groups=hidden),
-            nn.Conv2d(hidden, cout, 1, bias=False),
-            nn.BatchNorm2d(cout),
-        ]
+            layers.append(conv_bn_act(cin, hidden, 1, activation=activation))
+        layers.append(conv_bn_act(hidden, hidden, kernel, stride=stride, groups=hidden, activation=activation))
+        if se_channels:
+            layers.append(SqueezeExcite(hidden, se_channels, activation()))
+        layers += [nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
         self.body = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
+        self.cout = cout
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.body(x)
         return x + y if self.residual else y
 
 
-class MobileNetV2(nn.Module):
-    """Stem conv, inverted-residual stages, 1x1 head conv, global average pool, classifier."""
+class InvertedResidualNet(nn.Module):
+    """Stem conv (3x3/2), inverted-residual blocks, 1x1 head conv, global average pool, classifier."""
 
-    def __init__(self, cfg: MobileNetV2Config) -> None:
+    def __init__(self, stem: int, blocks: list[InvertedResidual], last_channel: int, num_classes: int,
+                 activation: type[nn.Module]) -> None:
         super().__init__()
-        cin = make_divisible(32 * cfg.width_mult)
-        last = make_divisible(cfg.last_channel * max(1.0, cfg.width_mult))
-        layers: list[nn.Module] = [conv_bn_relu6(3, cin, 3, stride=2)]
-        for t, c, n, s in cfg.settings:
-            cout = make_divisible(c * cfg.width_mult)
-            for i in range(n):
-                layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
-                cin = cout
-        layers.append(conv_bn_relu6(cin, last, 1))
-        self.features = nn.Sequential(*layers)
-        self.classifier = nn.Linear(last, cfg.num_classes)
+        self.features = nn.Sequential(conv_bn_act(3, stem, 3, stride=2, activation=activation), *blocks,
+                                      conv_bn_act(blocks[-1].cout, last_channel, 1, activation=activation))
+        self.classifier = nn.Linear(last_channel, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(global_avg_pool(self.features(x)))
 
 
+def mobilenet_v2(cfg: MobileNetV2Config) -> InvertedResidualNet:
+    """The paper's stages of (expansion t, channels c, repeats n, first stride s), widths scaled."""
+    stem = cin = make_divisible(32 * cfg.width_mult)
+    blocks = []
+    for t, c, n, s in cfg.settings:
+        cout = make_divisible(c * cfg.width_mult)
+        for i in range(n):
+            blocks.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+            cin = cout
+    last = make_divisible(cfg.last_channel * max(1.0, cfg.width_mult))
+    return InvertedResidualNet(stem, blocks, last, cfg.num_classes, nn.ReLU6)
+
+
 def build_mobilenet_v2(variant: str) -> ZooModel:
     """MobileNetV2 (full: width 1.0, 3.5 M params, 0.30 GMACs at 224x224)."""
     torch.manual_seed(0)
-    module = MobileNetV2(MOBILENET_V2[variant]).eval()
-    return cnn_zoo_model("mobilenet_v2", variant, module, "MobileNetV2 image classifier (inverted residuals, depthwise convs)")
+    module = mobilenet_v2(MOBILENET_V2[variant]).eval()
+    return cnn_zoo_model("mobilenet_v2", variant, module,
+                         "MobileNetV2 image classifier (inverted residuals, depthwise convs)")

@@ -101,6 +101,9 @@ _BUILDERS: dict[str, tuple[str, str]] = {
     "convnext": ("convnext", "build_convnext"),
     "mlp_mixer": ("mixer", "build_mlp_mixer"),
     "gpt": ("gpt", "build_gpt"),
+    "efficientnet": ("efficientnet", "build_efficientnet"),
+    "regnet": ("regnet", "build_regnet"),
+    "whisper": ("whisper", "build_whisper"),
 }
 
 # Built from transformers configs; listed only when transformers is installed.
