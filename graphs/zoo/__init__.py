@@ -2,18 +2,17 @@
 
 ``load("resnet50", batch=8)`` gives a concrete ComputeGraph; ``template("llama")`` the
 symbolic one. Templates are cached in memory and on disk (``~/.cache/fusiongym/graphs``,
-keyed by model source and library versions), so only the first import of a model pays for
-torch.export and TVM; the Relax module is re-created on demand by ``relax_module``.
+keyed by the zoo's and the importer's source and library versions), so only the first
+import of a model pays for torch.export and TVM; the Relax module is re-created on demand
+by ``relax_module``.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib
 import importlib.metadata
 import inspect
 import os
-import sys
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -76,17 +75,21 @@ def _import(name: str, variant: str) -> ComputeGraph:
 
 def _cache_path(name: str, variant: str) -> Path:
     root = Path(os.environ.get("FUSIONGYM_CACHE", Path.home() / ".cache" / "fusiongym")) / "graphs"
-    return root / f"{name}-{variant}-{_cache_key(name)}.json"
+    return root / f"{name}-{variant}-{_cache_key()}.json"
 
 
-def _cache_key(name: str) -> str:
-    """Changes whenever the model's code, the importer or the libraries change."""
+@lru_cache(maxsize=1)
+def _cache_key() -> str:
+    """Changes whenever the model's code, the importer or the libraries change.
+
+    The model's code is every file of the zoo: builders share blocks across files (ViT's
+    blocks are BERT's, EfficientNet's are MobileNetV2's), so a change to one file can change
+    another model's graph.
+    """
     from .. import relax_import, tir_cost, torch_import
-    from . import models
 
-    builder_module = importlib.import_module(f"{__name__}.{models._registry()[name][0]}")
-    this_module = sys.modules[__name__]
-    parts = [inspect.getsource(m) for m in (builder_module, models, relax_import, tir_cost, torch_import, this_module)]
+    zoo_sources = [path.read_text() for path in sorted(Path(__file__).parent.glob("*.py"))]
+    parts = [*zoo_sources, *(inspect.getsource(m) for m in (relax_import, tir_cost, torch_import))]
     parts += [importlib.metadata.version(p) for p in ("torch", "apache-tvm")]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:12]
 

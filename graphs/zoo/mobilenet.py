@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from .models import ZooModel
-from .regnet import SqueezeExcite
 from .resnet import cnn_zoo_model, global_avg_pool
+from .squeeze_excite import SqueezeExcite
 
 # (expansion t, output channels c, repeats n, first stride s), from the MobileNetV2 paper.
 PAPER_SETTINGS: tuple[tuple[int, int, int, int], ...] = (

@@ -14,6 +14,7 @@ from torch import nn
 
 from .models import ZooModel
 from .resnet import cnn_zoo_model, conv_bn, global_avg_pool
+from .squeeze_excite import SqueezeExcite
 
 
 @dataclass(frozen=True)
@@ -35,21 +36,6 @@ REGNET = {
     "small": RegNetConfig(stem=8, widths=(8, 16, 32, 64), depths=(1, 1, 1, 1), group_width=8,
                           se_ratio=0.25, num_classes=10),
 }
-
-
-class SqueezeExcite(nn.Module):
-    """x * sigmoid(W2 act(W1 mean_hw(x))): a per-channel gate from the global context
-    (act is ReLU in RegNet, SiLU in EfficientNet)."""
-
-    def __init__(self, channels: int, squeezed: int, activation: nn.Module | None = None) -> None:
-        super().__init__()
-        self.reduce = nn.Conv2d(channels, squeezed, 1)
-        self.activation = activation if activation is not None else nn.ReLU()
-        self.expand = nn.Conv2d(squeezed, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:                       # (B, C, H, W)
-        squeezed = self.activation(self.reduce(x.mean(dim=(2, 3), keepdim=True)))
-        return x * torch.sigmoid(self.expand(squeezed))                      # gate: (B, C, 1, 1)
 
 
 class YBlock(nn.Module):
