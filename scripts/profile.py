@@ -95,6 +95,7 @@ def _profile_plans(args: argparse.Namespace) -> int:
     from fusiongym.agents import baselines
     from fusiongym.agents.baselines.search import greedy_trajectory
     from fusiongym.agents.leaderboard import cases
+    from fusiongym.graphs import load_suite
     from fusiongym.reward import get_backend
     from fusiongym.reward.costmodel.records import ProfileLog, StoreKeyFields, plan_identity
     from fusiongym.reward.measured_backend import MeasuredBackend
@@ -104,6 +105,11 @@ def _profile_plans(args: argparse.Namespace) -> int:
     if args.plans < 1 or args.takes < 1 or args.trajectory_points < 0:
         raise ValueError(f"--plans and --takes must be at least 1 and --trajectory-points at least 0, got "
                          f"{args.plans}, {args.takes} and {args.trajectory_points}")
+    chosen = {w.strip() for w in args.workloads.split(",") if w.strip()}
+    suite_workloads = [w.name for w in load_suite(args.suite)]
+    if chosen - set(suite_workloads):
+        raise ValueError(f"--workloads {sorted(chosen - set(suite_workloads))} are not in suite {args.suite!r}; "
+                         f"it has {suite_workloads}")
     backend = get_backend(args.backend, store=args.store)
     if not isinstance(backend, MeasuredBackend):
         raise ValueError(f"backend {args.backend!r} keeps no MeasurementStore entries; profile --plans "
@@ -114,7 +120,6 @@ def _profile_plans(args: argparse.Namespace) -> int:
     methods = [baselines.get(m.strip()) for m in args.methods.split(",") if m.strip()]
     deterministic = [m for m in methods if not m.seeded]
     seeded = [m for m in methods if m.seeded] or [baselines.get("random")]
-    chosen = {w.strip() for w in args.workloads.split(",") if w.strip()}
     work = []  # (graph, method name, plan) to measure, sampled up front for an honest ETA
     for case in cases(args.suite, args.graphs_per_workload, args.seed, args.variant,
                       _parse_dims(args.max_dims), idle=True):

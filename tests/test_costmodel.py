@@ -593,6 +593,15 @@ def test_empty_or_unknown_store_is_a_clear_error(tmp_path):
         build_dataset(MeasuredSet())
 
 
+def test_profile_rejects_a_workload_the_suite_does_not_hold_before_measuring(tmp_path, capsys):
+    store = tmp_path / "m.db"
+    assert main(["profile", "--suite", "smoke", "--workloads", "mixtral_moe/smoke,bert/smok", "--plans", "1",
+                 "--store", str(store)]) == 2
+    error = capsys.readouterr().err
+    assert "['bert/smok'] are not in suite 'smoke'" in error and "bert/smoke" in error
+    assert not list(tmp_path.iterdir())   # no store, no log: nothing half-written
+
+
 @pytest.mark.slow
 def test_profile_plans_then_dataset_export_resumes_and_roundtrips(tmp_path, capsys):
     store = tmp_path / "m.db"
