@@ -32,7 +32,7 @@ import zlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 from tqdm import tqdm
@@ -100,8 +100,10 @@ class Case:
 
 
 def cases(suite: str, per_workload: int = 3, seed: int = 0, variant: str | None = None,
-          max_dims: Mapping[str, int] | None = None, idle: bool = False) -> list[Case]:
-    """``per_workload`` distinct cases of every workload of ``suite``, drawn deterministically from ``seed``.
+          max_dims: Mapping[str, int] | None = None, idle: bool = False,
+          workloads: Collection[str] = ()) -> list[Case]:
+    """``per_workload`` distinct cases of every workload of ``suite`` (or of those named in
+    ``workloads``, each of which the suite must hold), drawn deterministically from ``seed``.
 
     Each workload draws from its own generator (seeded by ``seed`` and its name), so adding
     a workload or asking for more cases never changes the cases already drawn. ``variant``
@@ -116,7 +118,12 @@ def cases(suite: str, per_workload: int = 3, seed: int = 0, variant: str | None 
     """
     if per_workload < 1:
         raise LeaderboardError(f"per_workload must be at least 1, got {per_workload}")
-    return [case for workload in load_suite(suite)
+    suite_workloads = load_suite(suite)
+    names = [workload.name for workload in suite_workloads]
+    unknown = sorted(set(workloads) - set(names))
+    if unknown:
+        raise LeaderboardError(f"workloads {unknown} are not in suite {suite!r}; it has {names}")
+    return [case for workload in suite_workloads if not workloads or workload.name in workloads
             for case in _workload_cases(suite, workload, per_workload, seed, variant, dict(max_dims or {}), idle)]
 
 
@@ -496,15 +503,8 @@ def run_leaderboard(config: LeaderboardConfig, case_list: Sequence[Case] | None 
 
 
 def selected_cases(config: LeaderboardConfig) -> list[Case]:
-    chosen = cases(config.suite, config.cases_per_workload, config.seed, config.variant, config.max_dims,
-                   config.idle)
-    if config.workloads:
-        known = sorted({c.workload for c in chosen})
-        unknown = sorted(set(config.workloads) - set(known))
-        if unknown:
-            raise LeaderboardError(f"workloads {unknown} are not in suite {config.suite}; it has {known}")
-        chosen = [c for c in chosen if c.workload in config.workloads]
-    return chosen
+    return cases(config.suite, config.cases_per_workload, config.seed, config.variant, config.max_dims,
+                 config.idle, config.workloads)
 
 
 def _merge(rows: list[ResultRow], new: list[ResultRow]) -> list[ResultRow]:

@@ -47,10 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     from .leaderboard import _parse_dims
 
-    wanted = {w for w in args.workloads.split(",") if w}
-    case_list = [c for c in cases(args.suite, args.cases_per_workload, variant=args.variant,
-                                  max_dims=_parse_dims(args.max_dims), idle=True)
-                 if not wanted or c.workload in wanted]
+    case_list = cases(args.suite, args.cases_per_workload, variant=args.variant, max_dims=_parse_dims(args.max_dims),
+                      idle=True, workloads={w for w in args.workloads.split(",") if w})
     torch_backend = TorchBackend(device=args.device, num_threads=args.threads, store=args.store)
     tvm_backend, tvm_note = _tvm_backend(args.device, args.threads, args.store)
     policy = FusionPolicy.pretrained()

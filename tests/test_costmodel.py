@@ -598,7 +598,7 @@ def test_profile_rejects_a_workload_the_suite_does_not_hold_before_measuring(tmp
     assert main(["profile", "--suite", "smoke", "--workloads", "mixtral_moe/smoke,bert/smok", "--plans", "1",
                  "--store", str(store)]) == 2
     error = capsys.readouterr().err
-    assert "['bert/smok'] are not in suite 'smoke'" in error and "bert/smoke" in error
+    assert "workloads ['bert/smok'] are not in suite 'smoke'" in error and "bert/smoke" in error
     assert not list(tmp_path.iterdir())   # no store, no log: nothing half-written
 
 
