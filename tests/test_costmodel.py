@@ -29,7 +29,7 @@ from fusiongym.reward.costmodel.evaluate import (compare, feed_plan, gnn_log_us,
                                                  remeasured_us, seed_spread, train_models, training_model_ablation,
                                                  write_bar_report, write_stream_report)
 from fusiongym.reward.costmodel.gnn import GroupGNN, PlanRankingLoss, TrainConfig, build_model, train_gnn
-from fusiongym.reward.costmodel.metrics import score
+from fusiongym.reward.costmodel.metrics import noise_ceiling, score
 from fusiongym.reward.costmodel.model import CostModel
 from fusiongym.reward.costmodel.online import (OnlineBackend, OnlineConfig, OnlineLearner, moving_mean,
                                                stream_groups)
@@ -292,6 +292,21 @@ def test_a_second_measurement_is_scored_group_for_group(dataset, tmp_path):
     other.samples = [d for d in other.samples if d.graph_hash != dataset.samples[test[0]].graph_hash]
     with pytest.raises(CostModelError, match=f"{len(test)} of the {len(test)} test groups are not in"):
         remeasured_us(dataset, other, test)
+
+
+def test_an_exact_model_ranks_plans_better_than_a_second_measurement_and_worse_than_noise_free():
+    """``noise_ceiling``: six one-group plans 1 % apart, measured twice with 2 % noise. The
+    second store, noisy on both sides, orders them worse than an exact model scored against one."""
+    first = np.array([100.0, 101.0, 102.0, 103.0, 104.0, 105.0])
+    plans = [{"graph_hash": "g", "samples": [i]} for i in range(6)]
+    clean = noise_ceiling("exact model", first, first, range(6), plans)
+    assert (clean.plan_tau, clean.rmse_pct_of_delta, clean.mape_pct) == (1.0, 0.0, 0.0)
+    second = first * np.exp(0.02 * np.array([1, -1, 1, -1, 1, -1]))
+    again = score("re-measured", second, first, range(6), plans)
+    exact = noise_ceiling("exact model", first, second, range(6), plans)
+    assert again.plan_tau < exact.plan_tau < 1.0
+    assert exact.mape_pct == pytest.approx(100 * (np.exp(0.02 / np.sqrt(2)) - 1), rel=0.01)  # ±1.4 % per group
+    assert exact.groups == 6 and exact.model == "exact model"
 
 
 def test_plans_loss_ranks_whole_plans_by_their_summed_groups():

@@ -23,7 +23,7 @@ from ..store import atomic_output
 from .boosted import BoostedModel
 from .dataset import CostDataset
 from .gnn import GroupGNN, TrainConfig, train_gnn
-from .metrics import Metrics, markdown_table, over_numbers, score, write_csv
+from .metrics import Metrics, markdown_table, noise_ceiling, over_numbers, score, write_csv
 from .model import CostModel
 from .online import OnlineConfig, OnlineLearner, StreamErrors, moving_mean
 from .records import CostModelError
@@ -79,7 +79,9 @@ def compare(dataset: CostDataset, gnn: CostModel, boosted: BoostedModel, remeasu
     the model kind) and, where it holds two or more models, on each apart (``"<kind>, <model>"``:
     a mean over architectures hides which one a model fails on), and their µs per sample; with
     ``remeasured`` (the same test groups profiled again into another store), also those timings
-    scored as a model: how far the measurements agree with themselves."""
+    scored as a model (how far the measurements agree with themselves) and ``"exact model"``:
+    what a model knowing every group's true latency would score against one store
+    (``metrics.noise_ceiling``)."""
     test = dataset.indices("test")
     if len(test) < 2:
         raise ValueError(f"the dataset's test split has {len(test)} groups; export it with --test-models naming "
@@ -91,9 +93,17 @@ def compare(dataset: CostDataset, gnn: CostModel, boosted: BoostedModel, remeasu
     if remeasured is not None:
         predicted["re-measured"] = remeasured_us(dataset, remeasured, test)
     cases = unseen_cases(dataset, ("test",))
-    rows = [score(name if case == "test" else f"{name}, {case}", us, measured, samples, plans)
+    rows = [score(_row_name(name, case), us, measured, samples, plans)
             for name, us in predicted.items() for case, (samples, plans) in cases.items()]
+    if remeasured is not None:
+        rows += [noise_ceiling(_row_name("exact model", case), measured, predicted["re-measured"], samples, plans)
+                 for case, (samples, plans) in cases.items()]
     return rows, {**predicted, "measured": measured}
+
+
+def _row_name(name: str, case: str) -> str:
+    """The whole test split's row is the model kind alone; a test model's is ``"<kind>, <model>"``."""
+    return name if case == "test" else f"{name}, {case}"
 
 
 def measured_us(dataset: CostDataset) -> np.ndarray:

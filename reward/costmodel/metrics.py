@@ -16,7 +16,7 @@ from __future__ import annotations
 import csv
 import math
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -26,6 +26,7 @@ from ..calibrate import kendall_tau, mape
 from ..store import atomic_output
 
 APART = 0.10  # plans whose measured latencies differ by more than this share count as apart
+NOISE_DRAWS = 200  # simulated stores behind each row of noise_ceiling
 
 COLUMNS = (("model", "model"), ("groups", "test groups"), ("mape_pct", "MAPE per group %"),
            ("group_tau", "Kendall τ groups"), ("plans", "test plans"), ("graphs", "test graphs"),
@@ -80,6 +81,29 @@ def score(model: str, predicted_us: np.ndarray, measured_us: np.ndarray, test_sa
         plan_tau=over_numbers(np.mean, columns[0]), plan_tau_apart=over_numbers(np.mean, columns[1]),
         rmse_pct_of_delta=float(np.mean(columns[2])),
         top1_slowdown=_geomean(columns[3]), top5_slowdown=_geomean(columns[4]))
+
+
+def noise_ceiling(name: str, measured_us: np.ndarray, remeasured_us: np.ndarray, test_samples: Sequence[int],
+                  plans: Sequence[dict], draws: int = NOISE_DRAWS, seed: int = 0) -> Metrics:
+    """What a model that knew every group's true latency would score against one store (the
+    mean of ``draws`` simulated stores), given two measurements of the same groups.
+
+    Scoring the second store against the first puts the timing noise on both sides; a model is
+    scored against one. Here the truth is each group's geometric mean of its two measurements,
+    and a store is that truth off by the group's own noise: half the ln difference of the two
+    times √2 (the spread of one store that the difference implies), its sign drawn at random.
+    The averaged truth keeps half of the noise's variance, which spreads plans a little wider
+    than they are, so the estimate errs high.
+    """
+    truth_log_us = (np.log(measured_us) + np.log(remeasured_us)) / 2          # [num_samples]
+    noise_log_us = np.abs(np.log(measured_us) - np.log(remeasured_us)) / math.sqrt(2)
+    rng = np.random.default_rng(seed)
+    rows = [score(name, np.exp(truth_log_us),
+                  np.exp(truth_log_us + rng.choice((-1.0, 1.0), size=len(truth_log_us)) * noise_log_us),
+                  test_samples, plans)
+            for _ in range(draws)]
+    return replace(rows[0], **{field.name: over_numbers(np.mean, [getattr(row, field.name) for row in rows])
+                               for field in fields(Metrics) if isinstance(getattr(rows[0], field.name), float)})
 
 
 def _plan_scores(predicted_us: np.ndarray, measured_us: np.ndarray, group_lists: list[list[int]]
