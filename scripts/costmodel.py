@@ -6,8 +6,9 @@
 ``fusiongym costmodel eval --data data.pt --model DIR`` scores both and the analytical
 backend on the test split and on each of its models apart: DIR/metrics.csv, metrics.md
 (printed) and metrics.png; with ``--remeasured DATA2`` (the same groups profiled again into a
-second store) also that second measurement, scored as if it were a model: the ceiling any
-model is held to.
+second store) also that second measurement, scored as if it were a model, and an exact model
+(rows ``exact model``): what a model knowing every group's true latency would score against
+one store, estimated from the two stores' disagreement: the ceiling any model is held to.
 ``fusiongym costmodel online --data data.pt --model DIR --store STORE`` streams the test
 models' measured groups (shuffled with --seed) through online updates of the GNN, as an env
 on a real backend would meet them: DIR/online.csv and online.png, the error of the updated
@@ -47,7 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "groups of one graph, or listwise over whole plans of one graph (plans)")
     parser.add_argument("--remeasured", default=None,
                         help="eval: a dataset of the same test groups profiled again into another store, scored "
-                             "as one more model (how far the measurements agree with themselves)")
+                             "as one more model (how far the measurements agree with themselves), and the "
+                             "score an exact model would reach against one store")
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seeds", type=int, default=8, help="seeds, ablate, tune: how many seeds to train and score")
