@@ -67,7 +67,7 @@ _BINARY: dict[str, Callable] = {
     "add": operator.add, "subtract": operator.sub, "multiply": operator.mul, "divide": operator.truediv,
     "power": operator.pow, "maximum": torch.maximum, "minimum": torch.minimum, "greater": operator.gt,
     "greater_equal": operator.ge, "less": operator.lt, "less_equal": operator.le, "equal": operator.eq,
-    "not_equal": operator.ne,
+    "not_equal": operator.ne, "mod": torch.fmod, "floor_mod": torch.remainder,
 }
 _REDUCE: dict[str, Callable] = {"mean": torch.mean, "sum": torch.sum, "max": torch.amax, "min": torch.amin}
 
@@ -117,6 +117,11 @@ def max_pool2d(x: torch.Tensor, *, pool_size: tuple[int, int], strides: tuple[in
         x = F.pad(x, (left, right, top, bottom), value=float("-inf"))
         top = left = 0
     return F.max_pool2d(x, pool_size, strides, (top, left), dilation, ceil_mode=ceil_mode)
+
+
+def avg_pool2d(x: torch.Tensor, *, pool_size: tuple[int, int], strides: tuple[int, int],
+               padding: tuple[int, int], ceil_mode: bool, count_include_pad: bool) -> torch.Tensor:
+    return F.avg_pool2d(x, pool_size, strides, padding, ceil_mode=ceil_mode, count_include_pad=count_include_pad)
 
 
 def layer_norm(x: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, *, rank: int, epsilon: float,
@@ -270,13 +275,29 @@ def _conv(node: OpNode, args: CallArgs | None) -> TorchOp:
         "dtype": torch_dtype(node.outputs[0].dtype)})
 
 
+def _check_nchw(attrs: dict) -> None:
+    if attrs.get("layout", "NCHW") != "NCHW" or attrs.get("out_layout", "NCHW") != "NCHW":
+        raise ValueError(f"layout {attrs.get('layout')}/{attrs.get('out_layout')}: only NCHW is mapped")
+
+
 def _max_pool2d(node: OpNode, args: CallArgs | None) -> TorchOp:
     a = node.attrs
-    if a.get("layout", "NCHW") != "NCHW" or a.get("out_layout", "NCHW") != "NCHW":
-        raise ValueError(f"layout {a.get('layout')}/{a.get('out_layout')}: only NCHW is mapped")
+    _check_nchw(a)
     return TorchOp(max_pool2d, {"pool_size": tuple(a["pool_size"]), "strides": tuple(a["strides"]),
                                 "padding": tuple(a["padding"]), "dilation": tuple(a["dilation"]),
                                 "ceil_mode": bool(a["ceil_mode"])})
+
+
+def _avg_pool2d(node: OpNode, args: CallArgs | None) -> TorchOp:
+    a = node.attrs
+    _check_nchw(a)
+    top, left, bottom, right = a["padding"]
+    if (top, left) != (bottom, right) or tuple(a["dilation"]) != (1, 1):
+        raise ValueError(f"padding {a['padding']}, dilation {a['dilation']}: only symmetric padding "
+                         "and no dilation are mapped (torch avg_pool2d)")
+    return TorchOp(avg_pool2d, {"pool_size": tuple(a["pool_size"]), "strides": tuple(a["strides"]),
+                                "padding": (top, left), "ceil_mode": bool(a["ceil_mode"]),
+                                "count_include_pad": bool(a["count_include_pad"])})
 
 
 def _layer_norm(node: OpNode, args: CallArgs | None) -> TorchOp:
@@ -349,6 +370,7 @@ CONVERTERS: dict[str, Callable[[OpNode, CallArgs | None], TorchOp]] = {
     "conv1d": _conv,
     "conv2d": _conv,
     "max_pool2d": _max_pool2d,
+    "avg_pool2d": _avg_pool2d,
     "layer_norm": _layer_norm,
     "matmul": lambda node, args: TorchOp(matmul, {"dtype": torch_dtype(node.outputs[0].dtype)}),
     "softmax": lambda node, args: TorchOp(softmax, {"axis": int(node.attrs.get("axis", -1))}),

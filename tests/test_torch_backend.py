@@ -15,8 +15,8 @@ from fusiongym.reward.torch_backend import TorchBackend, TorchBackendError
 from fusiongym.reward.torch_ops import (TENSOR, UnsupportedOpError, build_region, infer_operands, torch_op,
                                         unsupported_reason)
 
-CORE_MODELS = ["bert", "efficientnet", "llama", "mixtral_moe", "mobilenet_v2", "regnet", "resnet18", "resnet50", "vit",
-               "whisper"]
+CORE_MODELS = ["bert", "densenet", "efficientnet", "llama", "mixtral_moe", "mobilenet_v2", "regnet", "resnet18", "resnet50",
+               "swin", "vit", "whisper"]
 QUICK = timing.TimingProtocol(warmup=1, min_repeat_ms=2.0, repeats=5, max_remeasure=0)
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible to torch")
 

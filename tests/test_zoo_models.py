@@ -11,16 +11,18 @@ from torch import nn
 from fusiongym.graphs.zoo import models
 from fusiongym.graphs.zoo.models import UnknownModelError, ZooModel, build, names
 from fusiongym.graphs.zoo.moe import NUM_EXPERTS, routing_inputs
+from fusiongym.graphs.zoo.swin import from_windows, relative_position_index, shift_mask, to_windows
 from fusiongym.graphs.zoo.whisper import sinusoids
 
-CORE_MODELS = ["bert", "convnext", "efficientnet", "gpt", "llama", "mixtral_moe", "mlp_mixer", "mobilenet_v2", "regnet",
-               "resnet18", "resnet50", "vit", "whisper"]
+CORE_MODELS = ["bert", "convnext", "densenet", "efficientnet", "gpt", "llama", "mixtral_moe", "mlp_mixer", "mobilenet_v2",
+               "regnet", "resnet18", "resnet50", "swin", "vit", "whisper"]
 HF_MODELS = ["hf_gpt2", "hf_llama"]
 
 # Output shape of each small variant at its example inputs.
 SMALL_OUTPUT_SHAPES = {
     "bert": (2, 16, 32),
     "convnext": (2, 10),
+    "densenet": (2, 10),
     "efficientnet": (2, 10),
     "gpt": (2, 16, 1000),
     "mlp_mixer": (2, 10),
@@ -30,6 +32,7 @@ SMALL_OUTPUT_SHAPES = {
     "regnet": (2, 10),
     "resnet18": (2, 10),
     "resnet50": (2, 10),
+    "swin": (2, 10),
     "vit": (2, 10),
     "whisper": (2, 16, 32),
     "hf_gpt2": (2, 16, 32),
@@ -135,7 +138,7 @@ def test_builds_are_seeded() -> None:
 @pytest.mark.parametrize(
     ("name", "expected"),
     [("resnet50", 4.1e9), ("resnet18", 1.82e9), ("mobilenet_v2", 0.30e9), ("regnet", 0.40e9),
-     ("efficientnet", 0.39e9)],
+     ("efficientnet", 0.39e9), ("densenet", 2.83e9)],
 )
 def test_cnn_full_macs_match_published(name: str, expected: float) -> None:
     zoo = build(name, "full")
@@ -148,9 +151,9 @@ def test_cnn_full_macs_match_published(name: str, expected: float) -> None:
     # GPT-2 small 124.4 M (tied LM head); Mixer-S/16 18.5 M (timm; the paper rounds to 18 M);
     # ConvNeXt-T 28.6 M with 2x2 downsampling convs, here 3x3 ones: 5 more weights per
     # input-output channel pair of the three. RegNetY-400MF 4.34 M (timm regnety_004), EfficientNet-B0
-    # 5.29 M (torchvision).
+    # 5.29 M, DenseNet-121 7.98 M, Swin-T 28.29 M (torchvision).
     [("gpt", 124.4e6), ("mlp_mixer", 18.5e6), ("convnext", 28.6e6 + 5 * (96 * 192 + 192 * 384 + 384 * 768)),
-     ("regnet", 4.34e6), ("efficientnet", 5.29e6)],
+     ("regnet", 4.34e6), ("efficientnet", 5.29e6), ("densenet", 7.98e6), ("swin", 28.29e6)],
 )
 def test_full_parameter_counts_match_published(name: str, expected: float) -> None:
     params = sum(p.numel() for p in build(name, "full").module.parameters())
@@ -168,6 +171,20 @@ def test_whisper_halves_the_frames_into_tokens_and_adds_whisper_sinusoids() -> N
     inv = [math.exp(-log_timescale * i) for i in range(4)]
     expected = torch.tensor([[f(t * w) for f in (math.sin, math.cos) for w in inv] for t in range(4)])
     torch.testing.assert_close(sinusoids(4, 8), expected)
+
+
+def test_swin_windows_tile_the_grid_and_the_shift_mask_keeps_pairs_of_one_region() -> None:
+    grid = torch.arange(2 * 8 * 8 * 3, dtype=torch.float32).reshape(2, 8, 8, 3)
+    windows = to_windows(grid, 4)
+    assert tuple(windows.shape) == (8, 16, 3)
+    assert torch.equal(windows[1], grid[0, 0:4, 4:8].reshape(16, 3))  # image 0's top-right window
+    assert torch.equal(from_windows(windows, 4, 8), grid)
+    # Window 2x2, tokens (0,0) (0,1) (1,0) (1,1): row (dr + 1) * 3 + (dc + 1) of the 3x3 bias table.
+    assert relative_position_index(2).tolist() == [[4, 3, 1, 0], [5, 4, 2, 1], [7, 6, 4, 3], [8, 7, 5, 4]]
+    mask = shift_mask(8, 4, 2)  # (4 windows, 16, 16)
+    assert set(mask.unique().tolist()) == {0.0, -100.0}
+    assert (mask[0] == 0).all()  # the top-left window holds no wrapped tokens
+    assert int((mask[3] == 0).sum()) == 4 * 4 * 4  # bottom-right: 4 regions of 2x2 tokens, each pair inside one
 
 
 def test_moe_matches_dense_reference_for_any_routing() -> None:

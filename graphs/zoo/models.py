@@ -104,6 +104,8 @@ _BUILDERS: dict[str, tuple[str, str]] = {
     "efficientnet": ("efficientnet", "build_efficientnet"),
     "regnet": ("regnet", "build_regnet"),
     "whisper": ("whisper", "build_whisper"),
+    "densenet": ("densenet", "build_densenet"),
+    "swin": ("swin", "build_swin"),
 }
 
 # Built from transformers configs; listed only when transformers is installed.
