@@ -56,6 +56,9 @@ def test_scalar_operands_and_slices_follow_the_relax_call() -> None:
     x = torch.randn(*node.inputs[0].shape)
     torch.testing.assert_close(torch_op(node, (TENSOR, 0.25))(x), x + 0.25)
     torch.testing.assert_close(torch_op(dataclasses.replace(node, op="subtract"), (1.0, TENSOR))(x), 1.0 - x)
+    # Relax mod truncates toward zero (C fmod), floor_mod rounds down (Python %): they differ below zero.
+    torch.testing.assert_close(torch_op(dataclasses.replace(node, op="mod"), (TENSOR, 0.25))(x), torch.fmod(x, 0.25))
+    torch.testing.assert_close(torch_op(dataclasses.replace(node, op="floor_mod"), (TENSOR, 0.25))(x), x % 0.25)
     sliced = dataclasses.replace(node, op="strided_slice", attrs={},
                                  inputs=(TensorSpec((2, 4, 16), "float32"),), outputs=(TensorSpec((2, 4, 8), "float32"),))
     y = torch.randn(2, 4, 16)
