@@ -95,10 +95,12 @@ def noise_ceiling(name: str, measured_us: np.ndarray, remeasured_us: np.ndarray,
     The averaged truth keeps half of the noise's variance, which spreads plans a little wider
     than they are, so the estimate errs high.
     """
-    truth_log_us = (np.log(measured_us) + np.log(remeasured_us)) / 2          # [num_samples]
-    noise_log_us = np.abs(np.log(measured_us) - np.log(remeasured_us)) / math.sqrt(2)
+    first_log_us, second_log_us = np.log(measured_us), np.log(remeasured_us)   # [num_samples] each
+    truth_log_us = (first_log_us + second_log_us) / 2
+    noise_log_us = np.abs(first_log_us - second_log_us) / math.sqrt(2)
+    truth_us = np.exp(truth_log_us)
     rng = np.random.default_rng(seed)
-    rows = [score(name, np.exp(truth_log_us),
+    rows = [score(name, truth_us,
                   np.exp(truth_log_us + rng.choice((-1.0, 1.0), size=len(truth_log_us)) * noise_log_us),
                   test_samples, plans)
             for _ in range(draws)]
