@@ -44,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
     sizes = {split: len(dataset.indices(split)) for split in ("train", "val", "test")}
     print(f"wrote {path}: {len(dataset.samples)} groups {sizes}, {len(dataset.plans)} plans, "
           f"models {dataset.source['models']}, data hash {dataset.content_hash}")
+    searched_on = dataset.source["search_profiles"]
+    if len(searched_on) > 1:
+        print(f"note: the log's plans were searched on {len(searched_on)} analytical profiles ({searched_on}), "
+              f"e.g. some before `fusiongym profile --calibrate` and some after; a run on one profile samples "
+              f"other annealing and trajectory plans")
     return 0
 
 

@@ -137,6 +137,7 @@ def _profile_plans(args: argparse.Namespace) -> int:
             if (graph.hash, identity) not in known_plans:
                 known_plans.add((graph.hash, identity))
                 work.append((graph, method_name, plan))
+    searched_on = baselines.default_backend().profile
     total_groups = sum(plan.num_groups for _, _, plan in work)
     with tqdm(total=total_groups, unit="group", desc=f"profile {args.suite}", dynamic_ncols=True) as bar:
         for graph, method, plan in work:
@@ -145,7 +146,7 @@ def _profile_plans(args: argparse.Namespace) -> int:
                 bar.update(1)
             bar.set_postfix(measured=backend.stats.measurements, cached=backend.stats.cached)
             log.append_plan(plan, method, StoreKeyFields(backend.device, backend.store_backend,
-                                                         backend.version(), backend.load_level(graph)))
+                                                         backend.version(), backend.load_level(graph)), searched_on)
     if args.takes > 1:   # pass 1 measures logged groups missing from the store; each later pass adds a take
         for take in range(1, args.takes + 1):
             measured, cached = _take_pass_in_new_process(args.backend, backend.store.path, log.path, run_graphs, take,

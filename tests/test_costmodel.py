@@ -648,3 +648,15 @@ def test_profile_plans_then_dataset_export_resumes_and_roundtrips(tmp_path, caps
     data = CostDataset.load(out)
     assert len(data.plans) == 3 and len({i for p in data.plans for i in p["samples"]}) == len(data.samples)
     assert json.loads(json.dumps(data.source))["models"]["train"] == ["mixtral_moe"]
+    # the log says which analytical profile the searches planned on; an export of a mix says so
+    searched_on = baselines.default_backend().profile
+    assert {r["searched_on"]["digest"] for r in records if r["kind"] == "plan"} == {searched_on.digest()}
+    assert data.source["search_profiles"] == [searched_on.digest()]
+    assert "analytical profiles" not in capsys.readouterr().out
+    log = ProfileLog.beside(store).path
+    lines = log.read_text().splitlines()
+    lines[-1] = lines[-1].replace(searched_on.digest(), "0generic")
+    log.write_text("\n".join(lines) + "\n")
+    assert main(["dataset", "export", "--store", str(store), "--out", str(out)]) == 0
+    assert "searched on 2 analytical profiles" in capsys.readouterr().out
+    assert CostDataset.load(out).source["search_profiles"] == sorted([searched_on.digest(), "0generic"])

@@ -151,7 +151,8 @@ def build_dataset(measured: MeasuredSet, test_models: Sequence[str] = (), val_mo
               "samples": list(p.sample_indices)} for p in measured.plans]
     source = {"models": {sp: sorted(m for m, s in split_of.items() if s == sp) for sp in SPLITS},
               "graphs": len(measured.graphs), "seed": seed, "group_holdout": group_holdout,
-              "analytical_profile": prior.profile.to_dict()}
+              "analytical_profile": prior.profile.to_dict(),
+              "search_profiles": sorted({p.searched_on for p in measured.plans if p.searched_on})}
     return CostDataset(samples, splits, op_vocab, schedules, plans, source)
 
 

@@ -22,6 +22,7 @@ from typing import Iterable, Iterator, Sequence
 
 from fusiongym.graphs import ComputeGraph
 
+from ..devices import DeviceProfile
 from ..plan import Plan
 from ..signature import group_signature
 from ..store import MeasurementKey, MeasurementStore, resolve_store_path
@@ -50,6 +51,7 @@ class PlanRecord:
     graph_hash: str
     method: str
     sample_indices: tuple[int, ...]
+    searched_on: str = ""   # digest of the analytical profile the profile run's searches planned on
 
 
 @dataclass
@@ -160,10 +162,13 @@ class ProfileLog:
         self._append({"kind": "graph", "graph_hash": graph.hash, "model": model, "workload": workload,
                       "graph": json.loads(graph.to_json())})
 
-    def append_plan(self, plan: Plan, method: str, fields: StoreKeyFields) -> None:
+    def append_plan(self, plan: Plan, method: str, fields: StoreKeyFields, searched_on: DeviceProfile) -> None:
+        """``searched_on``: the analytical profile the run's searches planned on. A calibrated and
+        the generic profile find different annealing and trajectory plans, so the log says which."""
         self._append({"kind": "plan", "graph_hash": plan.graph_hash, "method": method,
                       "plan": {"groups": plan.groups, "schedules": plan.schedules},
-                      "store_key": fields.__dict__})
+                      "store_key": fields.__dict__,
+                      "searched_on": {"digest": searched_on.digest(), "source": searched_on.source}})
 
     def _append(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,4 +232,5 @@ def _add_plan(measured: MeasuredSet, store: MeasurementStore, record: dict) -> N
     indices = [measured.add_sample(GroupSample(graph.hash, tuple(group), key.schedule, found[key].median_us))
                for group, key in zip(groups, keys) if key in found]
     if len(indices) == len(keys):
-        measured.plans.append(PlanRecord(graph.hash, record["method"], tuple(indices)))
+        measured.plans.append(PlanRecord(graph.hash, record["method"], tuple(indices),
+                                         record.get("searched_on", {}).get("digest", "")))
