@@ -4,7 +4,8 @@ The MeasurementStore keys a latency by a group's *signature* (a hash): enough to
 "measured before?", not enough to learn from, since a model needs the group's ops, shapes
 and bytes. So ``fusiongym profile --plans`` also appends what it measured to a
 ``ProfileLog`` (JSON lines beside the store): each graph once, in full, and each plan as
-its groups and schedules with the store key fields. ``load_measured_set`` joins the two:
+its groups and schedules with the store key fields and the analytical profile the run's
+searches planned on. ``load_measured_set`` joins the two:
 every group of every logged plan, its latency from the store. Features can then change
 without re-measuring anything: the log keeps the raw graphs.
 
