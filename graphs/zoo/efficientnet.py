@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .mobilenet import InvertedResidual, InvertedResidualNet, make_divisible
+from .mobilenet import InvertedResidualNet, inverted_residual_blocks, make_divisible
 from .models import ZooModel
 from .resnet import cnn_zoo_model
 
@@ -53,14 +53,8 @@ EFFICIENTNET = {
 
 def efficientnet(cfg: EfficientNetConfig) -> InvertedResidualNet:
     """B0's stages, widths scaled; each block's SE squeezes to a quarter of its input channels."""
-    stem = cin = make_divisible(32 * cfg.width_mult)
-    blocks = []
-    for expansion, kernel, stride, channels, repeats in cfg.stages:
-        cout = make_divisible(channels * cfg.width_mult)
-        for i in range(repeats):
-            blocks.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expansion, kernel, nn.SiLU,
-                                           se_channels=max(1, cin // 4)))
-            cin = cout
+    stem = make_divisible(32 * cfg.width_mult)
+    blocks = inverted_residual_blocks(stem, cfg.stages, cfg.width_mult, nn.SiLU, squeeze_excite=True)
     return InvertedResidualNet(stem, blocks, cfg.last_channel, cfg.num_classes, nn.SiLU)
 
 

@@ -9,6 +9,7 @@ it is the identity at inference.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import torch
 from torch import nn
@@ -104,15 +105,26 @@ class InvertedResidualNet(nn.Module):
         return self.classifier(global_avg_pool(self.features(x)))
 
 
-def mobilenet_v2(cfg: MobileNetV2Config) -> InvertedResidualNet:
-    """The paper's stages of (expansion t, channels c, repeats n, first stride s), widths scaled."""
-    stem = cin = make_divisible(32 * cfg.width_mult)
+def inverted_residual_blocks(cin: int, stages: Iterable[tuple[int, int, int, int, int]], width_mult: float,
+                             activation: type[nn.Module] = nn.ReLU6, squeeze_excite: bool = False
+                             ) -> list[InvertedResidual]:
+    """The blocks of stages of (expansion, kernel, first stride, output channels, repeats), channels
+    scaled by ``width_mult``; with ``squeeze_excite`` each block's SE gate squeezes to a quarter of
+    its input channels (EfficientNet)."""
     blocks = []
-    for t, c, n, s in cfg.settings:
-        cout = make_divisible(c * cfg.width_mult)
-        for i in range(n):
-            blocks.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+    for expansion, kernel, stride, channels, repeats in stages:
+        cout = make_divisible(channels * width_mult)
+        for i in range(repeats):
+            blocks.append(InvertedResidual(cin, cout, stride if i == 0 else 1, expansion, kernel, activation,
+                                           se_channels=max(1, cin // 4) if squeeze_excite else 0))
             cin = cout
+    return blocks
+
+
+def mobilenet_v2(cfg: MobileNetV2Config) -> InvertedResidualNet:
+    """The paper's stages of (expansion t, channels c, repeats n, first stride s), 3x3 depthwise, widths scaled."""
+    stem = make_divisible(32 * cfg.width_mult)
+    blocks = inverted_residual_blocks(stem, [(t, 3, s, c, n) for t, c, n, s in cfg.settings], cfg.width_mult)
     last = make_divisible(cfg.last_channel * max(1.0, cfg.width_mult))
     return InvertedResidualNet(stem, blocks, last, cfg.num_classes, nn.ReLU6)
 
