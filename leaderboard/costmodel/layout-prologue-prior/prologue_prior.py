@@ -11,7 +11,8 @@ reads. TVM inlines it into the contraction's operand loads, which then stride. T
    every F on train, val and test);
 3. writes a copy of the dataset whose `prior` is the fitted one (for `costmodel seeds` / `tune`):
 
-    python prologue_prior.py runs/costmodel/data.pt runs/prologue/data.pt leaderboard/costmodel/layout-prologue-prior
+    python leaderboard/costmodel/layout-prologue-prior/prologue_prior.py runs/costmodel/data.pt runs/prologue/data.pt \
+        leaderboard/costmodel/layout-prologue-prior
 """
 import csv
 import math
@@ -31,10 +32,11 @@ LAYOUT_OPS = {"permute_dims", "reshape"}
 FACTORS = (1.0, 1.25, 1.5, 2.0, 2.5, 3.0)
 
 
-def prologue_nodes(ops: list[str], edge_index: torch.Tensor) -> set[int]:
-    """Positions of the layout ops that feed a contraction of the group, directly or through other layout ops."""
+def prologue_nodes(ops: list[str], edges: list[tuple[int, int]]) -> set[int]:
+    """Positions of the layout ops that feed a contraction of the group, directly or through other
+    layout ops; ``edges``: the group's internal edges as (producer, consumer) positions."""
     producers = defaultdict(list)
-    for u, v in edge_index.t().tolist():
+    for u, v in edges:
         producers[v].append(u)
     found: set[int] = set()
     stack = [u for v, op in enumerate(ops) if op in CONTRACTIONS for u in producers[v] if ops[u] in LAYOUT_OPS]
@@ -85,7 +87,8 @@ def write_csv(rows: list[dict], path: Path) -> None:
 def main(data_path: str, out_data: str, out_folder: str) -> None:
     ds = CostDataset.load(data_path)
     measured, roofline = measured_us(ds), analytical_us(ds)
-    prologues = [prologue_nodes([ds.op_vocab[o] for o in d.op.tolist()], d.edge_index) for d in ds.samples]
+    prologues = [prologue_nodes([ds.op_vocab[o] for o in d.op.tolist()], d.edge_index.t().tolist())
+                 for d in ds.samples]
     has_prologue = np.array([bool(found) for found in prologues])
     folder = Path(out_folder)
     write_csv(matched_pairs(ds, prologues, measured, roofline), folder / "matched-pairs.csv")
