@@ -1,8 +1,8 @@
-"""Experiment (README, "More tries"): does greedy_cost pick faster plans on a roofline that prices layout prologues?
+"""Experiment (README, "Eight more tries"): does greedy_cost pick faster plans on a roofline that prices layout prologues?
 
 greedy_cost searches on the analytical backend (this machine's profile) as it is, and on the
 same backend with every group holding a layout prologue (``prologue_prior.prologue_nodes``)
-priced FACTOR x. Both plans of each graph of the profile log are then timed on TVM (llvm),
+priced FACTOR x. Both plans of each named model's first graph in the profile log are then timed on TVM (llvm),
 each group the fastest of TAKES takes (groups already in the store keep theirs), in a copy of
 the store. Prints each graph's two plans: group count, predicted and measured µs.
 
