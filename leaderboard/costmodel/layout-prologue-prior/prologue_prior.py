@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from fusiongym.reward.costmodel.dataset import CostDataset
-from fusiongym.reward.costmodel.evaluate import analytical_us, measured_us, plans_of_split, unseen_cases
+from fusiongym.reward.costmodel.evaluate import (analytical_us, groups_and_plans_by_model, measured_us,
+                                                   score_cases, unseen_cases)
 from fusiongym.reward.costmodel.metrics import score
 
 CONTRACTIONS = {"matmul", "conv2d"}
@@ -67,16 +68,6 @@ def matched_pairs(ds: CostDataset, prologues: list[set[int]], measured: np.ndarr
             for (split, model, kinds), r in sorted(ratios.items())]
 
 
-def train_plan_tau(ds: CostDataset, predicted: np.ndarray, measured: np.ndarray) -> float:
-    """Mean plan tau of ``predicted`` over the training graphs (each training model apart)."""
-    plans = plans_of_split(ds, "train")
-    train = set(ds.indices("train"))
-    taus = [score(model, predicted, measured, [i for i in train if ds.samples[i].model == model],
-                  [p for p in plans if p["model"] == model]).plan_tau
-            for model in sorted({p["model"] for p in plans})]
-    return float(np.mean(taus))
-
-
 def write_csv(rows: list[dict], path: Path) -> None:
     with path.open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(rows[0]))
@@ -92,14 +83,15 @@ def main(data_path: str, out_data: str, out_folder: str) -> None:
     has_prologue = np.array([bool(found) for found in prologues])
     folder = Path(out_folder)
     write_csv(matched_pairs(ds, prologues, measured, roofline), folder / "matched-pairs.csv")
+    training_models, unseen = groups_and_plans_by_model(ds, ["train"]), unseen_cases(ds)
     rows, fitted = [], (-math.inf, 1.0)
     for factor in FACTORS:
         prior_us = roofline * np.where(has_prologue, factor, 1.0)
-        tau = train_plan_tau(ds, prior_us, measured)
+        tau = float(np.mean([m.plan_tau for m in score_cases("prior", prior_us, measured, training_models)]))
         fitted = max(fitted, (tau, factor))
         rows.append({"factor": factor, "case": "train (mean of models)", "plan_tau": tau,
                      "rmse_pct_of_delta": "", "mape_pct": ""})
-        for case, (samples, plans) in unseen_cases(ds).items():
+        for case, (samples, plans) in unseen.items():
             metrics = score(case, prior_us, measured, samples, plans)
             rows.append({"factor": factor, "case": case, "plan_tau": metrics.plan_tau,
                          "rmse_pct_of_delta": metrics.rmse_pct_of_delta, "mape_pct": metrics.mape_pct})
