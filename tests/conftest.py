@@ -22,3 +22,12 @@ os.environ["FUSIONGYM_CPU_PROFILE"] = str(REPO / ".pytest_cache" / "no-calibrate
 def _session_store(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["FUSIONGYM_STORE"] = str(tmp_path_factory.mktemp("store") / "measurements.db")
     os.environ.setdefault("WANDB_MODE", "offline")
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """A test marked ``gpu`` is skipped, saying so, where torch sees no CUDA GPU (as in CI)."""
+    if item.get_closest_marker("gpu"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.skip("needs a CUDA GPU; none is visible to torch")

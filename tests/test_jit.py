@@ -15,7 +15,6 @@ from fusiongym.agents.jit import PlannedModule, eager_region, group_order, impor
 from fusiongym.reward import Plan
 
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-4}
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible to torch")
 
 
 class SmallCNN(nn.Module):
@@ -114,7 +113,6 @@ def exact_cuda_math():
 
 
 @pytest.mark.gpu
-@needs_gpu
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_torch_compile_with_the_policy_on_cuda_equals_eager(name: str, policy: FusionPolicy, exact_cuda_math) -> None:
     model, inputs = MODELS[name]
@@ -130,7 +128,6 @@ def test_torch_compile_with_the_policy_on_cuda_equals_eager(name: str, policy: F
 
 
 @pytest.mark.gpu
-@needs_gpu
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_tvm_compile_for_cuda_with_the_policy_equals_eager(name: str, policy: FusionPolicy) -> None:
     model, inputs = MODELS[name]

@@ -18,7 +18,6 @@ from fusiongym.reward.torch_ops import (TENSOR, UnsupportedOpError, build_region
 CORE_MODELS = ["bert", "densenet", "efficientnet", "llama", "mixtral_moe", "mobilenet_v2", "regnet", "resnet18", "resnet50",
                "swin", "vit", "whisper"]
 QUICK = timing.TimingProtocol(warmup=1, min_repeat_ms=2.0, repeats=5, max_remeasure=0)
-needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU; none is visible to torch")
 
 
 @pytest.mark.parametrize("name", CORE_MODELS)
@@ -117,7 +116,6 @@ def test_cuda_backend_without_gpu_says_so(tmp_path) -> None:
 
 
 @pytest.mark.gpu
-@needs_gpu
 def test_cuda_region_timed_with_events_and_slowed_by_gpu_load(tmp_path) -> None:
     from fusiongym.reward.gpu_load import GpuLoad
     from fusiongym.reward.torch_backend import measure_cuda

@@ -21,7 +21,7 @@ from fusiongym.reward.tvm_backend import BuiltGroup, TVMBackend, TVMBackendError
 from fusiongym.reward.tvm_default import tvm_default_plan
 
 FAST = TimingProtocol(warmup=1, min_repeat_ms=1.0, repeats=5, max_remeasure=0)
-needs_gpu = pytest.mark.skipif(not tvm.cuda(0).exist, reason="needs a CUDA GPU; none is visible to TVM")
+needs_tvm_cuda = pytest.mark.skipif(not tvm.cuda(0).exist, reason="needs a CUDA GPU; none is visible to TVM")
 
 
 class TwinBlocks(torch.nn.Module):
@@ -237,7 +237,7 @@ def test_cuda_source_builds_without_a_gpu(twins: ComputeGraph, tmp_path: Path) -
 
 
 @pytest.mark.gpu
-@needs_gpu
+@needs_tvm_cuda
 def test_cuda_groups_are_timed_on_the_gpu_and_fusing_a_block_pays(twins: ComputeGraph, tmp_path: Path) -> None:
     """On a GPU each op apart is its own kernel launch and round trip through memory: the
     block fused into one kernel must be faster than its ops timed apart."""
