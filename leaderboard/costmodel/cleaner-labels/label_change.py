@@ -46,8 +46,8 @@ def label_change(old: CostDataset, new: CostDataset) -> list[dict]:
     return rows
 
 
-def seed_means(path: Path) -> dict[tuple[str, str], float]:
-    """(setting, case) -> mean over seeds of each column; a seeds CSV's setting is ''."""
+def seed_means(path: Path) -> dict[tuple[str, str, str], float]:
+    """(setting, case, column) -> mean over seeds; a seeds CSV's setting is ''."""
     values = defaultdict(list)
     with path.open() as file:
         for row in csv.DictReader(file):
