@@ -46,8 +46,9 @@ def label_change(old: CostDataset, new: CostDataset) -> list[dict]:
     return rows
 
 
-def seed_means(path: Path) -> dict[tuple[str, str, str], float]:
-    """(setting, case, column) -> mean over seeds; a seeds CSV's setting is ''."""
+def means_in_seed_csv(path: Path) -> dict[tuple[str, str, str], float]:
+    """(setting, case, column) -> mean over the seeds of a `costmodel seeds` or `tune` CSV; a seeds
+    CSV's setting is ''. (evaluate.seed_means averages Metrics rows in memory; these are the files.)"""
     values = defaultdict(list)
     with path.open() as file:
         for row in csv.DictReader(file):
@@ -61,7 +62,7 @@ def seed_means(path: Path) -> dict[tuple[str, str, str], float]:
 def compare_seed_files(before: Path, after: Path) -> list[dict]:
     rows = []
     for name in SEED_FILES:
-        old, new = seed_means(before / name), seed_means(after / name)
+        old, new = means_in_seed_csv(before / name), means_in_seed_csv(after / name)
         for key in sorted(old.keys() & new.keys()):
             setting, case, column = key
             rows.append({"file": name, "setting": setting, "case": case, "metric": column,
