@@ -10,7 +10,9 @@ store and plans already in the log are skipped. ``--takes K`` then makes K passe
 group of the suite's logged plans, each in a new process and adding a take where a group has
 fewer, and keeps each group's fastest take: a kernel's timing drifts with the machine's and
 the process's state, and the fastest of takes spread over time and processes reproduces
-where one take does not (``MeasuredBackend.take_again``).
+where one take does not (``MeasuredBackend.take_again``). ``--takes-only`` samples nothing and
+makes the take passes alone, over the suite's graphs already in the log: more takes for a store
+built earlier, without the searches that sample plans (about 20 min on the train suite).
 
 Without ``--plans`` it measures a seeded set of single groups; with ``--calibrate`` those
 fit the analytical CPU profile to this machine (saved to ~/.cache/fusiongym/cpu_profile.json
@@ -25,9 +27,14 @@ import json
 import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from fusiongym.agents.leaderboard import Case
+    from fusiongym.reward.costmodel.records import ProfileLog
+    from fusiongym.reward.measured_backend import MeasuredBackend
 
 DEFAULT_PLAN_METHODS = "greedy_cost,inductor_rules,no_fusion,random,annealing"
 TRAJECTORY_METHOD = "greedy_cost_trajectory"   # the method logged for --trajectory-points plans
@@ -64,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="time every group of the suite's logged plans in this many takes, one pass over "
                             "all of them per take, each pass in a new process, and keep the fastest (timings "
                             "drift with the machine's and the process's state)")
+    plans.add_argument("--takes-only", action="store_true",
+                       help="sample no plans; only the --takes passes over the plans already logged for the "
+                            "suite's graphs (more takes for a store built earlier)")
     plans.add_argument("--log", default=None, help="profile log (default: <store>.plans.jsonl)")
 
 
@@ -89,14 +99,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _profile_plans(args: argparse.Namespace) -> int:
-    """Sample plans on the suite's graphs, measure every new group, log graphs and plans."""
-    from tqdm import tqdm
-
-    from fusiongym.agents import baselines
-    from fusiongym.agents.baselines.search import greedy_trajectory
+    """Sample plans on the suite's graphs, measure every new group, log graphs and plans; then the take passes."""
     from fusiongym.agents.leaderboard import cases
     from fusiongym.reward import get_backend
-    from fusiongym.reward.costmodel.records import ProfileLog, StoreKeyFields, plan_identity
+    from fusiongym.reward.costmodel.records import ProfileLog
     from fusiongym.reward.measured_backend import MeasuredBackend
 
     from .leaderboard import _parse_dims
@@ -107,17 +113,54 @@ def _profile_plans(args: argparse.Namespace) -> int:
     # drawn before the store and log are opened, so a workload the suite lacks leaves nothing written
     case_list = cases(args.suite, args.graphs_per_workload, args.seed, args.variant, _parse_dims(args.max_dims),
                       idle=True, workloads={w.strip() for w in args.workloads.split(",") if w.strip()})
+    log = ProfileLog(args.log) if args.log else ProfileLog.beside(args.store)
+    # --takes-only checks the log before the store is opened: a graph the log lacks leaves nothing written
+    run_graphs = _logged_graph_hashes(case_list, log) if args.takes_only else set()
     backend = get_backend(args.backend, store=args.store)
     if not isinstance(backend, MeasuredBackend):
         raise ValueError(f"backend {args.backend!r} keeps no MeasurementStore entries; profile --plans "
                          f"needs a measuring backend such as tvm")
-    log = ProfileLog(args.log) if args.log else ProfileLog.beside(backend.store.path)
+    work = []
+    if not args.takes_only:
+        run_graphs, work = _sample_new_plans(args, case_list, backend, log)
+        _measure_and_log(work, backend, log, args.suite)
+    if args.takes > 1 or args.takes_only:   # pass 1 measures logged groups missing from the store; each later
+        for take in range(1, args.takes + 1):   # pass adds a take
+            measured, cached = _take_pass_in_new_process(args.backend, backend.store.path, log.path, run_graphs, take,
+                                                         args.seed * 1000 + take)
+            backend.stats.measurements += measured
+            backend.stats.cached += cached
+    print(f"{len(work)} new plans, {backend.stats.measurements} groups measured, {backend.stats.cached} "
+          f"from the store; log {log.path}")
+    return 0
+
+
+def _logged_graph_hashes(case_list: list[Case], log: ProfileLog) -> set[str]:
+    """The hashes of the cases' graphs, each of which the log must hold (``--takes-only`` samples none)."""
+    known_graphs, _ = log.known()
+    hashes = [(case.workload, case.graph().hash) for case in case_list]
+    missing = sorted({workload for workload, graph_hash in hashes if graph_hash not in known_graphs})
+    if missing:
+        raise ValueError(f"--takes-only: the graphs of workloads {missing} are not in the log {log.path}; "
+                         f"profile them without --takes-only first (same --suite, --seed and --max-dims)")
+    return {graph_hash for _, graph_hash in hashes}
+
+
+def _sample_new_plans(args: argparse.Namespace, case_list: list[Case], backend: MeasuredBackend,
+                      log: ProfileLog) -> tuple[set[str], list]:
+    """(hashes of every graph of the run, [(graph, method name, plan)] not yet logged); logs new graphs.
+
+    Plans are sampled up front, before any is measured, for an honest ETA."""
+    from fusiongym.agents import baselines
+    from fusiongym.agents.baselines.search import greedy_trajectory
+    from fusiongym.reward.costmodel.records import plan_identity
+
     known_graphs, known_plans = log.known()
-    run_graphs: set[str] = set()  # hashes of every graph of this run
+    run_graphs: set[str] = set()
     methods = [baselines.get(m.strip()) for m in args.methods.split(",") if m.strip()]
     deterministic = [m for m in methods if not m.seeded]
     seeded = [m for m in methods if m.seeded] or [baselines.get("random")]
-    work = []  # (graph, method name, plan) to measure, sampled up front for an honest ETA
+    work = []
     for case in case_list:
         graph = case.graph()
         run_graphs.add(graph.hash)
@@ -137,9 +180,19 @@ def _profile_plans(args: argparse.Namespace) -> int:
             if (graph.hash, identity) not in known_plans:
                 known_plans.add((graph.hash, identity))
                 work.append((graph, method_name, plan))
+    return run_graphs, work
+
+
+def _measure_and_log(work: list, backend: MeasuredBackend, log: ProfileLog, suite: str) -> None:
+    """Measure every group of each plan (the store skips those it holds), then log the plan."""
+    from tqdm import tqdm
+
+    from fusiongym.agents import baselines
+    from fusiongym.reward.costmodel.records import StoreKeyFields
+
     searched_on = baselines.default_backend().profile
     total_groups = sum(plan.num_groups for _, _, plan in work)
-    with tqdm(total=total_groups, unit="group", desc=f"profile {args.suite}", dynamic_ncols=True) as bar:
+    with tqdm(total=total_groups, unit="group", desc=f"profile {suite}", dynamic_ncols=True) as bar:
         for graph, method, plan in work:
             for group, schedule in zip(plan.groups, plan.schedules):
                 backend.cached_group_latency(graph, group, schedule)
@@ -147,15 +200,6 @@ def _profile_plans(args: argparse.Namespace) -> int:
             bar.set_postfix(measured=backend.stats.measurements, cached=backend.stats.cached)
             log.append_plan(plan, method, StoreKeyFields(backend.device, backend.store_backend,
                                                          backend.version(), backend.load_level(graph)), searched_on)
-    if args.takes > 1:   # pass 1 measures logged groups missing from the store; each later pass adds a take
-        for take in range(1, args.takes + 1):
-            measured, cached = _take_pass_in_new_process(args.backend, backend.store.path, log.path, run_graphs, take,
-                                                         args.seed * 1000 + take)
-            backend.stats.measurements += measured
-            backend.stats.cached += cached
-    print(f"{len(work)} new plans, {backend.stats.measurements} groups measured, {backend.stats.cached} "
-          f"from the store; log {log.path}")
-    return 0
 
 
 def _take_pass_in_new_process(backend_name: str, store: Path, log: Path, graph_hashes: Iterable[str], take: int,

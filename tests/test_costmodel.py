@@ -617,6 +617,15 @@ def test_profile_rejects_a_workload_the_suite_does_not_hold_before_measuring(tmp
     assert not list(tmp_path.iterdir())   # no store, no log: nothing half-written
 
 
+def test_profile_takes_only_needs_the_suites_graphs_in_the_log(tmp_path, capsys):
+    store = tmp_path / "m.db"
+    assert main(["profile", "--suite", "smoke", "--workloads", "mixtral_moe/smoke", "--plans", "1", "--takes", "2",
+                 "--takes-only", "--max-dims", "tokens=16", "--store", str(store)]) == 2
+    error = capsys.readouterr().err
+    assert "workloads ['mixtral_moe/smoke'] are not in the log" in error and "without --takes-only first" in error
+    assert not list(tmp_path.iterdir())   # checked before the store is opened
+
+
 @pytest.mark.slow
 def test_profile_plans_then_dataset_export_resumes_and_roundtrips(tmp_path, capsys):
     store = tmp_path / "m.db"
@@ -634,6 +643,11 @@ def test_profile_plans_then_dataset_export_resumes_and_roundtrips(tmp_path, caps
     with MeasurementStore(store) as measured:
         takes = [m.meta["spaced_takes_us"] for m in measured.iter_all()]
     assert len(takes) == kernels and all(len(t) == 2 for t in takes)
+    # a third take without sampling: --plans 2 would add a random plan, --takes-only samples none
+    assert main([*command, "--plans", "2", "--takes", "3", "--takes-only"]) == 0
+    assert "0 new plans" in capsys.readouterr().out and list(ProfileLog.beside(store).records()) == records
+    with MeasurementStore(store) as measured:
+        assert sorted(len(m.meta["spaced_takes_us"]) for m in measured.iter_all()) == [3] * kernels
     assert [r["kind"] for r in records] == ["graph", "plan", "plan", "plan"]
     # two plans along greedy_cost's descent, fusing more and more, short of greedy_cost's end
     unfused, *trajectory = [r for r in records if r["kind"] == "plan"]
