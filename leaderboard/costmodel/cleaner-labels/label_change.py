@@ -1,16 +1,16 @@
-"""Experiment (README, "Cleaner training labels"): how far the training and val labels moved when
-their groups went from 1-2 takes to 3, and what that did to the models trained on them.
+"""Experiment (leaderboard/costmodel/EXPERIMENTS.md, "Cleaner training labels"): how far the labels
+moved when their groups got more takes (the same store's samples, exported before and after), and
+what that did to the models trained and scored on them.
 
 1. label-change.csv: per model, the old labels scored as a prediction of the new ones (group
-   MAPE, plan tau over the model's plans, as `costmodel eval` scores a model), and the share of
-   groups whose label fell by more than 5 %;
-2. seed-means.csv: the mean over seeds of each `costmodel seeds` / `tune` CSV pair (old data,
-   new data) named on the command line, per case (val, test, each test model), and the prior
-   alone scored on both datasets (its val score moves with the val labels alone):
+   MAPE, plan tau over the model's plans and over its pairs of plans >= 10 % apart, as `costmodel
+   eval` scores a model), the share of groups whose label fell by more than 5 % and the median
+   plan's new latency over its old;
+2. with two folders of `costmodel seeds` / `tune` CSVs (trained on the old data, on the new),
+   seed-means.csv: the mean over seeds of each CSV pair, per case (val, test, each test model),
+   and the prior alone scored on both datasets (its score moves with the labels alone):
 
-    python leaderboard/costmodel/cleaner-labels/label_change.py runs/costmodel/data.pt runs/takes3/data.pt \
-        leaderboard/costmodel/measured-ops-prior/roofline-prior leaderboard/costmodel/cleaner-labels/three-takes \
-        leaderboard/costmodel/cleaner-labels
+    python leaderboard/costmodel/cleaner-labels/label_change.py OLD_DATA NEW_DATA OUT [OLD_SEEDS NEW_SEEDS]
 """
 import csv
 import sys
@@ -24,7 +24,7 @@ from fusiongym.reward.costmodel.evaluate import analytical_us, groups_and_plans_
 from fusiongym.reward.costmodel.metrics import score
 
 SEED_FILES = ("seeds-plans.csv", "seeds-plans-residual-0.5.csv", "seeds-mse.csv", "tune-lightgbm.csv")
-COLUMNS = ("plan_tau", "rmse_pct_of_delta", "mape_pct")
+COLUMNS = ("plan_tau", "plan_tau_apart", "rmse_pct_of_delta", "mape_pct")
 
 
 def sample_key(data) -> tuple:
@@ -32,17 +32,20 @@ def sample_key(data) -> tuple:
 
 
 def label_change(old: CostDataset, new: CostDataset) -> list[dict]:
-    """Per model of train and val: the old labels scored against the new ones."""
+    """Per model of every split: the old labels scored against the new ones."""
     old_us = dict(zip((sample_key(d) for d in old.samples), measured_us(old)))
     new_us = measured_us(new)
     as_before = np.array([old_us[sample_key(d)] for d in new.samples])
     rows = []
-    for model, (samples, plans) in groups_and_plans_by_model(new, ["train", "val"]).items():
+    for model, (samples, plans) in groups_and_plans_by_model(new, ["train", "val", "test"]).items():
         metrics = score(model, as_before, new_us, samples, plans)
         fell = np.log(as_before[samples] / new_us[samples]) > np.log(1.05)
+        plan_ratios = [new_us[plan["samples"]].sum() / as_before[plan["samples"]].sum() for plan in plans]
         rows.append({"model": model, "split": new.split[samples[0]], "groups": len(samples), "plans": metrics.plans,
                      "old_labels_mape_pct": metrics.mape_pct, "old_labels_plan_tau": metrics.plan_tau,
-                     "share_fell_over_5pct": float(fell.mean())})
+                     "old_labels_plan_tau_apart": metrics.plan_tau_apart,
+                     "share_fell_over_5pct": float(fell.mean()),
+                     "plan_us_new_over_old_median": float(np.median(plan_ratios))})
     return rows
 
 
@@ -86,11 +89,14 @@ def write_csv(rows: list[dict], path: Path) -> None:
         writer.writerows(rows)
 
 
-def main(old_data: str, new_data: str, before: str, after: str, out_folder: str) -> None:
+def main(old_data: str, new_data: str, out_folder: str, *seed_folders: str) -> None:
     folder, old, new = Path(out_folder), CostDataset.load(old_data), CostDataset.load(new_data)
+    folder.mkdir(parents=True, exist_ok=True)
     write_csv(label_change(old, new), folder / "label-change.csv")
-    write_csv(compare_seed_files(Path(before), Path(after)) + prior_alone(old, new), folder / "seed-means.csv")
+    if seed_folders:
+        before, after = map(Path, seed_folders)
+        write_csv(compare_seed_files(before, after) + prior_alone(old, new), folder / "seed-means.csv")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:6])
+    main(*sys.argv[1:])
