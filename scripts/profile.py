@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.plans is not None:
+    if args.plans is not None or args.takes_only:
         return _profile_plans(args)
     from fusiongym.graphs import zoo
     from fusiongym.reward import get_backend
@@ -107,7 +107,7 @@ def _profile_plans(args: argparse.Namespace) -> int:
 
     from .leaderboard import _parse_dims
 
-    if args.plans < 1 or args.takes < 1 or args.trajectory_points < 0:
+    if (not args.takes_only and args.plans < 1) or args.takes < 1 or args.trajectory_points < 0:
         raise ValueError(f"--plans and --takes must be at least 1 and --trajectory-points at least 0, got "
                          f"{args.plans}, {args.takes} and {args.trajectory_points}")
     # drawn before the store and log are opened, so a workload the suite lacks leaves nothing written
@@ -124,8 +124,9 @@ def _profile_plans(args: argparse.Namespace) -> int:
     if not args.takes_only:
         run_graphs, work = _sample_new_plans(args, case_list, backend, log)
         _measure_and_log(work, backend, log, args.suite)
-    if args.takes > 1 or args.takes_only:   # pass 1 measures logged groups missing from the store; each later
-        for take in range(1, args.takes + 1):   # pass adds a take
+    # take pass 1 measures logged groups missing from the store; each later pass adds a take
+    if args.takes > 1 or args.takes_only:
+        for take in range(1, args.takes + 1):
             measured, cached = _take_pass_in_new_process(args.backend, backend.store.path, log.path, run_graphs, take,
                                                          args.seed * 1000 + take)
             backend.stats.measurements += measured
