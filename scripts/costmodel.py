@@ -62,6 +62,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train, seeds, heldout, ablate, tune: the models predict the analytical prior plus this "
                              "share of their learned residual, in [0, 1] (default: TrainConfig's, 1; 0.5 ranks "
                              "unseen models' plans better and fits their groups worse)")
+    parser.add_argument("--plan-margin", type=float, default=None,
+                        help="train, seeds, heldout, ablate with --loss plans: fit, pair by pair, only the plans "
+                             "measured more than this share apart (0.05: near-ties' order, which another day's "
+                             "takes change, is left alone); default: ListMLE over each graph's whole plan order")
     parser.add_argument("--anchor", type=float, default=None,
                         help="online: weight of the updates' pull toward the trained weights (default: OnlineConfig's; "
                              "0 fits new groups hardest and reorders plans most)")
@@ -94,7 +98,7 @@ def run(args: argparse.Namespace) -> int:
     folder = Path(args.model or args.out)
     config = TrainConfig(loss=args.loss, seed=args.seed, edge_features=args.edge_features)
     for option, value in (("epochs", args.epochs), ("weight_decay", args.weight_decay),
-                          ("residual_scale", args.residual_scale)):
+                          ("residual_scale", args.residual_scale), ("plan_margin", args.plan_margin)):
         if value is not None:
             config = dataclasses.replace(config, **{option: value})
     if args.action in ("seeds", "ablate", "tune") and args.seeds < 1:

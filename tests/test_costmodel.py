@@ -28,7 +28,8 @@ from fusiongym.reward.costmodel.features import GraphTensors, group_example, pla
 from fusiongym.reward.costmodel.evaluate import (compare, feed_plan, gnn_log_us, measured_us, online_plan_ranking,
                                                  remeasured_us, seed_spread, train_models, training_model_ablation,
                                                  write_bar_report, write_stream_report)
-from fusiongym.reward.costmodel.gnn import GroupGNN, PlanRankingLoss, TrainConfig, build_model, train_gnn
+from fusiongym.reward.costmodel.gnn import (GroupGNN, PlanPairsLoss, PlanRankingLoss, TrainConfig, build_model,
+                                           train_gnn)
 from fusiongym.reward.costmodel.metrics import noise_ceiling, score
 from fusiongym.reward.costmodel.model import CostModel
 from fusiongym.reward.costmodel.online import (OnlineBackend, OnlineConfig, OnlineLearner, moving_mean,
@@ -323,8 +324,33 @@ def test_plans_loss_ranks_whole_plans_by_their_summed_groups():
         PlanRankingLoss(plans, np.arange(6), measured_log_us, torch.zeros(6), torch.tensor(1.0), 0.05)
 
 
-def test_training_with_the_plans_loss_orders_the_training_plans(dataset):
-    """Plans made of the measured training groups (the test's data has groups, not plans)."""
+def test_plan_pairs_loss_leaves_near_ties_alone():
+    """With a margin, only plans measured more than it apart are ordered: a near-tie's order costs nothing."""
+    measured_log_us = torch.log(torch.tensor([100.0, 101.0, 200.0]))   # one group per plan; 0 and 1 a near-tie
+    plans, graph_ids = [[0], [1], [2]], np.zeros(3, dtype=np.int64)
+    loss = PlanPairsLoss(plans, graph_ids, measured_log_us, torch.zeros(3), torch.tensor(1.0), 0.05, margin=0.05)
+    assert sorted(zip(loss.fast.tolist(), loss.slow.tolist())) == [(0, 2), (1, 2)]
+    tie_swapped = torch.log(torch.tensor([101.0, 100.0, 200.0]))
+    assert loss(tie_swapped, None, None).item() == pytest.approx(loss(measured_log_us, None, None).item(), abs=1e-5)
+    far_swapped = torch.log(torch.tensor([200.0, 101.0, 100.0]))
+    assert loss(far_swapped, None, None) > 1.0 > 1e3 * loss(measured_log_us, None, None)
+    with pytest.raises(ValueError, match="more than 300% apart"):
+        PlanPairsLoss(plans, graph_ids, measured_log_us, torch.zeros(3), torch.tensor(1.0), 0.05, margin=3.0)
+    with pytest.raises(ValueError, match="for the plans loss only"):
+        TrainConfig(loss="mse", plan_margin=0.05)
+
+
+def test_plan_margin_on_the_command_line_reaches_the_config(dataset, tmp_path, capsys):
+    data_path = dataset.save(tmp_path / "data.pt")
+    assert main(["costmodel", "train", "--data", str(data_path), "--out", str(tmp_path / "model"), "--loss", "mse",
+                 "--plan-margin", "0.05"]) == 2
+    assert "for the plans loss only" in capsys.readouterr().err and not (tmp_path / "model").exists()
+
+
+@pytest.mark.parametrize("plan_margin", [None, 0.05])
+def test_training_with_the_plans_loss_orders_the_training_plans(dataset, plan_margin):
+    """Plans made of the measured training groups (the test's data has groups, not plans);
+    ListMLE over each graph's whole plan order, or pairs past a 5 % margin."""
     train = dataset.subset("train")
     by_graph: dict[str, list[int]] = {}
     for index, sample in enumerate(train):
@@ -332,7 +358,7 @@ def test_training_with_the_plans_loss_orders_the_training_plans(dataset):
     rng = np.random.default_rng(0)
     plans = [sorted(rng.choice(members, size=4, replace=False).tolist())
              for members in by_graph.values() for _ in range(6)]
-    config = TrainConfig(epochs=300, loss="plans", seed=0)
+    config = TrainConfig(epochs=300, loss="plans", seed=0, plan_margin=plan_margin)
     result = train_gnn(train, [], dataset.op_vocab, dataset.schedules, PROFILE.to_dict(), config, plans=plans)
     predicted = gnn_log_us(result.model, train)
     measured = np.array([float(d.y) for d in train])
