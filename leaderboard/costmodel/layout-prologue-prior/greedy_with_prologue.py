@@ -1,4 +1,4 @@
-"""Experiment (README, "Eight more tries"): does greedy_cost pick faster plans on a roofline that prices layout prologues?
+"""Experiment (leaderboard/costmodel/EXPERIMENTS.md, "Eight tries by hand"): does greedy_cost pick faster plans on a roofline that prices layout prologues?
 
 greedy_cost searches on the analytical backend (this machine's profile) as it is, and on the
 same backend with every group holding a layout prologue (``prologue_prior.prologue_nodes``)

@@ -1,4 +1,4 @@
-"""Experiment (README, "Eight more tries"): the roofline prices a layout prologue fused into a contraction as free.
+"""Experiment (leaderboard/costmodel/EXPERIMENTS.md, "Eight tries by hand"): the roofline prices a layout prologue fused into a contraction as free.
 
 A *layout prologue*: a permute_dims or reshape whose output a matmul or conv2d of the same group
 reads. TVM inlines it into the contraction's operand loads, which then stride. The script

@@ -1,4 +1,4 @@
-"""Experiment (README, "Five more tries"): a prior that knows each op's measured latency unfused.
+"""Experiment (leaderboard/costmodel/EXPERIMENTS.md, "Eight tries by hand"): a prior that knows each op's measured latency unfused.
 
 prior'(S, s) = analytical(S, s) * sum_{op in S} m(op) / sum_{op in S} r(op): m = the op's measured
 µs as its own kernel (the graph's no_fusion plan, default schedule), r = the roofline's µs of it

@@ -1,4 +1,4 @@
-"""Experiment (README, "Eight more tries"): LightGBM on pairs of plans of one graph.
+"""Experiment (leaderboard/costmodel/EXPERIMENTS.md, "Eight tries by hand"): LightGBM on pairs of plans of one graph.
 
 A plan is a vector of ln sums over its groups (the 14 group features, the roofline µs, per
 schedule and of its largest group, the group count); a pair (P, Q) is P's vector minus Q's

@@ -1,4 +1,4 @@
-"""Experiment (README, "Eight more tries"): keep the GNN state with the best val plan tau, not val group ln RMSE.
+"""Experiment (leaderboard/costmodel/EXPERIMENTS.md, "Eight tries by hand"): keep the GNN state with the best val plan tau, not val group ln RMSE.
 
 ``train_gnn`` keeps the state whose val ln RMSE is lowest. Here its ``ln_rmse`` is replaced by
 minus the mean plan tau over the val graphs, so the state kept is the one that orders val's
