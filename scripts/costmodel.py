@@ -16,7 +16,7 @@ model against the model as trained. Then, per test graph and K of --seen-plans, 
 learner meets the groups of the graph's first K plans only, and both models rank the other
 plans: DIR/online-plans.csv and .png. --anchor sets how hard updates are held to the trained
 weights (``OnlineConfig.anchor``), --plan-weight how much the order of the plans fed counts
-(``OnlineConfig.plan_weight``).
+(``OnlineConfig.plan_weight``), --plan-margin which of their pairs (``OnlineConfig.plan_margin``).
 ``fusiongym costmodel seeds --data data.pt --out DIR --loss L --seeds N`` trains the GNN
 with seeds 0..N-1 and scores each on val and test: DIR/seeds-L.csv (one row per seed and
 split) and seeds-L.png (each seed's plan τ), and the mean, min and max per split, printed.
@@ -63,9 +63,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "share of their learned residual, in [0, 1] (default: TrainConfig's, 1; 0.5 ranks "
                              "unseen models' plans better and fits their groups worse)")
     parser.add_argument("--plan-margin", type=float, default=None,
-                        help="train, seeds, heldout, ablate with --loss plans: fit, pair by pair, only the plans "
-                             "measured more than this share apart (0.05: near-ties' order, which another day's "
-                             "takes change, is left alone); default: ListMLE over each graph's whole plan order")
+                        help="train, seeds, heldout, ablate with --loss plans, and online's plan term: fit, pair by "
+                             "pair, only the plans measured more than this share apart (0.05: near-ties' order, "
+                             "which another day's takes change, is left alone); default: ListMLE over each "
+                             "graph's whole plan order")
     parser.add_argument("--anchor", type=float, default=None,
                         help="online: weight of the updates' pull toward the trained weights (default: OnlineConfig's; "
                              "0 fits new groups hardest and reorders plans most)")
@@ -97,8 +98,9 @@ def run(args: argparse.Namespace) -> int:
     dataset = CostDataset.load(args.data)
     folder = Path(args.model or args.out)
     config = TrainConfig(loss=args.loss, seed=args.seed, edge_features=args.edge_features)
+    training_margin = None if args.action == "online" else args.plan_margin   # online: OnlineConfig's
     for option, value in (("epochs", args.epochs), ("weight_decay", args.weight_decay),
-                          ("residual_scale", args.residual_scale), ("plan_margin", args.plan_margin)):
+                          ("residual_scale", args.residual_scale), ("plan_margin", training_margin)):
         if value is not None:
             config = dataclasses.replace(config, **{option: value})
     if args.action in ("seeds", "ablate", "tune") and args.seeds < 1:
@@ -122,8 +124,8 @@ def run(args: argparse.Namespace) -> int:
         from fusiongym.reward.costmodel.online import OnlineConfig
 
         seen_plans = [int(count) for count in args.seen_plans.split(",") if count]
-        overrides = {name: value for name, value in (("anchor", args.anchor), ("plan_weight", args.plan_weight))
-                     if value is not None}
+        overrides = {name: value for name, value in (("anchor", args.anchor), ("plan_weight", args.plan_weight),
+                                                     ("plan_margin", args.plan_margin)) if value is not None}
         online_config = OnlineConfig(seed=args.seed, **overrides)
         return _online(dataset, CostModel.load(folder / GNN_FILE), args.store, online_config, seen_plans, folder)
     remeasured = CostDataset.load(args.remeasured) if args.remeasured else None

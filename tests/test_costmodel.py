@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+from dataclasses import replace
 
 import gymnasium as gym
 import numpy as np
@@ -334,8 +335,8 @@ def test_plan_pairs_loss_leaves_near_ties_alone():
     assert loss(tie_swapped, None, None).item() == pytest.approx(loss(measured_log_us, None, None).item(), abs=1e-5)
     far_swapped = torch.log(torch.tensor([200.0, 101.0, 100.0]))
     assert loss(far_swapped, None, None) > 1.0 > 1e3 * loss(measured_log_us, None, None)
-    with pytest.raises(ValueError, match="more than 300% apart"):
-        PlanPairsLoss(plans, graph_ids, measured_log_us, torch.zeros(3), torch.tensor(1.0), 0.05, margin=3.0)
+    assert not loss.is_empty
+    assert PlanPairsLoss(plans, graph_ids, measured_log_us, torch.zeros(3), torch.tensor(1.0), 0.05, margin=3.0).is_empty
     with pytest.raises(ValueError, match="for the plans loss only"):
         TrainConfig(loss="mse", plan_margin=0.05)
 
@@ -345,6 +346,10 @@ def test_plan_margin_on_the_command_line_reaches_the_config(dataset, tmp_path, c
     assert main(["costmodel", "train", "--data", str(data_path), "--out", str(tmp_path / "model"), "--loss", "mse",
                  "--plan-margin", "0.05"]) == 2
     assert "for the plans loss only" in capsys.readouterr().err and not (tmp_path / "model").exists()
+    # online: the margin of the plan term (OnlineConfig's), whatever --loss says
+    assert main(["costmodel", "online", "--data", str(data_path), "--model", str(tmp_path / "model"),
+                 "--plan-margin", "-1"]) == 2
+    assert "OnlineConfig.plan_margin is a share >= 0" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("plan_margin", [None, 0.05])
@@ -367,6 +372,10 @@ def test_training_with_the_plans_loss_orders_the_training_plans(dataset, plan_ma
     assert np.mean(tau) > 0.6, tau
     with pytest.raises(ValueError, match="needs the training graphs' measured plans"):
         train_gnn(train, [], dataset.op_vocab, dataset.schedules, PROFILE.to_dict(), config)
+    if plan_margin is not None:
+        with pytest.raises(ValueError, match="more than 10000% apart. Fix: a smaller --plan-margin"):
+            train_gnn(train, [], dataset.op_vocab, dataset.schedules, PROFILE.to_dict(),
+                      replace(config, plan_margin=100.0), plans=plans)
 
 
 def test_edge_features_can_be_left_out_of_the_messages(dataset):
@@ -523,7 +532,8 @@ def test_online_plan_ranking_feeds_the_first_plans_and_scores_the_others(trained
 
 def test_plan_feedback_fits_the_order_of_the_plans_fed(trained, dataset, measured):
     """``observe_plan``: with ``plan_weight`` the fine-tunes also fit the order of each graph's
-    plans fed (the bandit's arms, ranked by their rewards). One plan alone has nothing to
+    plans fed (the bandit's arms, ranked by their rewards), all of it or, with ``plan_margin``,
+    the pairs that far apart. One plan alone, or no two plans past the margin, has nothing to
     order and changes nothing; a plan or a group fed twice counts once."""
     test = dataset.indices("test")
     graph_hash = dataset.samples[test[0]].graph_hash
@@ -534,9 +544,9 @@ def test_plan_feedback_fits_the_order_of_the_plans_fed(trained, dataset, measure
     group_us = measured_us(dataset)
     measured_totals = [group_us[plan].sum() for plan in plans]
 
-    def fed(plan_weight: float, count: int) -> np.ndarray:   # [num_samples] µs of the updated model
-        learner = OnlineLearner(trained.gnn, OnlineConfig(update_every=1000, steps=100, plan_weight=plan_weight,
-                                                          seed=0), replay=dataset.subset("train"))
+    def fed(plan_weight: float, count: int, plan_margin: float | None = None) -> np.ndarray:   # [num_samples] µs
+        config = OnlineConfig(update_every=1000, steps=100, plan_weight=plan_weight, plan_margin=plan_margin, seed=0)
+        learner = OnlineLearner(trained.gnn, config, replay=dataset.subset("train"))
         for plan in plans[:count]:
             feed_plan(learner, dataset, graph, plan, group_us)
         learner.flush()
@@ -556,8 +566,13 @@ def test_plan_feedback_fits_the_order_of_the_plans_fed(trained, dataset, measure
     ranked_tau, ranked_nll = fed_plans_fit(fed(5.0, len(plans)))
     print(f"the {len(plans)} plans fed: Kendall tau {groups_tau:.3f} (groups only) -> {ranked_tau:.3f} (plan "
           f"feedback), -ln P(measured order) {groups_nll:.2f} -> {ranked_nll:.2f}")
+    paired_tau, paired_nll = fed_plans_fit(fed(5.0, len(plans), plan_margin=0.0))
+    print(f"pairs at any gap: Kendall tau {paired_tau:.3f}, -ln P(measured order) {paired_nll:.2f}")
     assert ranked_nll < groups_nll and ranked_tau >= groups_tau
+    assert paired_nll < groups_nll and paired_tau >= groups_tau
     np.testing.assert_array_equal(fed(5.0, 1), fed(0.0, 1))
+    past_every_gap = max(measured_totals) / min(measured_totals)   # no two plans are more than this share apart
+    np.testing.assert_array_equal(fed(5.0, len(plans), plan_margin=past_every_gap), fed(0.0, len(plans)))
 
     groups = [dataset.samples[index].nodes.tolist() for index in plans[0]]
     schedules = [dataset.schedules[int(dataset.samples[index].schedule)] for index in plans[0]]
@@ -577,6 +592,8 @@ def test_plan_feedback_fits_the_order_of_the_plans_fed(trained, dataset, measure
     assert learner._plan_ranking()[1].temperature == 0.5
     with pytest.raises(ValueError, match="plan_weight must be 0 or more"):
         OnlineConfig(plan_weight=-1.0)
+    with pytest.raises(ValueError, match="plan_margin is a share >= 0"):
+        OnlineConfig(plan_margin=-0.05)
 
 
 def test_online_backend_observes_each_new_group_once_and_hands_over_each_plan(trained, dataset, measured):
