@@ -100,7 +100,7 @@ class MeasuredBackend(LatencyBackend):
             stored = self._measure(graph, nodes, key)
             self.store.put(stored)
             return GroupLatency(stored.median_us, "measured", stored.spread)
-        taken = stored.meta.get("spaced_takes_us", [stored.median_us])
+        taken = spaced_takes_us(stored)
         if len(taken) >= takes:
             self.stats.cached += 1
             return GroupLatency(stored.median_us, "cached", stored.spread)
@@ -108,6 +108,11 @@ class MeasuredBackend(LatencyBackend):
         kept = min(stored, fresh, key=lambda m: m.median_us)
         self.store.put(dataclasses.replace(kept, meta={**kept.meta, "spaced_takes_us": [*taken, fresh.median_us]}))
         return GroupLatency(kept.median_us, "measured", kept.spread)
+
+    def takes_held(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> int:
+        """How many spaced takes of this group the store holds here (0: never measured)."""
+        stored = self.store.get(self._key(graph, nodes, schedule))
+        return 0 if stored is None else len(spaced_takes_us(stored))
 
     def remeasure_group(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> GroupLatency:
         """The group built and timed again now, bypassing the store (which it leaves as it is)."""
@@ -165,3 +170,8 @@ class MeasuredBackend(LatencyBackend):
             self._roofline = AnalyticalBackend(get_profile(self.roofline_device, use_calibrated=False))
         known = schedule if schedule in self._roofline.schedules else DEFAULT_SCHEDULE
         return self.suspect_ratio * self._roofline.group_latency(graph, nodes, known).us
+
+
+def spaced_takes_us(measurement: Measurement) -> list[float]:
+    """The median of every spaced take of a stored group (``take_again``); one take when never taken again."""
+    return measurement.meta.get("spaced_takes_us", [measurement.median_us])

@@ -8,9 +8,10 @@ the profile log beside the store: the data the learned cost model trains on
 (``fusiongym dataset export``). Re-running the same command resumes: groups already in the
 store and plans already in the log are skipped. ``--takes K`` then makes K passes over every
 group of the suite's logged plans, each in a new process and adding a take where a group has
-fewer, and keeps each group's fastest take: a kernel's timing drifts with the machine's and
-the process's state, and the fastest of takes spread over time and processes reproduces
-where one take does not (``MeasuredBackend.take_again``). ``--takes-only`` samples nothing and
+fewer (a pass that would add none is not started), and keeps each group's fastest take: a
+kernel's timing drifts with the machine's and the process's state, and the fastest of takes
+spread over time and processes reproduces where one take does not
+(``MeasuredBackend.take_again``). ``--takes-only`` samples nothing and
 makes the take passes alone, over the suite's graphs already in the log: more takes for a store
 built earlier, without the searches that sample plans (about 20 min on the train suite).
 
@@ -33,6 +34,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from fusiongym.agents.leaderboard import Case
+    from fusiongym.graphs import ComputeGraph
     from fusiongym.reward.costmodel.records import ProfileLog
     from fusiongym.reward.measured_backend import MeasuredBackend
 
@@ -126,7 +128,11 @@ def _profile_plans(args: argparse.Namespace) -> int:
         _measure_and_log(work, backend, log, args.suite)
     # take pass 1 measures logged groups missing from the store; each later pass adds a take
     if args.takes > 1 or args.takes_only:
-        for take in range(1, args.takes + 1):
+        first_take = _first_missing_take(backend, log.path, run_graphs, args.takes)
+        if first_take > 1:
+            print(f"every logged group holds at least {first_take - 1} take(s): "
+                  f"{first_take - 1} of {args.takes} take passes skipped")
+        for take in range(first_take, args.takes + 1):
             measured, cached = _take_pass_in_new_process(args.backend, backend.store.path, log.path, run_graphs, take,
                                                          args.seed * 1000 + take)
             backend.stats.measurements += measured
@@ -217,17 +223,22 @@ def _take_pass_in_new_process(backend_name: str, store: Path, log: Path, graph_h
         return pool.submit(_take_pass, backend_name, str(store), str(log), sorted(graph_hashes), take, seed).result()
 
 
-def _take_pass(backend_name: str, store: str, log_path: str, graph_hashes: list[str], take: int,
-               seed: int) -> tuple[int, int]:
-    """One more take of every group of the logged plans of ``graph_hashes`` that has fewer than
-    ``take``, in a shuffled order (so a slow spell of the machine falls on unrelated groups)."""
-    from tqdm import tqdm
+def _first_missing_take(backend: MeasuredBackend, log_path: Path, graph_hashes: Iterable[str], takes: int) -> int:
+    """The first take pass with work to do: 1 + the fewest takes the store holds of a logged
+    group (``takes + 1``, no pass at all, when every group holds ``takes``). Why: each pass
+    starts a process, seconds of imports, even when every group already holds its take."""
+    graphs, groups = _logged_groups(log_path, graph_hashes)
+    fewest = min((backend.takes_held(graphs[graph_hash], list(nodes), schedule)
+                  for graph_hash, nodes, schedule in groups), default=takes)
+    return 1 + min(fewest, takes)
 
+
+def _logged_groups(log_path: str | Path, graph_hashes: Iterable[str]
+                   ) -> tuple[dict[str, ComputeGraph], set[tuple[str, tuple[int, ...], str]]]:
+    """({graph hash: graph}, {(graph hash, node ids, schedule)}) of every logged plan of ``graph_hashes``."""
     from fusiongym.graphs import ComputeGraph
-    from fusiongym.reward import get_backend
     from fusiongym.reward.costmodel.records import ProfileLog
 
-    backend = get_backend(backend_name, store=store)
     records = list(ProfileLog(log_path).records())
     wanted = set(graph_hashes)
     graphs = {r["graph_hash"]: ComputeGraph.from_json(json.dumps(r["graph"]))
@@ -235,6 +246,19 @@ def _take_pass(backend_name: str, store: str, log_path: str, graph_hashes: list[
     groups = {(r["graph_hash"], tuple(group), schedule)
               for r in records if r["kind"] == "plan" and r["graph_hash"] in wanted
               for group, schedule in zip(r["plan"]["groups"], r["plan"]["schedules"])}
+    return graphs, groups
+
+
+def _take_pass(backend_name: str, store: str, log_path: str, graph_hashes: list[str], take: int,
+               seed: int) -> tuple[int, int]:
+    """One more take of every group of the logged plans of ``graph_hashes`` that has fewer than
+    ``take``, in a shuffled order (so a slow spell of the machine falls on unrelated groups)."""
+    from tqdm import tqdm
+
+    from fusiongym.reward import get_backend
+
+    backend = get_backend(backend_name, store=store)
+    graphs, groups = _logged_groups(log_path, graph_hashes)
     order = sorted(groups)
     np.random.default_rng(seed).shuffle(order)
     with tqdm(order, unit="group", desc=f"take {take}", dynamic_ncols=True) as bar:

@@ -492,7 +492,7 @@ def test_online_updates_reduce_error_on_new_groups(trained, dataset, measured, t
         assert online.remeasure_group(measured.graphs[first.graph_hash], first.nodes, first.schedule).origin == "measured"
         assert len(learner.curve) == len(stream)
         after[anchor] = {"streamed": error(learner.model, stream), "unseen": error(learner.model, unseen)}
-        distance[anchor] = float(learner.distance_from_trained())
+        distance[anchor] = float(learner.distance_from_trained().detach())
         curve = learner.error_curve(window=4)
         assert curve.shape == (len(stream),) and np.isfinite(curve).all()
     print("online: mean |ln error|", {anchor: {k: f"{before[k]:.3f} -> {errors[k]:.3f}" for k in before}
@@ -682,15 +682,21 @@ def test_profile_plans_then_dataset_export_resumes_and_roundtrips(tmp_path, caps
     with MeasurementStore(store) as measured:
         kernels = len(measured)   # distinct kernels (the experts share some)
     assert main([*command, "--takes", "2"]) == 0    # one more take of every logged group
-    assert "0 new plans" in capsys.readouterr().out    # (a timing retaken as implausible counts twice)
+    out = capsys.readouterr().out
+    assert "0 new plans" in out     # pass 1 (measure what the store lacks) is not started: nothing lacks
+    assert "every logged group holds at least 1 take(s): 1 of 2 take passes skipped" in out
     with MeasurementStore(store) as measured:
         takes = [m.meta["spaced_takes_us"] for m in measured.iter_all()]
     assert len(takes) == kernels and all(len(t) == 2 for t in takes)
     # a third take without sampling: --plans 2 would add a random plan, --takes-only samples none
     assert main([*command, "--plans", "2", "--takes", "3", "--takes-only"]) == 0
-    assert "0 new plans" in capsys.readouterr().out and list(ProfileLog.beside(store).records()) == records
+    out = capsys.readouterr().out
+    assert "0 new plans" in out and "2 of 3 take passes skipped" in out
+    assert list(ProfileLog.beside(store).records()) == records
     with MeasurementStore(store) as measured:
         assert sorted(len(m.meta["spaced_takes_us"]) for m in measured.iter_all()) == [3] * kernels
+    assert main([*command, "--takes", "2", "--takes-only"]) == 0    # holds more than asked: nothing to take
+    assert "0 new plans, 0 groups measured" in capsys.readouterr().out
     assert [r["kind"] for r in records] == ["graph", "plan", "plan", "plan"]
     # two plans along greedy_cost's descent, fusing more and more, short of greedy_cost's end
     unfused, *trajectory = [r for r in records if r["kind"] == "plan"]

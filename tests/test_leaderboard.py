@@ -152,7 +152,7 @@ def test_tvm_leaderboard_on_one_tiny_case_revalidates(tmp_path):
     from fusiongym.reward import get_backend
 
     case = Case("moe#c", "smoke", "mixtral_moe/smoke", "mixtral_moe", "small", {"tokens": 128},
-                (40, 0, 64, 16, 48, 0, 32, 56), {"compute": 0.0, "bandwidth": 0.0})
+                (128, 0, 0, 0, 0, 0, 0, 128), {"compute": 0.0, "bandwidth": 0.0})   # 24 nodes, 6 experts idle
     config = LeaderboardConfig(suite="smoke", methods=["greedy_cost"], backend="tvm", out=str(tmp_path),
                                store=str(tmp_path / "store.db"), replay_tolerance=2.0)
     run = run_leaderboard(config, [case], progress=False)

@@ -14,6 +14,7 @@ from fusiongym.agents.train import latest_checkpoint, make_backend, rollout, tra
 from fusiongym.envs import FusionEnv
 from fusiongym.graphs import get_workload, synthetic
 from fusiongym.reward import is_legal
+from fusiongym.reward.store import MeasurementStore
 from fusiongym.scripts.cli import main
 
 
@@ -92,8 +93,17 @@ def test_export_command_writes_a_loadable_policy(tmp_path):
 
 
 @pytest.mark.slow
-def test_training_on_the_real_tvm_backend_takes_steps(tmp_path):
-    """--backend tvm: every reward is a compiled and timed kernel (cached in the store)."""
-    record = train(tiny(tmp_path / "run", backend="tvm", timesteps=16, n_steps=8, batch_size=8, n_epochs=1,
+def test_training_on_the_real_tvm_backend_takes_steps(tmp_path, monkeypatch):
+    """--backend tvm: every reward is a compiled and timed kernel, kept in the store."""
+    store = tmp_path / "tvm.db"
+    monkeypatch.setenv("FUSIONGYM_STORE", str(store))   # this run's measurements alone
+    record = train(tiny(tmp_path / "run", backend="tvm", timesteps=8, n_steps=8, batch_size=8, n_epochs=1,
                         checkpoint_every=1000))
-    assert record["timesteps_done"] == 16
+    assert record["timesteps_done"] == 8 and record["backend"]["backend"] == "tvm"
+    with MeasurementStore(store) as measured:
+        kept = list(measured.iter_all())
+    assert kept and {m.meta["graph"] for m in kept} == {"mixtral_moe"}
+    assert all(m.key.backend.startswith("tvm-llvm-") and m.median_us > 0 and m.meta["compile_s"] > 0
+               and m.meta["timing"]["repeats"] >= 5 for m in kept)
+    # the episodes start unfused: a merged or rescheduled group was measured for an agent's step
+    assert any(len(m.meta["ops"]) > 1 or m.key.schedule != "default" for m in kept)
