@@ -1,7 +1,7 @@
 """Experiment (EXPERIMENTS.md, "LightGBM and the `plans` GNN blended"): one model's order, the other's scale.
 
-The `plans` GNN orders unseen models' plans best and prices them worst (plan RMSE ~200 % of Δ);
-LightGBM prices them best (~65 %) and orders them worse. Both predict ln µs as the prior plus a
+The `plans` GNN orders unseen models' plans best and prices them worst (plan RMSE 209 % of Δ in the
+README's table); LightGBM prices them best (65 % there) and orders them worse. Both predict ln µs as the prior plus a
 residual, so a blend ``share`` * GNN + (1 - ``share``) * LightGBM in ln µs is one more residual
 over the same prior. For each seed both are trained as `costmodel train --loss plans` trains them
 (same seed), each share is scored on val and test (and each test model apart), and OUT gets the
