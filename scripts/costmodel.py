@@ -88,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
 
     from fusiongym.reward.costmodel.boosted import BoostedModel
     from fusiongym.reward.costmodel.dataset import CostDataset
-    from fusiongym.reward.costmodel.evaluate import (BOOSTED_FILE, GNN_FILE, compare, train_models,
+    from fusiongym.reward.costmodel.evaluate import (BOOSTED_FILE, GNN_FILE, compare, provenance, train_models,
                                                      write_report)
     from fusiongym.reward.costmodel.gnn import TrainConfig
     from fusiongym.reward.costmodel.metrics import markdown_table
@@ -131,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
     remeasured = CostDataset.load(args.remeasured) if args.remeasured else None
     rows, predicted = compare(dataset, CostModel.load(folder / GNN_FILE), BoostedModel.load(folder / BOOSTED_FILE),
                               remeasured)
-    paths = write_report(rows, predicted, dataset.indices("test"), folder)
+    paths = write_report(rows, predicted, dataset.indices("test"), folder, dataset.source)
+    print(provenance(dataset.source))
     print(markdown_table(rows))
     print("wrote " + ", ".join(map(str, paths)))
     return 0
@@ -202,9 +203,9 @@ def _online(dataset, model, store: str | None, config, seen_plans: list[int], fo
     from fusiongym.reward.costmodel.evaluate import online_plan_ranking, write_bar_report, write_stream_report
     from fusiongym.reward.costmodel.metrics import markdown_table
     from fusiongym.reward.costmodel.online import OnlineLearner, stream_groups
-    from fusiongym.reward.costmodel.records import CostModelError, load_measured_set
+    from fusiongym.reward.costmodel.records import CostModelError, load_measured_set, measuring_device
 
-    measured = load_measured_set(store)
+    measured = load_measured_set(store, device=measuring_device(dataset.source))
     test_models = set(dataset.source.get("models", {}).get("test", []))
     test_graphs = {data.graph_hash for data in dataset.subset("test")}
     stream = [s for s in measured.samples if s.graph_hash in test_graphs]

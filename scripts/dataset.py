@@ -2,7 +2,8 @@
 
 ``fusiongym dataset export --store S --out data.pt`` joins the MeasurementStore with the
 profile log that ``fusiongym profile --plans N`` wrote beside it, computes the features of
-every measured group and saves a PyG dataset split by model (train / val / test: the test
+every measured group of one machine's plans (``--measured-on`` picks it where the log holds
+several) and saves a PyG dataset split by model (train / val / test: the test
 models are never trained on). ``--test-workloads`` also tests on the graphs of the named
 workloads while their model's other workloads train: unseen shapes of a seen architecture.
 """
@@ -25,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated workloads whose graphs are also held out for testing, each as a "
                              "model of its own, '<model> @ <workload>' (e.g. llama_long/test: unseen shapes of "
                              "an architecture whose other workloads train)")
+    parser.add_argument("--measured-on", default=None, metavar="DEVICE",
+                        help="take the plans this machine measured (its fingerprint, as the store keys name it, "
+                             "e.g. 'cpu:AMD EPYC:2c:isa-5fa98f18'); needed when the log holds plans that more than "
+                             "one machine or backend measured, since one dataset takes one")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cpu",
                         help="device profile of the analytical prior both models take as input (cpu: this "
@@ -37,13 +42,13 @@ def run(args: argparse.Namespace) -> int:
     from fusiongym.reward.costmodel.dataset import build_dataset
     from fusiongym.reward.devices import get_profile
 
-    measured = load_measured_set(args.store, args.log)
+    measured = load_measured_set(args.store, args.log, args.measured_on)
     dataset = build_dataset(measured, _names(args.test_models), _names(args.val_models), args.seed,
                             profile=get_profile(args.device), test_workloads=_names(args.test_workloads))
     path = dataset.save(args.out)
     sizes = {split: len(dataset.indices(split)) for split in ("train", "val", "test")}
     print(f"wrote {path}: {len(dataset.samples)} groups {sizes}, {len(dataset.plans)} plans, "
-          f"models {dataset.source['models']}, data hash {dataset.content_hash}")
+          f"models {dataset.source['models']}, measured on {measured.measured_on}, data hash {dataset.content_hash}")
     searched_on = dataset.source["search_profiles"]
     if len(searched_on) > 1:
         print(f"note: the log's plans were searched on {len(searched_on)} analytical profiles ({searched_on}), "

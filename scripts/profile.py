@@ -122,6 +122,7 @@ def _profile_plans(args: argparse.Namespace) -> int:
     if not isinstance(backend, MeasuredBackend):
         raise ValueError(f"backend {args.backend!r} keeps no MeasurementStore entries; profile --plans "
                          f"needs a measuring backend such as tvm")
+    _require_log_measured_here(log, backend)
     work = []
     if not args.takes_only:
         run_graphs, work = _sample_new_plans(args, case_list, backend, log)
@@ -140,6 +141,24 @@ def _profile_plans(args: argparse.Namespace) -> int:
     print(f"{len(work)} new plans, {backend.stats.measurements} groups measured, {backend.stats.cached} "
           f"from the store; log {log.path}")
     return 0
+
+
+def _require_log_measured_here(log: ProfileLog, backend: MeasuredBackend) -> None:
+    """Raise when another machine or backend measured plans of the log.
+
+    Why: the store keys name the machine, so takes or plans from here would be stored beside
+    the logged plans' timings, not added to them, and ``dataset export`` takes one machine's plans.
+    """
+    from fusiongym.reward.costmodel.records import MeasuringSetup, describe_setups
+
+    here = MeasuringSetup(backend.device, backend.store_backend, backend.version())
+    elsewhere = log.setups()
+    del elsewhere[here]
+    if elsewhere:
+        raise ValueError(f"the profile log {log.path} holds plans measured on {describe_setups(elsewhere)}, and "
+                         f"this run measures on {here}: its takes and plans would be stored apart from those "
+                         f"plans' timings. Fix: run it where those plans were measured, or profile this machine "
+                         f"into a store of its own (--store NEW.db)")
 
 
 def _logged_graph_hashes(case_list: list[Case], log: ProfileLog) -> set[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import sqlite3
 from dataclasses import replace
 
 import gymnasium as gym
@@ -27,8 +28,8 @@ from fusiongym.reward.costmodel.boosted import MAX_ROUNDS, ROUNDS, TUNING_GRID, 
 from fusiongym.reward.costmodel.dataset import CostDataset, build_dataset
 from fusiongym.reward.costmodel.features import GraphTensors, group_example, plan_features
 from fusiongym.reward.costmodel.evaluate import (compare, feed_plan, gnn_log_us, measured_us, online_plan_ranking,
-                                                 remeasured_us, seed_spread, train_models, training_model_ablation,
-                                                 write_bar_report, write_stream_report)
+                                                 provenance, remeasured_us, seed_spread, train_models,
+                                                 training_model_ablation, write_bar_report, write_stream_report)
 from fusiongym.reward.costmodel.gnn import (GroupGNN, PlanPairsLoss, PlanRankingLoss, TrainConfig, build_model,
                                            train_gnn)
 from fusiongym.reward.costmodel.metrics import noise_ceiling, score
@@ -723,3 +724,64 @@ def test_profile_plans_then_dataset_export_resumes_and_roundtrips(tmp_path, caps
     assert main(["dataset", "export", "--store", str(store), "--out", str(out)]) == 0
     assert "searched on 2 analytical profiles" in capsys.readouterr().out
     assert CostDataset.load(out).source["search_profiles"] == sorted([searched_on.digest(), "0generic"])
+
+
+OTHER_MACHINE = "cpu:Other CPU:2c:isa-00000000"
+
+
+def _copy_as_measured_elsewhere(store, slowdown: float) -> None:
+    """Every stored timing and logged plan of ``store`` copied as if ``OTHER_MACHINE`` had measured
+    them, each kernel ``slowdown`` times slower there (one machine is all CI has)."""
+    with sqlite3.connect(store) as db:
+        columns = [row[1] for row in db.execute("PRAGMA table_info(measurements)")]
+        copied = ", ".join({"device": "?", "median_us": f"median_us * {slowdown}"}.get(c, c) for c in columns)
+        db.execute(f"INSERT INTO measurements SELECT {copied} FROM measurements", (OTHER_MACHINE,))
+    log = ProfileLog.beside(store)
+    plans = [r for r in log.records() if r["kind"] == "plan"]
+    with log.path.open("a", encoding="utf-8") as handle:
+        for record in plans:
+            handle.write(json.dumps({**record, "store_key": {**record["store_key"], "device": OTHER_MACHINE}}) + "\n")
+
+
+@pytest.mark.slow
+def test_one_dataset_takes_one_machines_plans_and_a_store_takes_one_machines_timings(tmp_path, capsys):
+    """A log holding two machines' plans is refused by `dataset export` unless --measured-on
+    picks one, and by `profile`, whose takes here would land beside the other machine's
+    timings, not among them; the dataset, its report and the learned backend name the machine."""
+    store, data_path = tmp_path / "m.db", tmp_path / "data.pt"
+    profile = ["profile", "--suite", "smoke", "--workloads", "mixtral_moe/smoke", "--plans", "1", "--methods",
+               "no_fusion", "--trajectory-points", "0", "--max-dims", "tokens=16", "--store", str(store)]
+    assert main(profile) == 0
+    assert main(["dataset", "export", "--store", str(store), "--out", str(data_path)]) == 0
+    here = CostDataset.load(data_path)
+    this_machine = here.source["measured_on"]["device"]
+    assert this_machine == get_backend("tvm", target="llvm").device and here.source["measured_on"]["backend"]
+    _copy_as_measured_elsewhere(store, slowdown=2.0)
+    capsys.readouterr()
+    data_path.unlink()
+    assert main(["dataset", "export", "--store", str(store), "--out", str(data_path)]) == 2
+    error = capsys.readouterr().err
+    assert "2 machines or backends" in error and OTHER_MACHINE in error and this_machine in error
+    assert "--measured-on DEVICE" in error and not data_path.exists()
+    assert main(["dataset", "export", "--store", str(store), "--out", str(data_path),
+                 "--measured-on", OTHER_MACHINE]) == 0
+    there = CostDataset.load(data_path)
+    assert there.source["measured_on"]["device"] == OTHER_MACHINE and len(there.plans) == len(here.plans) == 1
+    np.testing.assert_allclose([float(d.y) for d in there.samples],
+                               [float(d.y) + np.log(2.0) for d in here.samples], atol=1e-6)   # y: float32
+    assert provenance(there.source).startswith(f"Labels measured on {OTHER_MACHINE} (tvm-")
+    model = build_model(GroupGNN(len(there.op_vocab), len(there.schedules)), there.op_vocab, there.schedules,
+                        there.source["analytical_profile"], {"source": there.source})
+    assert get_backend("learned", model=model).device == OTHER_MACHINE
+    with pytest.raises(CostModelError, match="no plan in .* was measured on 'nowhere'.*Other CPU"):
+        load_measured_set(store, device="nowhere")
+    log_before, rows_before = ProfileLog.beside(store).path.read_bytes(), _rows(store)
+    assert main([*profile, "--takes", "2", "--takes-only"]) == 2
+    error = capsys.readouterr().err
+    assert f"holds plans measured on {OTHER_MACHINE}" in error and "store of its own" in error
+    assert ProfileLog.beside(store).path.read_bytes() == log_before and _rows(store) == rows_before
+
+
+def _rows(store) -> list[tuple]:
+    with sqlite3.connect(store) as db:
+        return sorted(db.execute("SELECT * FROM measurements").fetchall())

@@ -20,6 +20,7 @@ from fusiongym.graphs import ComputeGraph
 from ..backend import GroupLatency, LatencyBackend, LatencyReport
 from ..plan import Plan, require_legal
 from .model import CostModel
+from .records import measuring_device
 
 ENV_VAR = "FUSIONGYM_COSTMODEL"
 DEFAULT_PATH = Path("~/.cache/fusiongym/costmodel/model.npz")
@@ -33,7 +34,8 @@ class LearnedBackend(LatencyBackend):
     """Latency predicted by a ``CostModel``; the schedule menu is the one it was trained on.
 
     ``device``: accepted for the env's ``device=`` argument; the model's own device (the
-    machine its measurements came from) is what ``self.device`` reports.
+    machine its measurements came from, ``source["measured_on"]``) is what ``self.device``
+    reports, and ``device`` only for a model trained on data that does not name it.
     ``max_group_size``: larger groups are refused, like the analytical backend's limit.
     """
 
@@ -45,7 +47,7 @@ class LearnedBackend(LatencyBackend):
         super().__init__()
         self.model = model if isinstance(model, CostModel) else CostModel.load(model or default_model_path())
         self.schedules = self.model.schedules
-        self.device = self.model.meta.get("device", device)
+        self.device = measuring_device(self.model.meta.get("source", {})) or device
         self.max_group_size = max_group_size
 
     def version(self) -> str:

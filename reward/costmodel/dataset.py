@@ -7,7 +7,8 @@ model has becomes ``<other>``), internal edges ``edge_index`` [2, e] and their f
 ln(analytical µs) (an input of both models, the GNN's baseline), target ``y`` [1] = ln(measured
 µs), and for the comparison ``analytical_us`` [1] and ``dominant_op`` [1] (LightGBM's
 categorical). The analytical profile used is recorded in ``source`` (a model trained on the
-dataset predicts with that same profile). Plans (lists of sample indices
+dataset predicts with that same profile), and so are the machine and backend that measured
+the labels (``measured_on``: one per dataset, ``records.load_measured_set``). Plans (lists of sample indices
 per graph) travel along for the plan-ranking metrics.
 
 Saved as plain tensors, lists and strings (``torch.load(weights_only=True)`` reads it):
@@ -19,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -46,7 +47,7 @@ class CostDataset:
     op_vocab: list[str]                               # id -> op name; 0 is "<other>"
     schedules: list[str]                              # id -> schedule name
     plans: list[dict] = field(default_factory=list)   # {"graph_hash", "model", "method", "samples": [...]}
-    source: dict = field(default_factory=dict)        # store, log, device, models per split, hash
+    source: dict = field(default_factory=dict)        # measured_on (device, backend), models per split, hash
 
     def indices(self, split: str) -> list[int]:
         return [i for i, s in enumerate(self.split) if s == split]
@@ -151,6 +152,7 @@ def build_dataset(measured: MeasuredSet, test_models: Sequence[str] = (), val_mo
               "samples": list(p.sample_indices)} for p in measured.plans]
     source = {"models": {sp: sorted(m for m, s in split_of.items() if s == sp) for sp in SPLITS},
               "graphs": len(measured.graphs), "seed": seed, "group_holdout": group_holdout,
+              "measured_on": asdict(measured.measured_on) if measured.measured_on else None,
               "analytical_profile": prior.profile.to_dict(),
               "search_profiles": sorted({p.searched_on for p in measured.plans if p.searched_on})}
     return CostDataset(samples, splits, op_vocab, schedules, plans, source)

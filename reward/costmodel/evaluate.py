@@ -26,7 +26,7 @@ from .gnn import GroupGNN, TrainConfig, train_gnn
 from .metrics import Metrics, markdown_table, noise_ceiling, over_numbers, score, write_csv
 from .model import CostModel
 from .online import OnlineConfig, OnlineLearner, StreamErrors, moving_mean
-from .records import CostModelError
+from .records import CostModelError, MeasuringSetup
 
 GNN_FILE = "model.npz"
 BOOSTED_FILE = "lightgbm.json"
@@ -330,9 +330,9 @@ def remeasured_us(dataset: CostDataset, remeasured: CostDataset, samples: Sequen
 
 
 def write_report(rows: Sequence[Metrics], predicted: dict[str, np.ndarray], test: Sequence[int],
-                 folder: str | os.PathLike) -> list[Path]:
-    """metrics.csv, metrics.md and metrics.png (predicted vs measured µs of the test groups, one
-    panel per model kind: the rows named in ``predicted``)."""
+                 folder: str | os.PathLike, source: dict) -> list[Path]:
+    """metrics.csv, metrics.md (headed by ``provenance(source)``) and metrics.png (predicted vs
+    measured µs of the test groups, one panel per model kind: the rows named in ``predicted``)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -342,7 +342,7 @@ def write_report(rows: Sequence[Metrics], predicted: dict[str, np.ndarray], test
     csv_path = write_csv(rows, folder / "metrics.csv")
     md_path = folder / "metrics.md"
     with atomic_output(md_path) as tmp:
-        tmp.write_text(markdown_table(rows) + "\n", encoding="utf-8")
+        tmp.write_text(provenance(source) + "\n\n" + markdown_table(rows) + "\n", encoding="utf-8")
     measured = predicted["measured"][list(test)]
     kinds = [row for row in rows if row.model in predicted]
     figure, axes = plt.subplots(1, len(kinds), figsize=(4 * len(kinds), 4), squeeze=False)
@@ -355,6 +355,15 @@ def write_report(rows: Sequence[Metrics], predicted: dict[str, np.ndarray], test
         axis.set_ylabel("predicted µs")
     png_path = _save_png(figure, folder / "metrics.png")
     return [csv_path, md_path, png_path]
+
+
+def provenance(source: dict) -> str:
+    """What a report's numbers rest on, in one line: the labels' machine and backend (scores on
+    two machines' labels differ more than two models do), the data hash and the test models."""
+    setup = source.get("measured_on")
+    where = str(MeasuringSetup(**setup)) if setup else "a machine the dataset does not name (exported before 2026-11-24)"
+    return (f"Labels measured on {where}; data hash {source.get('content_hash', 'unknown')}; "
+            f"test models {', '.join(source.get('models', {}).get('test', [])) or 'none'}.")
 
 
 def write_stream_report(errors: StreamErrors, folder: str | os.PathLike, window: int = 32) -> list[Path]:

@@ -9,6 +9,10 @@ searches planned on. ``load_measured_set`` joins the two:
 every group of every logged plan, its latency from the store. Features can then change
 without re-measuring anything: the log keeps the raw graphs.
 
+One measured set comes from one ``MeasuringSetup`` (machine, backend, backend version): a
+model has no input that tells two machines apart, and two machines time the same kernels
+differently, enough to reorder a graph's plans (README, "Another CPU").
+
 The log is append-only and written one flushed line at a time: a profile run killed
 mid-line leaves at most one partial last line, which the reader skips.
 """
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -69,6 +74,7 @@ class MeasuredSet:
     workload_of: dict[str, str] = field(default_factory=dict)
     samples: list[GroupSample] = field(default_factory=list)
     plans: list[PlanRecord] = field(default_factory=list)
+    measured_on: MeasuringSetup | None = None   # where the plans' groups were timed (None: not from a log)
     _index: dict[tuple[str, tuple[int, ...], str], int] = field(default_factory=dict, repr=False)
 
     def add_graph(self, graph: ComputeGraph, model: str, workload: str = "") -> None:
@@ -102,6 +108,24 @@ class MeasuredSet:
 
 
 @dataclass(frozen=True)
+class MeasuringSetup:
+    """The machine (``device`` fingerprint) and the backend that timed a plan's groups."""
+
+    device: str
+    backend: str
+    backend_version: str
+
+    def __str__(self) -> str:
+        return f"{self.device} ({self.backend} {self.backend_version})"
+
+
+def measuring_device(source: dict) -> str | None:
+    """The machine that measured a dataset's labels, from its ``source`` (also in a model's
+    header); None where the data does not name it."""
+    return (source.get("measured_on") or {}).get("device")
+
+
+@dataclass(frozen=True)
 class StoreKeyFields:
     """The parts of a MeasurementKey that the backend, not the group, decides."""
 
@@ -113,6 +137,10 @@ class StoreKeyFields:
     def key(self, signature: str, schedule: str) -> MeasurementKey:
         return MeasurementKey(self.device, self.backend, self.backend_version, signature, schedule,
                               self.load_level)
+
+    @property
+    def setup(self) -> MeasuringSetup:
+        return MeasuringSetup(self.device, self.backend, self.backend_version)
 
 
 class ProfileLog:
@@ -148,6 +176,10 @@ class ProfileLog:
                 raise CostModelError(f"{self.path} line {number} is not a fusiongym profile log record "
                                      f"(format={record.get('format')!r})")
             yield record
+
+    def setups(self) -> Counter[MeasuringSetup]:
+        """How many of the logged plans each machine and backend measured."""
+        return _setups(self.records())
 
     def known(self) -> tuple[set[str], set[tuple[str, str]]]:
         """(graph hashes, (graph hash, plan json)) already logged: a resumed run skips them."""
@@ -189,12 +221,14 @@ def plan_identity(plan: Plan) -> str:
     return _plan_identity({"groups": plan.groups, "schedules": plan.schedules})
 
 
-def load_measured_set(store_path: str | os.PathLike | None, log_path: str | os.PathLike | None = None
-                      ) -> MeasuredSet:
+def load_measured_set(store_path: str | os.PathLike | None, log_path: str | os.PathLike | None = None,
+                      device: str | None = None) -> MeasuredSet:
     """Every logged plan whose groups are all in the store, and every stored group of any plan.
 
-    Raises ``CostModelError`` naming the fix when the store or the log is missing or
-    when nothing in the log has a measurement.
+    ``device``: the machine fingerprint (``backend.device``) whose plans to take; needed when
+    the log holds plans that more than one machine or backend measured. Raises
+    ``CostModelError`` naming the fix when the store or the log is missing, when nothing in
+    the log has a measurement, or when the plans come from more than one setup.
     """
     store_file = resolve_store_path(store_path)
     if not store_file.exists():
@@ -205,19 +239,47 @@ def load_measured_set(store_path: str | os.PathLike | None, log_path: str | os.P
         raise CostModelError(f"no profile log at {log.path} (the groups and graphs the store's latencies "
                              f"belong to). Fix: run `fusiongym profile --plans N --store {store_file}`, "
                              f"or pass --log")
-    measured = MeasuredSet()
+    records = list(log.records())
+    setup = _one_setup(_setups(records), device, log.path)
+    measured = MeasuredSet(measured_on=setup)
     with MeasurementStore(store_file) as store:
-        for record in log.records():
+        for record in records:
             if record["kind"] == "graph":
                 measured.add_graph(ComputeGraph.from_json(json.dumps(record["graph"])), record["model"],
                                    record.get("workload", ""))
-            else:
+            elif StoreKeyFields(**record["store_key"]).setup == setup:
                 _add_plan(measured, store, record)
     if not measured.samples:
         raise CostModelError(f"{log.path} and {store_file} hold no measured group (log: "
                              f"{len(measured.graphs)} graphs). Fix: run `fusiongym profile --plans N "
                              f"--store {store_file}` to measure some")
     return measured
+
+
+def describe_setups(setups: Counter[MeasuringSetup]) -> str:
+    """``<setup>: N plans; ...``, the setup with the most plans first."""
+    return "; ".join(f"{setup}: {count} plans" for setup, count in setups.most_common())
+
+
+def _setups(records: Iterable[dict]) -> Counter[MeasuringSetup]:
+    """How many of the logged plans each machine and backend measured."""
+    return Counter(StoreKeyFields(**r["store_key"]).setup for r in records if r["kind"] == "plan")
+
+
+def _one_setup(setups: Counter[MeasuringSetup], device: str | None, log_path: Path) -> MeasuringSetup | None:
+    """The one setup whose plans a measured set takes (``device``'s, where given); None: no plan logged."""
+    listing = describe_setups(setups)
+    chosen = [setup for setup in setups if device is None or setup.device == device]
+    if device is not None and not chosen:
+        raise CostModelError(f"no plan in {log_path} was measured on {device!r}; its plans were measured on "
+                             f"{listing or 'nothing (no plan logged)'}. Fix: name one of those devices")
+    if len(chosen) > 1:
+        raise CostModelError(
+            f"{log_path} holds plans measured on {len(chosen)} machines or backends ({listing}). A dataset "
+            f"takes one: a model has no input that tells them apart, and they time the same kernels differently. "
+            f"Fix: take one device's plans (`fusiongym dataset export --measured-on DEVICE`), and profile each "
+            f"machine and backend into a store of its own")
+    return chosen[0] if chosen else None
 
 
 def _add_plan(measured: MeasuredSet, store: MeasurementStore, record: dict) -> None:
