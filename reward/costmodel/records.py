@@ -223,7 +223,8 @@ def plan_identity(plan: Plan) -> str:
 
 def load_measured_set(store_path: str | os.PathLike | None, log_path: str | os.PathLike | None = None,
                       device: str | None = None) -> MeasuredSet:
-    """Every logged plan whose groups are all in the store, and every stored group of any plan.
+    """Every logged plan of one machine and backend whose groups are all in the store, and
+    every stored group of any of its plans.
 
     ``device``: the machine fingerprint (``backend.device``) whose plans to take; needed when
     the log holds plans that more than one machine or backend measured. Raises
