@@ -4,9 +4,16 @@ the uncalibrated CPU profile."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable, ContextManager, Iterator
 
 import pytest
+
+from fusiongym.reward.timing import AVAILABLE_CORES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -31,3 +38,22 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
         if not torch.cuda.is_available():
             pytest.skip("needs a CUDA GPU; none is visible to torch")
+
+
+@contextmanager
+def _busy_loops_on_every_core() -> Iterator[None]:
+    """Three busy Python loops per available core, as another tenant's work would hold them."""
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3 * AVAILABLE_CORES)]
+    try:
+        time.sleep(0.3)   # until each loop runs
+        yield
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
+@pytest.fixture
+def busy_loops() -> Callable[[], ContextManager[None]]:
+    """``with busy_loops(): ...`` runs the block while busy loops hold every core."""
+    return _busy_loops_on_every_core

@@ -113,11 +113,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (clock ticks)."""
-    with open(f"/proc/{pid}/stat") as stat:
-        fields = stat.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _runnable_seconds(pid: int) -> float:
+    """Time a process has been running or waiting for a core, from /proc/PID/schedstat (ns).
+
+    Counting the run-queue wait makes the share the worker *asks* for visible on a busy
+    host too: its duty cycle runs on the wall clock, so a core taken by another job turns
+    busy time into waiting time, not into sleep.
+    """
+    with open(f"/proc/{pid}/schedstat") as schedstat:
+        on_cpu_ns, waiting_ns, _timeslices = schedstat.read().split()
+    return (int(on_cpu_ns) + int(waiting_ns)) / 1e9
 
 
 def _resident_bytes(pid: int) -> int:
@@ -126,21 +131,26 @@ def _resident_bytes(pid: int) -> int:
     return int(line.split()[1]) * 1024
 
 
-@pytest.mark.skipif(not os.path.isdir("/proc"), reason="checks worker processes through /proc")
+@pytest.mark.skipif(not os.path.exists("/proc/self/schedstat"),
+                    reason="checks worker processes through /proc/PID/schedstat, which this kernel lacks")
 def test_bandwidth_load_is_real_and_leaves_no_process_behind():
-    """The worker is busy for its share of the time and streams buffers larger than the cache.
+    """The worker asks for its share of the time and streams buffers larger than the cache.
 
-    Checked on the worker itself (CPU time, resident memory) rather than by the slowdown of
-    a copy in this process: one core cannot saturate DRAM on every machine (CI's cannot).
+    Checked on the worker itself (run-queue time, resident memory) rather than by the
+    slowdown of a copy in this process: one core cannot saturate DRAM on every machine
+    (CI's cannot). Nor by its CPU time: CI's busy host gave the worker 38 % of the wall
+    clock while it asked for 80 %. On a quiet host a worker asking for 30 % is runnable
+    40 % of the time and fails; on a busy one, waits after each sleep add to any share,
+    so there the check only shows that the worker asks for at least its share.
     """
     with DeviceLoad({"bandwidth": 0.8}, workers=1) as load:
         pids = load.pids
-        cpu_start, wall_start = _cpu_seconds(pids[0]), time.monotonic()
+        runnable_start, wall_start = _runnable_seconds(pids[0]), time.monotonic()
         time.sleep(1.0)
-        busy_share = (_cpu_seconds(pids[0]) - cpu_start) / (time.monotonic() - wall_start)
+        runnable_share = (_runnable_seconds(pids[0]) - runnable_start) / (time.monotonic() - wall_start)
         resident = _resident_bytes(pids[0])
         assert all(_alive(pid) for pid in pids)
-    assert 0.5 <= busy_share <= 1.0, f"worker busy {busy_share:.0%} of the time, share 80%"
+    assert 0.6 <= runnable_share <= 1.02, f"worker runnable {runnable_share:.0%} of the time, share 80%"
     assert load.buffer_bytes >= 2 * last_level_cache_bytes()
     assert resident >= 1.5 * load.buffer_bytes, f"{resident} bytes resident, buffers of {load.buffer_bytes}"
     assert not any(_alive(pid) for pid in pids)

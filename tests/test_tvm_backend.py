@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-import subprocess
-import sys
-import time
 from pathlib import Path
+from typing import Callable, ContextManager
 
 import pytest
 import torch
@@ -16,7 +14,7 @@ from fusiongym.graphs import ComputeGraph, from_torch
 from fusiongym.reward import Plan, get_backend, is_legal
 from fusiongym.reward.signature import group_signature
 from fusiongym.reward.store import MeasurementStore
-from fusiongym.reward.timing import AVAILABLE_CORES, Timing, TimingProtocol
+from fusiongym.reward.timing import Timing, TimingProtocol
 from fusiongym.reward.tvm_backend import BuiltGroup, TVMBackend, TVMBackendError
 from fusiongym.reward.tvm_default import tvm_default_plan
 
@@ -159,22 +157,25 @@ def test_after_one_merge_only_the_new_group_is_measured(twins: ComputeGraph, tmp
 
 
 class ScriptedTimings(TVMBackend):
-    """Builds real kernels but reports ``median_us`` as every timing: takes with known outcomes."""
+    """Builds real kernels but reports scripted timings: takes with known outcomes. Each
+    timing reports the next of ``takes_us``; the last one repeats."""
 
-    median_us = 100.0
+    takes_us: list[float]
 
     def time_group(self, built: BuiltGroup, load: float) -> Timing:
         self.stats.measurements += 1
-        return Timing(self.median_us, 0.0, 5, (self.median_us,) * 5, remeasured=0, number=1, num_threads=None)
+        median_us = self.takes_us.pop(0) if len(self.takes_us) > 1 else self.takes_us[0]
+        return Timing(median_us, 0.0, 5, (median_us,) * 5, remeasured=0, number=1, num_threads=None)
 
 
 def test_latency_sees_a_faster_take_stored_since(twins: ComputeGraph, tmp_path: Path) -> None:
     """A take added by ``take_again`` replaces the number ``latency`` reports for its group."""
     backend = ScriptedTimings(store=tmp_path / "store.db", protocol=FAST)
     backend.suspect_ratio = None   # a scripted 100 µs may exceed 50x the roofline: no retakes
+    backend.takes_us = [100.0]
     plan = tvm_default_plan(twins)
     assert backend.latency(twins, plan).group_us == [100.0] * plan.num_groups
-    backend.median_us = 40.0
+    backend.takes_us = [40.0]
     assert backend.take_again(twins, plan.groups[0], plan.schedules[0], takes=2).us == 40.0
     report = backend.latency(twins, plan)
     assert report.group_us == [40.0] + [100.0] * (plan.num_groups - 1)
@@ -204,33 +205,51 @@ def test_load_level_is_quantized_and_measured_under_load(twins: ComputeGraph, tm
 
 
 class ContendedFirstTake(TVMBackend):
-    """Its first timing runs while busy loops hold every core, as another tenant's work would."""
+    """Its first timing runs inside ``contention`` (the ``busy_loops`` fixture), as beside
+    another tenant's work."""
+
+    contention: Callable[[], ContextManager[None]]
 
     def measure_group(self, *args):
         if self.stats.measurements:
             return super().measure_group(*args)
-        hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3 * AVAILABLE_CORES)]
-        try:
-            time.sleep(0.3)
+        with self.contention():
             return super().measure_group(*args)
-        finally:
-            for hog in hogs:
-                hog.kill()
-                hog.wait()
 
 
-def test_a_timing_stalled_by_another_process_is_taken_again(twins: ComputeGraph, tmp_path: Path) -> None:
+def test_an_implausible_timing_is_taken_again_and_the_fastest_take_kept(twins: ComputeGraph, tmp_path: Path) -> None:
+    """Scripted takes: a second for a relu is over 50x the roofline, 0.01 µs is not."""
+    backend = ScriptedTimings(store=tmp_path / "store.db", protocol=FAST)
+    relu = next(node.id for node in twins.nodes if node.op == "relu")
+    backend.takes_us = [1e6, 2e5, 0.01]
+    assert backend.group_latency(twins, [relu], "tiled_16").us == 0.01
+    backend.takes_us = [0.01]
+    assert backend.group_latency(twins, [relu], "parallel").us == 0.01
+    backend.takes_us = [3e6, 1e6, 2e6]
+    assert backend.group_latency(twins, [relu], "default").us == 1e6      # every take stalled: the fastest
+    meta = {m.key.schedule: m.meta for m in backend.store.iter_all()}
+    assert meta["tiled_16"]["takes_us"] == [1e6, 2e5, 0.01] and 0.01 < meta["tiled_16"]["plausible_bound_us"] < 2e5
+    assert "takes_us" not in meta["parallel"]                             # a plausible timing: one take
+    assert meta["default"]["takes_us"] == [3e6, 1e6, 2e6]                 # at most MAX_RETAKES more
+    assert backend.stats.measurements == 3 + 1 + 3
+
+
+def test_a_timing_stalled_by_another_process_is_taken_again(twins: ComputeGraph, tmp_path: Path,
+                                                            busy_loops: Callable[[], ContextManager[None]]) -> None:
     """A parallel kernel whose worker thread waits for a core held by another process: the
-    repeats agree on milliseconds for a microsecond kernel; the backend takes it again."""
+    repeats agree on milliseconds for a microsecond kernel; the backend takes it again.
+
+    Whether a retake then falls under the bound depends on the rest of the host (CI's is
+    busy); the scripted test above checks what happens when one does.
+    """
     backend = ContendedFirstTake(store=tmp_path / "store.db", protocol=FAST)
+    backend.contention = busy_loops
     relu = next(node.id for node in twins.nodes if node.op == "relu")
     latency = backend.group_latency(twins, [relu], "tiled_16")
-    quiet = backend.group_latency(twins, [relu], "parallel")
-    meta = {m.key.schedule: m.meta for m in backend.store.iter_all()}
-    takes, bound_us = meta["tiled_16"]["takes_us"], meta["tiled_16"]["plausible_bound_us"]
+    (stored,) = backend.store.iter_all()
+    takes, bound_us = stored.meta["takes_us"], stored.meta["plausible_bound_us"]
     assert takes[0] > bound_us > 0                         # stalled: over 50x the roofline
-    assert latency.us == min(takes) <= bound_us and len(takes) >= 2
-    assert quiet.origin == "measured" and "takes_us" not in meta["parallel"]   # a plausible timing: one take
+    assert latency.us == min(takes) and len(takes) >= 2
 
 
 def test_cuda_source_builds_without_a_gpu(twins: ComputeGraph, tmp_path: Path) -> None:
