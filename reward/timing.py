@@ -13,6 +13,13 @@ core 0). The pool can never grow afterwards; ``runtime.config_threadpool(0, n)``
 any n up to its size, without touching affinity. Hence this module sets ``TVM_NUM_THREADS``
 to the available cores when it is imported (unless the user set it) and pins per measurement
 with ``config_threadpool``: import it before any TVM kernel runs.
+
+It also caps how long an idle pool worker spins (``TVM_THREAD_POOL_SPIN_COUNT``, unless the
+user set it): after each parallel kernel a worker calls ``sched_yield`` up to TVM's default
+300,000 times before it sleeps, and the process's exit joins it. When other processes hold
+every core, each yield waits a scheduler slice (3.3 ms under six busy loops on 2 cores), so a
+process that had just run a parallel kernel took over five minutes to exit. A thousand
+yields still keep the worker awake between the back-to-back launches of one timing.
 """
 
 from __future__ import annotations
@@ -27,7 +34,9 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 AVAILABLE_CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+TVM_POOL_SPIN_COUNT = 1000   # sched_yield calls before an idle TVM pool worker sleeps
 os.environ.setdefault("TVM_NUM_THREADS", str(AVAILABLE_CORES))
+os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", str(TVM_POOL_SPIN_COUNT))
 
 
 @dataclass(frozen=True)

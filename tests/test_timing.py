@@ -5,6 +5,8 @@ from __future__ import annotations
 import multiprocessing
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -64,6 +66,48 @@ def test_measure_pins_tvm_threads_and_restores_them(tvm_matmul):
     timing = measure(executable, args, TimingProtocol(min_repeat_ms=1, num_threads=1))
     assert timing.num_threads == 1
     assert tvm.runtime.num_threads() == before
+
+
+EXIT_AFTER_A_PARALLEL_KERNEL = """
+import sys
+import numpy as np
+import fusiongym.reward.timing  # noqa: F401  (sets the TVM pool's size and spin count)
+import tvm
+from tvm import te
+from tvm.s_tir.schedule import Schedule
+
+a = te.placeholder((1 << 16,), name="A")
+schedule = Schedule(te.create_prim_func([a, te.compute(a.shape, lambda i: a[i] * 2.0, name="B")]))
+schedule.parallel(schedule.get_loops(schedule.get_sblock("B"))[0])
+kernel = tvm.compile(schedule.mod, target="llvm")
+args = [tvm.runtime.tensor(np.ones(1 << 16, "float32")), tvm.runtime.tensor(np.zeros(1 << 16, "float32"))]
+kernel(*args)
+print("built", flush=True)
+sys.stdin.readline()
+kernel(*args)
+print("ran", args[1].numpy()[0], flush=True)
+"""
+
+
+def test_a_process_that_ran_a_parallel_kernel_exits_on_a_busy_host(busy_loops):
+    """Its exit joins TVM's pool worker, which spins before it sleeps: with TVM's default spin
+    count, the script above, beside busy loops on every core, had not exited after 300 s."""
+    script = subprocess.Popen([sys.executable, "-c", EXIT_AFTER_A_PARALLEL_KERNEL], text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    try:
+        assert script.stdout.readline() == "built\n"
+        with busy_loops():
+            script.stdin.write("go\n")
+            script.stdin.flush()
+            assert script.stdout.readline() == "ran 2.0\n"
+            script.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the script still runs 60 s after its last line: TVM's pool worker spins on "
+                    f"(TVM_THREAD_POOL_SPIN_COUNT={os.environ.get('TVM_THREAD_POOL_SPIN_COUNT')})")
+    finally:
+        script.kill()
+        script.wait()
+    assert script.returncode == 0
 
 
 def test_high_spread_is_remeasured(tvm_matmul):
