@@ -62,6 +62,8 @@ def summarize(rows: list[dict]) -> None:
 
 
 def main(out_csv: str, rounds: int = 3) -> None:
+    if rounds < 2:
+        raise SystemExit(f"ROUNDS is {rounds}: the noise of one setting needs two rounds at least")
     rows = []
     for round_index in range(rounds):
         for spin_count in SPIN_COUNTS:
