@@ -392,6 +392,38 @@ def test_edge_features_can_be_left_out_of_the_messages(dataset):
     assert np.abs(with_edges.weights["w_edge"]).sum() > 0.01
 
 
+def test_a_seed_names_one_model_whatever_the_callers_torch_threads(dataset, trained, measured, monkeypatch):
+    """Float sums reorder with torch's thread count, and over many epochs the order moves the
+    model. So fitting runs on ``TrainConfig.threads`` (online: ``OnlineConfig.threads``), whatever
+    count the caller set, and gives the caller's count back."""
+    train = list(dataset.subset("train")) * 40    # large enough that torch splits its ops over threads
+    weights = {}
+    try:
+        for caller_threads in (1, 2):
+            torch.set_num_threads(caller_threads)
+            model = train_gnn(train, [], dataset.op_vocab, dataset.schedules, PROFILE.to_dict(),
+                              TrainConfig(epochs=20, seed=0)).model
+            assert torch.get_num_threads() == caller_threads
+            weights[caller_threads] = model.weights
+        for name, one_thread in weights[1].items():
+            assert np.array_equal(one_thread, weights[2][name]), f"{name} differs between the callers' thread counts"
+
+        fitted_on_threads = []
+        forward = GroupGNN.forward
+        monkeypatch.setattr(GroupGNN, "forward",
+                            lambda net, batch: fitted_on_threads.append(torch.get_num_threads()) or forward(net, batch))
+        learner = OnlineLearner(trained.gnn, OnlineConfig(update_every=4, steps=3, seed=0),
+                                replay=dataset.subset("train"))
+        for data in dataset.subset("test")[:4]:       # the 4th new group starts an update
+            sample = measured.samples[int(data.sample_id)]
+            learner.observe(measured.graphs[sample.graph_hash], sample.nodes, sample.schedule, sample.measured_us)
+        assert learner.updates == 1 and set(fitted_on_threads) == {1} and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)                      # the module's fixtures run on one thread
+    with pytest.raises(ValueError, match="TrainConfig.threads is torch's thread count"):
+        TrainConfig(threads=0)
+
+
 @pytest.mark.parametrize("hidden, head", [(16, 32), (8, 24)])
 def test_compiled_network_matches_torch_at_the_fast_and_the_plain_widths(dataset, measured, hidden, head):
     """The C kernel holds rows in AVX registers at 16/32 units and loops otherwise: both

@@ -27,11 +27,18 @@ from torch import nn
 from torch_geometric.data import Batch, Data
 from torch_geometric.utils import scatter
 
+from ..timing import torch_threads
 from .features import EDGE_FEATURES, GROUP_FEATURES, NODE_FEATURES, PRIOR_FEATURE, PRIOR_INPUT_SCALE
 from .model import MODEL_FORMAT, CostModel
 from .prior import check_residual_scale
 
 LOSSES = ("mse", "hinge", "listmle", "plans")
+
+
+def check_threads(threads: int, owner: str) -> None:
+    """``threads``: torch's intra-op threads while a model is fitted (``owner`` names the config)."""
+    if not threads >= 1:
+        raise ValueError(f"{owner}.threads is torch's thread count while fitting, 1 or more; got {threads}")
 
 
 @dataclass(frozen=True)
@@ -63,8 +70,14 @@ class TrainConfig:
     # 0.5 ranks unseen models' plans better on val and test and fits their groups worse (README).
     residual_scale: float = 1.0
     seed: int = 0
+    # torch's intra-op threads while training. Float sums reorder with the thread count, and over
+    # hundreds of epochs the order moves the model: on 2 cores, the default thread count gave another
+    # seed-0 model than 1 thread did (test plan τ of 8 seeds 0.341 against 0.362). So a seed names one
+    # model only together with a thread count.
+    threads: int = 1
 
     def __post_init__(self) -> None:
+        check_threads(self.threads, "TrainConfig")
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
         check_residual_scale(self.residual_scale)
@@ -293,7 +306,15 @@ def train_gnn(train: Sequence[Data], val: Sequence[Data], op_vocab: Sequence[str
               plans: Sequence[Sequence[int]] = ()) -> TrainResult:
     """Train on ``train``, keep the state with the best validation RMSE (last state without ``val``).
     ``analytical_profile``: the profile the samples' ``prior`` was computed with; ``plans``:
-    the measured plans of the training graphs as indices into ``train`` (the ``plans`` loss)."""
+    the measured plans of the training graphs as indices into ``train`` (the ``plans`` loss).
+    Runs on ``config.threads`` torch threads, whatever the caller's count, then restores it."""
+    with torch_threads(config.threads):
+        return _fit_gnn(train, val, op_vocab, schedules, analytical_profile, config, meta, plans)
+
+
+def _fit_gnn(train: Sequence[Data], val: Sequence[Data], op_vocab: Sequence[str], schedules: Sequence[str],
+             analytical_profile: dict, config: TrainConfig, meta: dict | None,
+             plans: Sequence[Sequence[int]]) -> TrainResult:
     if not train:
         raise ValueError("train_gnn needs at least one training sample")
     torch.manual_seed(config.seed)

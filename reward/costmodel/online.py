@@ -27,9 +27,10 @@ from fusiongym.graphs import ComputeGraph
 
 from ..backend import GroupLatency, LatencyBackend, LatencyReport
 from ..plan import Plan
+from ..timing import torch_threads
 from .dataset import example_data
 from .features import group_example
-from .gnn import GroupGNN, PlanRankingLoss, TrainConfig, build_model, plan_ranking_loss
+from .gnn import GroupGNN, PlanRankingLoss, TrainConfig, build_model, check_threads, plan_ranking_loss
 from .model import CostModel
 from .records import GroupSample
 
@@ -57,8 +58,10 @@ class OnlineConfig:
     plan_margin: float | None = None
     plan_buffer_size: int = 64   # most recent distinct plans kept for the ranking term
     seed: int = 0
+    threads: int = 1    # torch's threads while fine-tuning: a seed names one update only with them (TrainConfig)
 
     def __post_init__(self) -> None:
+        check_threads(self.threads, "OnlineConfig")
         for name in ("anchor", "plan_weight"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"OnlineConfig.{name} must be 0 or more (0: off), got {getattr(self, name)}")
@@ -171,14 +174,15 @@ class OnlineLearner:
         target = net.target(batch)
         ranked = self._plan_ranking()
         net.train()
-        for _ in range(self.config.steps):
-            loss = torch.mean((net(batch) - target) ** 2) + self.config.anchor * self.distance_from_trained()
-            if ranked is not None:
-                plan_batch, ranking = ranked
-                loss = loss + self.config.plan_weight * ranking(net(plan_batch), None, self._rng)
-            self._optimizer.zero_grad()
-            loss.backward()
-            self._optimizer.step()
+        with torch_threads(self.config.threads):
+            for _ in range(self.config.steps):
+                loss = torch.mean((net(batch) - target) ** 2) + self.config.anchor * self.distance_from_trained()
+                if ranked is not None:
+                    plan_batch, ranking = ranked
+                    loss = loss + self.config.plan_weight * ranking(net(plan_batch), None, self._rng)
+                self._optimizer.zero_grad()
+                loss.backward()
+                self._optimizer.step()
         self.updates += 1
         self._pending = 0
         meta = {k: v for k, v in self.model.meta.items()
