@@ -21,7 +21,7 @@ from .backend import GroupLatency, LatencyBackend, MeasurementStats
 from .device_load import load_level
 from .plan import DEFAULT_SCHEDULE
 from .signature import group_signature
-from .store import Measurement, MeasurementKey, MeasurementStore
+from .store import SPACED_TAKES, Measurement, MeasurementKey, MeasurementStore, median_take_us
 from .timing import Timing
 
 SUSPECT_RATIO = 50.0   # an idle timing over this multiple of the roofline estimate is taken again
@@ -83,14 +83,15 @@ class MeasuredBackend(LatencyBackend):
 
     def take_again(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str, takes: int) -> GroupLatency:
         """Time a group once more, now, while the store holds fewer than ``takes`` takes of it;
-        keep the fastest take (every take's median in ``meta["spaced_takes_us"]``).
+        store it with its median take (``store.median_take_us``; every take's latency in
+        ``meta["spaced_takes_us"]``, the other fields the first take's).
 
         Why: on a shared machine a kernel's timing drifts with the machine's state for
-        seconds at a time: by 35 % (std of ln) between two timings of one built kernel 15 s
-        apart on the 2-core development VM, while the repeats within one timing agree; the
-        fastest of three takes 15 s apart reproduces within 14 %. The caller spaces the
-        takes: ``fusiongym profile --takes K`` makes one pass over all its groups per take,
-        each pass in a new process (the process's state moves ms-long kernels too).
+        seconds at a time, while the repeats within one timing agree: on the 2-core Intel Xeon
+        VM by 12-13 % (std of ln) between two timings of one built kernel on the same buffers
+        minutes apart, 13-14 % between two processes, 7 % between timings back to back. The
+        caller spaces the takes: ``fusiongym profile --takes K`` makes one pass over all its
+        groups per take, each pass in a new process.
         """
         if takes < 1:
             raise ValueError(f"takes must be at least 1, got {takes}")
@@ -104,9 +105,9 @@ class MeasuredBackend(LatencyBackend):
         if len(taken) >= takes:
             self.stats.cached += 1
             return GroupLatency(stored.median_us, "cached", stored.spread)
-        fresh = self._measure(graph, nodes, key)
-        kept = min(stored, fresh, key=lambda m: m.median_us)
-        self.store.put(dataclasses.replace(kept, meta={**kept.meta, "spaced_takes_us": [*taken, fresh.median_us]}))
+        taken = [*taken, self._measure(graph, nodes, key).median_us]
+        kept = dataclasses.replace(stored, median_us=median_take_us(taken), meta={**stored.meta, SPACED_TAKES: taken})
+        self.store.put(kept)
         return GroupLatency(kept.median_us, "measured", kept.spread)
 
     def takes_held(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> int:
@@ -174,4 +175,4 @@ class MeasuredBackend(LatencyBackend):
 
 def spaced_takes_us(measurement: Measurement) -> list[float]:
     """The median of every spaced take of a stored group (``take_again``); one take when never taken again."""
-    return measurement.meta.get("spaced_takes_us", [measurement.median_us])
+    return measurement.meta.get(SPACED_TAKES, [measurement.median_us])

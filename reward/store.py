@@ -10,7 +10,8 @@ repeats, and training, evaluation and the learned cost model all ask for the sam
   timeout and retried with a bounded backoff, so concurrent writers lose nothing and
   a writer killed mid-transaction leaves no partial row;
 * the file is marked with our ``PRAGMA application_id`` and a schema version, so a
-  wrong, corrupt or newer file is refused with a message that says how to fix it;
+  wrong, corrupt or newer file is refused with a message that says how to fix it, and an
+  older one is brought up to date in one transaction when it is opened;
 * connections are per process: they are closed before ``fork`` and reopened on first
   use in any process, as SQLite requires.
 """
@@ -24,17 +25,19 @@ import math
 import os
 import random
 import sqlite3
+import statistics
 import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
 APPLICATION_ID = 0x46475953  # "FGYS": marks a SQLite file as a fusiongym measurement store
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: a group timed in several spaced takes is stored as their median take
+SPACED_TAKES = "spaced_takes_us"  # meta key: the latency of every spaced take of a group, in order
 ENV_VAR = "FUSIONGYM_STORE"
 DEFAULT_PATH = Path("~/.cache/fusiongym/measurements.db")
 
@@ -126,8 +129,8 @@ class Measurement:
     """One timed result: the median of `repeats` runs and their coefficient of variation."""
 
     key: MeasurementKey
-    median_us: float
-    spread: float  # coefficient of variation of the repeats (std/mean)
+    median_us: float  # of the repeats; of several spaced takes (meta[SPACED_TAKES]), median_take_us of them
+    spread: float  # coefficient of variation of the repeats (std/mean); of several takes, one take's
     repeats: int
     timestamp: float  # unix seconds
     meta: dict[str, Any] = field(default_factory=dict)  # shapes, ops, plan hash, versions...
@@ -177,6 +180,22 @@ def _fix_hint(path: Path) -> str:
             f"or set {ENV_VAR}).")
 
 
+def median_take_us(takes_us: Sequence[float]) -> float:
+    """The latency a group timed in several spaced takes is stored with: the low median of the
+    takes, so a real take (with two takes, the faster one).
+
+    Why not the fastest take: on the 2-core Intel Xeon VM a kernel's timing moves both ways
+    with the machine's state, by 12 % (std of ln) between takes, so the fastest take is a
+    lucky spell that does not come back. Two independent 5-take stores of 1,221 kernels
+    agreed at std of ln 0.082 by their median take and 0.153 by their fastest (README, "The
+    median take"). A stalled take (contention slows a kernel 100x and more) still cannot
+    move the median of three or more takes, nor the low median of two.
+    """
+    if not takes_us:
+        raise ValueError("median_take_us needs at least one take")
+    return statistics.median_low(takes_us)
+
+
 def _from_row(row: tuple[Any, ...]) -> Measurement:
     device, backend, version, signature, schedule, load_centi, median, spread, repeats, ts, meta = row
     key = MeasurementKey(device, backend, version, signature, schedule, load_centi / 100)
@@ -189,8 +208,9 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return "locked" in message or "busy" in message
 
 
-def _check_schema(conn: sqlite3.Connection, path: Path) -> bool:
-    """Return True if the file is ours and current, False if empty; raise otherwise."""
+def _check_schema(conn: sqlite3.Connection, path: Path) -> int | None:
+    """The file's schema version if it is ours and not newer than this code's, None if empty;
+    raise otherwise."""
     try:
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
     except sqlite3.DatabaseError as exc:
@@ -200,7 +220,7 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> bool:
                          f"database or is corrupt ({exc}). {_fix_hint(path)}") from exc
     tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
     if app_id == 0 and not tables:
-        return False
+        return None
     if app_id != APPLICATION_ID:
         raise StoreError(f"{path} is an SQLite database of another program, not a fusiongym "
                          f"measurement store (application_id={app_id}, tables: "
@@ -216,23 +236,54 @@ def _check_schema(conn: sqlite3.Connection, path: Path) -> bool:
         raise StoreError(f"{path} was written by a newer fusiongym (store schema {version}, this "
                          f"version reads schema {SCHEMA_VERSION}): upgrade fusiongym, or use "
                          f"another file (MeasurementStore(path=...) or set {ENV_VAR}).")
-    if int(version) != SCHEMA_VERSION:
+    if int(version) < 1:
         raise StoreError(f"{path} has unknown store schema {version}. {_fix_hint(path)}")
-    return True
+    return int(version)
+
+
+def _store_median_takes(conn: sqlite3.Connection) -> None:
+    """Schema 1 to 2: every group with several spaced takes gets its median take's latency
+    (``median_take_us``) in place of its fastest take's. Its other columns stay the fastest
+    take's; every take stays in its meta, so the fastest is still there to read."""
+    rows = conn.execute(f"SELECT {', '.join(_KEY_COLUMNS)}, meta FROM measurements "
+                        f"WHERE json_array_length(meta, '$.{SPACED_TAKES}') > 1").fetchall()
+    update = "UPDATE measurements SET median_us = ? WHERE " + " AND ".join(f"{c} = ?" for c in _KEY_COLUMNS)
+    conn.executemany(update, [(median_take_us(json.loads(row[-1])[SPACED_TAKES]), *row[:-1]) for row in rows])
+
+
+_MIGRATIONS = {1: _store_median_takes}  # from schema version N to N + 1
+
+
+def _migrate(conn: sqlite3.Connection, path: Path) -> None:
+    """Bring an older store up to SCHEMA_VERSION, all steps in one transaction: a process
+    killed halfway leaves the file as it was."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        version = _check_schema(conn, path)   # again under the write lock: another process may have migrated it
+        while version is not None and version < SCHEMA_VERSION:
+            _MIGRATIONS[version](conn)
+            version += 1
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+        conn.execute("COMMIT")
+    finally:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
 
 
 def _prepare(conn: sqlite3.Connection, path: Path) -> None:
-    """Check the file, create the schema in a new file, switch to WAL."""
+    """Check the file, create the schema in a new file or migrate an older one, switch to WAL."""
     conn.execute("BEGIN")   # the check's reads in one snapshot: another process may be creating the file
     try:
-        ours = _check_schema(conn, path)
+        version = _check_schema(conn, path)
     finally:
         conn.execute("ROLLBACK")
-    if not ours:
+    if version is not None and version < SCHEMA_VERSION:
+        _migrate(conn, path)
+    if version is None:
         # Another process may be creating the same file: decide again under the write lock.
         conn.execute("BEGIN IMMEDIATE")
         try:
-            if not _check_schema(conn, path):
+            if _check_schema(conn, path) is None:
                 for statement in filter(str.strip, _SCHEMA.split(";")):
                     conn.execute(statement)
             conn.execute("COMMIT")

@@ -8,10 +8,9 @@ the profile log beside the store: the data the learned cost model trains on
 (``fusiongym dataset export``). Re-running the same command resumes: groups already in the
 store and plans already in the log are skipped. ``--takes K`` then makes K passes over every
 group of the suite's logged plans, each in a new process and adding a take where a group has
-fewer (a pass that would add none is not started), and keeps each group's fastest take: a
-kernel's timing drifts with the machine's and the process's state, and the fastest of takes
-spread over time and processes reproduces where one take does not
-(``MeasuredBackend.take_again``). ``--takes-only`` samples nothing and
+fewer (a pass that would add none is not started), and keeps each group's median take: a
+kernel's timing drifts with the machine's state, and the median of takes spread over time
+reproduces where one take, or the fastest of several, does not (``MeasuredBackend.take_again``). ``--takes-only`` samples nothing and
 makes the take passes alone, over the suite's graphs already in the log: more takes for a store
 built earlier, without the searches that sample plans (about 20 min on the train suite).
 
@@ -71,8 +70,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "between no fusion and its end (search trajectories, beside --plans)")
     plans.add_argument("--takes", type=int, default=1,
                        help="time every group of the suite's logged plans in this many takes, one pass over "
-                            "all of them per take, each pass in a new process, and keep the fastest (timings "
-                            "drift with the machine's and the process's state)")
+                            "all of them per take, each pass in a new process, and keep the median take (timings "
+                            "drift with the machine's state)")
     plans.add_argument("--takes-only", action="store_true",
                        help="sample no plans; only the --takes passes over the plans already logged for the "
                             "suite's graphs (more takes for a store built earlier)")

@@ -26,6 +26,7 @@ from fusiongym.reward.fingerprint import (
 )
 from fusiongym.reward.store import (
     APPLICATION_ID,
+    SCHEMA_VERSION,
     Measurement,
     MeasurementKey,
     MeasurementStore,
@@ -140,7 +141,7 @@ def test_file_is_wal_and_marked_as_ours(store: MeasurementStore, db: Path) -> No
     try:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA application_id").fetchone()[0] == APPLICATION_ID
-        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "1"
+        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == str(SCHEMA_VERSION)
     finally:
         conn.close()
 
@@ -231,6 +232,41 @@ def test_newer_schema_is_refused(store: MeasurementStore, db: Path) -> None:
     with pytest.raises(StoreError, match="newer fusiongym") as info:
         MeasurementStore(db)
     assert str(db) in str(info.value)
+
+
+def test_a_schema_1_store_is_migrated_to_median_takes_on_opening(store: MeasurementStore, db: Path) -> None:
+    """Schema 1 stored a group's fastest spaced take; opening it stores the median take
+    instead, once, and leaves every take and every single-take group as they were."""
+    five = _measurement(_key("five"), 110.0, spaced_takes_us=[120.0, 100.0, 130.0, 90.0, 110.0])
+    two = _measurement(_key("two"), 40.0, spaced_takes_us=[40.0, 55.0])
+    one = _measurement(_key("one"), 7.0, graph="g")
+    store.put_many([five, two, one])
+    store.close()
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE measurements SET median_us = 90.0 WHERE signature = 'five'")   # schema 1: the fastest
+    conn.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    conn.commit()
+    conn.close()
+    with MeasurementStore(db) as migrated:
+        assert {m.key.signature: m.median_us for m in migrated.iter_all()} == {"five": 110.0, "two": 40.0, "one": 7.0}
+        assert {m.key.signature: m.meta for m in migrated.iter_all()} == {"five": five.meta, "two": two.meta,
+                                                                          "one": one.meta}
+    conn = sqlite3.connect(db)
+    try:
+        assert conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0] == "2"
+    finally:
+        conn.close()
+    with MeasurementStore(db) as again:   # already current: opening it again changes nothing
+        assert again.get(_key("five")).median_us == 110.0
+
+
+def test_median_take_is_a_real_take() -> None:
+    assert store_module.median_take_us([90.0]) == 90.0
+    assert store_module.median_take_us([55.0, 40.0]) == 40.0                  # two takes: the faster
+    assert store_module.median_take_us([100.0, 9000.0, 95.0]) == 100.0        # a stalled take moves nothing
+    assert store_module.median_take_us([40.0, 9000.0, 70.0, 100.0]) == 70.0   # even counts: the low median
+    with pytest.raises(ValueError, match="at least one take"):
+        store_module.median_take_us([])
 
 
 # -- processes ------------------------------------------------------------------------

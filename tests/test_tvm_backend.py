@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import statistics
 from pathlib import Path
 from typing import Callable, ContextManager
 
@@ -107,8 +108,8 @@ def test_remeasure_times_again_and_leaves_the_store_alone(twins: ComputeGraph, t
     assert list(backend.store.iter_all()) == rows
 
 
-def test_take_again_adds_one_take_per_call_and_keeps_the_fastest(twins: ComputeGraph, tmp_path: Path) -> None:
-    """Timings drift with the machine's state; the store keeps the fastest of spaced takes."""
+def test_take_again_adds_one_take_per_call_and_keeps_the_median(twins: ComputeGraph, tmp_path: Path) -> None:
+    """Timings drift with the machine's state; the store keeps the median of spaced takes."""
     backend = one_take_backend(tmp_path)
     group = block_groups(twins)[0]
     first = backend.take_again(twins, group, "parallel", takes=3)
@@ -118,7 +119,8 @@ def test_take_again_adds_one_take_per_call_and_keeps_the_fastest(twins: ComputeG
         latency = backend.take_again(twins, group, "parallel", takes=3)
         (stored,) = backend.store.iter_all()
         assert len(stored.meta["spaced_takes_us"]) == take and backend.stats.measurements == take
-        assert latency.origin == "measured" and latency.us == stored.median_us == min(stored.meta["spaced_takes_us"])
+        assert latency.origin == "measured" and latency.us == stored.median_us
+        assert stored.median_us == statistics.median_low(stored.meta["spaced_takes_us"])
     assert backend.take_again(twins, group, "parallel", takes=3).origin == "cached" and backend.stats.measurements == 3
     assert backend.group_latency(twins, group, "parallel").us == stored.median_us
     with pytest.raises(ValueError, match="takes must be at least 1"):
@@ -180,6 +182,23 @@ def test_latency_sees_a_faster_take_stored_since(twins: ComputeGraph, tmp_path: 
     report = backend.latency(twins, plan)
     assert report.group_us == [40.0] + [100.0] * (plan.num_groups - 1)
     assert set(report.origins) == {"cached"}
+
+
+def test_spaced_takes_keep_the_median_take_whatever_one_take_says(twins: ComputeGraph, tmp_path: Path) -> None:
+    """Neither a lucky fast take nor a stalled one sets what the store reports; the first
+    take's record stays, and every take is kept in order."""
+    backend = ScriptedTimings(store=tmp_path / "store.db", protocol=FAST)
+    backend.suspect_ratio = None   # scripted timings, no retakes
+    group = block_groups(twins)[0]
+    reported = []
+    for take, take_us in enumerate([100.0, 40.0, 9000.0, 70.0, 60.0], start=1):
+        backend.takes_us = [take_us]
+        reported.append(backend.take_again(twins, group, "parallel", takes=take).us)
+    assert reported == [100.0, 40.0, 100.0, 70.0, 70.0]
+    (stored,) = backend.store.iter_all()
+    assert stored.meta["spaced_takes_us"] == [100.0, 40.0, 9000.0, 70.0, 60.0]
+    assert stored.meta["timing"]["median_us"] == 100.0   # the first take's timing
+    assert backend.group_latency(twins, group, "parallel").us == 70.0
 
 
 def test_plan_latency_and_end_to_end(twins: ComputeGraph, tmp_path: Path) -> None:
