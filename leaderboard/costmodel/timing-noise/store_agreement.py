@@ -29,7 +29,8 @@ def plans_by_model(measured: MeasuredSet) -> dict[str, list[dict]]:
 
 
 def agreement(name: str, earlier_store: str, later_store: str) -> list[tuple[Metrics, float]]:
-    """The later store scored against the earlier one, per model, over the groups both hold,
+    """The later store scored against the earlier one, per model, over the plans whose groups both
+    hold (a model with none, e.g. a training model the later store never profiled, is left out),
     each with the median over the model's plans of the plan's later µs / earlier µs."""
     earlier, later = load_measured_set(earlier_store), load_measured_set(later_store)
     later_us = {(s.graph_hash, s.nodes, s.schedule): s.measured_us for s in later.samples}
@@ -39,6 +40,8 @@ def agreement(name: str, earlier_store: str, later_store: str) -> list[tuple[Met
     rows = []
     for model, plans in sorted(plans_by_model(earlier).items()):
         plans = [p for p in plans if not np.isnan(predicted_us[p["samples"]]).any()]
+        if not plans:
+            continue
         samples = sorted({i for p in plans for i in p["samples"]})
         plan_ratios = [predicted_us[p["samples"]].sum() / earlier_us[p["samples"]].sum() for p in plans]
         metrics = score(f"{name}, {model}", predicted_us, earlier_us, samples, plans)
