@@ -10,9 +10,10 @@ store and plans already in the log are skipped. ``--takes K`` then makes K passe
 group of the suite's logged plans, each in a new process and adding a take where a group has
 fewer (a pass that would add none is not started), and keeps each group's median take: a
 kernel's timing drifts with the machine's state, and the median of takes spread over time
-reproduces where one take, or the fastest of several, does not (``MeasuredBackend.take_again``). ``--takes-only`` samples nothing and
-makes the take passes alone, over the suite's graphs already in the log: more takes for a store
-built earlier, without the searches that sample plans (about 20 min on the train suite).
+reproduces where one take, or the fastest of several, does not (``MeasuredBackend.take_again``).
+``--takes-only`` samples nothing and makes the take passes alone, over the suite's graphs
+already in the log: more takes for a store built earlier, without the searches that sample
+plans (about 20 min on the train suite).
 
 Without ``--plans`` it measures a seeded set of single groups; with ``--calibrate`` those
 fit the analytical CPU profile to this machine (saved to ~/.cache/fusiongym/cpu_profile.json
