@@ -649,9 +649,10 @@ def retime_kernels(backend: LatencyBackend, graphs: Mapping[str, ComputeGraph], 
     One pass over all the kernels per take (a kernel shared by several plans is timed once
     per pass), bypassing the store. Why passes: on a shared machine a kernel's timing drifts
     with the machine's state for seconds at a time while repeats within one timing agree;
-    takes minutes apart are independent, and the fastest of three reproduced where one take
-    did not (on the AMD EPYC; the store now keeps the median take, which reproduces better on
-    the Intel Xeon: ``store.median_take_us``; the replay check was not re-measured there).
+    takes minutes apart are independent, and the fastest of three reproduces where one take
+    does not. (The store keeps a kernel's median take, ``store.median_take_us``; summed over a
+    plan, the fastest and the median of three takes from one run reproduce alike on the Intel
+    Xeon: README, "The median take, not the fastest".)
     """
     distinct = sorted(set(kernels))
     failed: dict[Kernel, str] = {}
