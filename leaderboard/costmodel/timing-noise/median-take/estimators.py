@@ -5,11 +5,11 @@ stores' values of a kernel, for each summary, and how lopsided the takes are.
 
     python estimators.py runs/costmodel/measurements.db runs/again/measurements.db
 """
-import json
-import sqlite3
 import sys
 
 import numpy as np
+
+from kernels import Kernel, spaced_takes
 
 SUMMARIES = {
     "fastest of 5 takes": lambda ln: ln.min(1),
@@ -22,11 +22,9 @@ SUMMARIES = {
 }
 
 
-def five_takes_ln(store: str) -> dict[tuple[str, str], np.ndarray]:
-    """(signature, schedule) -> ln µs of its first 5 spaced takes, for every group that has 5."""
-    rows = sqlite3.connect(store).execute("SELECT signature, schedule, meta FROM measurements")
-    takes = {(signature, schedule): json.loads(meta).get("spaced_takes_us", []) for signature, schedule, meta in rows}
-    return {key: np.log(t[:5]) for key, t in takes.items() if len(t) >= 5}
+def five_takes_ln(store: str) -> dict[Kernel, np.ndarray]:
+    """ln µs of the first 5 spaced takes of every group that has 5."""
+    return {kernel: np.log(takes[:5]) for kernel, takes in spaced_takes(store).items() if len(takes) >= 5}
 
 
 def main(store_a: str, store_b: str) -> None:

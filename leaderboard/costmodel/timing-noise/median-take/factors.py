@@ -18,11 +18,11 @@ import tvm
 
 from fusiongym.reward import timing
 from fusiongym.reward.tvm_apply import random_arrays
-from test_kernels import test_kernels
+from kernels import sample_test_kernels
 
 
 def measure(log: str, out: str, count: int, proc: int) -> None:
-    backend, kernels = test_kernels(log, count, seed=0)
+    backend, kernels = sample_test_kernels(log, count, seed=0)
     order = list(range(count))
     np.random.default_rng(100 + proc).shuffle(order)   # each process its own order
     device = tvm.cpu()

@@ -15,12 +15,12 @@ import tvm
 
 from fusiongym.reward import timing
 from fusiongym.reward.tvm_apply import random_arrays
-from test_kernels import test_kernels
+from kernels import sample_test_kernels
 
 
 def measure(log: str, count: int, rounds: int) -> tuple[np.ndarray, np.ndarray]:
     """([rounds, count] µs, [rounds, count] unix s at each timing's start)."""
-    backend, kernels = test_kernels(log, count, seed=1)
+    backend, kernels = sample_test_kernels(log, count, seed=1)
     device = tvm.cpu()
     built = [backend.build_group(*kernel) for kernel in kernels]
     args = [[tvm.runtime.tensor(a, device) for a in random_arrays(b.arg_specs())] for b in built]

@@ -4,16 +4,11 @@ sums each kernel's fastest of 3 takes (its first measurement and 2 replays).
 
     python plan_sums.py runs/costmodel/measurements.db runs/again/measurements.db runs/costmodel/measurements.db.plans.jsonl
 """
-import json
-import sqlite3
 import sys
-import tempfile
-from pathlib import Path
 
 import numpy as np
 
-from fusiongym.graphs import ComputeGraph
-from fusiongym.reward import get_backend
+from kernels import spaced_takes, test_plans
 
 TEST_WORKLOADS = ("resnet50/test", "vit/test")
 RULES = {
@@ -25,24 +20,8 @@ RULES = {
 }
 
 
-def spaced_takes(store: str) -> dict[tuple[str, str], list[float]]:
-    rows = sqlite3.connect(store).execute("SELECT signature, schedule, meta FROM measurements")
-    return {(signature, schedule): json.loads(meta).get("spaced_takes_us", []) for signature, schedule, meta in rows}
-
-
-def test_plans(log: str) -> list[list[tuple[str, str]]]:
-    """Every logged plan of the test workloads, as its kernels' (signature, schedule)."""
-    backend = get_backend("tvm", store=Path(tempfile.mkdtemp()) / "unused.db")
-    records = [json.loads(line) for line in open(log)]
-    graphs = {r["graph_hash"]: ComputeGraph.from_json(json.dumps(r["graph"])) for r in records
-              if r["kind"] == "graph" and r["workload"] in TEST_WORKLOADS}
-    return [[(backend._key(graphs[r["graph_hash"]], group, schedule).signature, schedule)
-             for group, schedule in zip(r["plan"]["groups"], r["plan"]["schedules"])]
-            for r in records if r["kind"] == "plan" and r["graph_hash"] in graphs]
-
-
 def main(store_a: str, store_b: str, log: str) -> None:
-    a, b, plans = spaced_takes(store_a), spaced_takes(store_b), test_plans(log)
+    a, b, plans = spaced_takes(store_a), spaced_takes(store_b), test_plans(log, TEST_WORKLOADS)
     print(f"{len(plans)} test plans")
     for name, rule in RULES.items():
         ln_ratio = np.array([np.log(sum(rule(a[k]) for k in plan) / sum(rule(b[k]) for k in plan)) for plan in plans])
