@@ -29,6 +29,9 @@ os.environ["FUSIONGYM_CPU_PROFILE"] = str(REPO / ".pytest_cache" / "no-calibrate
 def _session_store(tmp_path_factory: pytest.TempPathFactory) -> None:
     os.environ["FUSIONGYM_STORE"] = str(tmp_path_factory.mktemp("store") / "measurements.db")
     os.environ.setdefault("WANDB_MODE", "offline")
+    # SB3's learn() without a custom logger makes an empty SB3-<time> folder in the system temp
+    # folder on every call; the tests that train so make theirs in pytest's own.
+    os.environ["SB3_LOGDIR"] = str(tmp_path_factory.mktemp("sb3"))
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
