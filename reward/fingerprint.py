@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 _CPUINFO = Path("/proc/cpuinfo")
+_CPU0_CACHES = Path("/sys/devices/system/cpu/cpu0/cache")
 
 # ISA extensions that change the code TVM/Inductor generate (x86 and Arm names as
 # spelled in /proc/cpuinfo). Other flags (e.g. security mitigations) are left out so
@@ -117,6 +118,29 @@ def device_fingerprint(device: str) -> str:
     raise ValueError(f"unknown device {device!r}: expected 'cpu', 'cuda' or 'cuda:N'")
 
 
+def _cpu_generation(fields: dict[str, str]) -> str | None:
+    """x86 family / model / stepping, e.g. "family 25 model 17 stepping 1": a VM's model name
+    can be as vague as "AMD EPYC", while these numbers name the core generation."""
+    numbers = [fields.get(name) for name in ("cpu family", "model", "stepping")]
+    if not all(numbers):
+        return None
+    return "family {} model {} stepping {}".format(*numbers)
+
+
+def _cpu_caches() -> dict[str, str]:
+    """Cache sizes of core 0 by level and kind, e.g. {"L1d": "48K", "L2": "1280K", "L3": "49152K"}
+    (empty where sysfs does not list them): two CPUs of one name and ISA can differ here."""
+    kinds = {"Data": "d", "Instruction": "i", "Unified": ""}
+    caches = {}
+    for index in sorted(_CPU0_CACHES.glob("index*")):
+        try:
+            level, kind, size = ((index / name).read_text().strip() for name in ("level", "type", "size"))
+        except OSError:
+            continue
+        caches[f"L{level}{kinds.get(kind, kind)}"] = size
+    return caches
+
+
 def _memory_gib() -> float | None:
     """Physical memory in GiB, where the OS reports it."""
     try:
@@ -145,12 +169,16 @@ def _tvm_version() -> str | None:
 def describe_machine() -> dict[str, Any]:
     """Hostname-free description of this machine, recorded with every result.
 
-    JSON-serializable, so it can go straight into `Measurement.meta` or a results file.
+    JSON-serializable, so it can go straight into `Measurement.meta` or a results file. The
+    generation and cache sizes are described, not fingerprinted: they tell apart two CPUs
+    that share a name and ISA (and so their stored measurements) when a result is read.
     """
     fields = _cpuinfo_fields()
     return {
         "cpu_fingerprint": cpu_fingerprint(),
         "cpu_model": _cpu_model(fields),
+        "cpu_generation": _cpu_generation(fields),
+        "cpu_caches": _cpu_caches(),
         "cpu_cores": _logical_cores(),
         "arch": platform.machine(),
         "isa_flags": _isa_flags(fields),

@@ -423,7 +423,8 @@ def write_report(folder: Path, figures: list[BenchFigure], machine: dict) -> Non
     _write(folder / "BENCHMARKS.json", json.dumps(payload, indent=2, ensure_ascii=False))
     lines = ["# fusiongym benchmarks", "",
              f"Measured by `fusiongym bench` on **{machine.get('cpu_model', '?')}** "
-             f"({machine.get('cpu_cores', '?')} cores, {machine.get('memory_gib', '?')} GiB, {machine.get('os', '')}), "
+             f"({_cpu_details(machine)}{machine.get('cpu_cores', '?')} cores, {machine.get('memory_gib', '?')} GiB, "
+             f"{machine.get('os', '')}), "
              f"runs of {', '.join(sorted({f.measured_at for f in figures}))}. Machine: "
              f"`{machine.get('cpu_fingerprint', '')}`; versions: python "
              f"{machine.get('python')}, torch {machine.get('torch')}, tvm {machine.get('tvm')}, "
@@ -435,6 +436,14 @@ def write_report(folder: Path, figures: list[BenchFigure], machine: dict) -> Non
         lines.append(f"| {f.section} | {f.name} | {_format(f.value)} {f.unit} | {f.goal} | {met} | {f.command} "
                      f"| {f.measured_at} |")
     _write(folder / "BENCHMARKS.md", "\n".join(lines) + "\n")
+
+
+def _cpu_details(machine: dict) -> str:
+    """The CPU's generation and L2 / L3 sizes where known, as "family 25 model 17 stepping 1, L2
+    1024K, L3 32768K, ": a VM's CPU name alone may not say which generation ran."""
+    caches = machine.get("cpu_caches") or {}
+    parts = [machine.get("cpu_generation"), *(f"{level} {caches[level]}" for level in ("L2", "L3") if level in caches)]
+    return "".join(f"{part}, " for part in parts if part)
 
 
 def _write(path: Path, text: str) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from fusiongym.reward import fingerprint as fingerprint_module
 from fusiongym.reward import store as store_module
 from fusiongym.reward.fingerprint import (
     cpu_fingerprint,
@@ -404,6 +405,28 @@ def test_describe_machine_is_json_and_hostname_free() -> None:
     hostname = socket.gethostname()
     if len(hostname) > 3:
         assert hostname not in text
+
+
+def test_describe_machine_names_the_cpu_generation_and_caches(tmp_path: Path, monkeypatch) -> None:
+    """Two CPUs of one name and ISA share a fingerprint; their results must still say which ran."""
+    for index, (level, kind, size) in enumerate([(1, "Data", "32K"), (1, "Instruction", "32K"),
+                                                 (2, "Unified", "1024K"), (3, "Unified", "32768K")]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, value in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(f"{value}\n")
+    (tmp_path / "index4").mkdir()   # a cache sysfs cannot describe is left out, not an error
+    monkeypatch.setattr(fingerprint_module, "_CPU0_CACHES", tmp_path)
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nstepping\t: 1\n"
+                       "processor\t: 1\ncpu family\t: 25\nmodel\t\t: 17\nmodel name\t: AMD EPYC\nstepping\t: 1\n")
+    monkeypatch.setattr(fingerprint_module, "_CPUINFO", cpuinfo)
+    monkeypatch.setattr(fingerprint_module, "cpu_fingerprint", lambda: "cpu:AMD EPYC:2c:isa-0")  # cached per process
+    info = describe_machine()
+    assert info["cpu_generation"] == "family 25 model 17 stepping 1"
+    assert info["cpu_caches"] == {"L1d": "32K", "L1i": "32K", "L2": "1024K", "L3": "32768K"}
+    cpuinfo.write_text("Hardware\t: BCM2835\n")   # no x86 numbers (an Arm board): none, not a guess
+    assert describe_machine()["cpu_generation"] is None
 
 
 def test_describe_machine_does_not_import_tvm() -> None:
