@@ -131,11 +131,15 @@ def seed_spread(dataset: CostDataset, config: TrainConfig, seeds: int) -> list[M
     measured, scored = measured_us(dataset), unseen_cases(dataset)
     rows = []
     for seed in tqdm(range(seeds), desc=f"seeds ({config.loss})", unit="model", dynamic_ncols=True):
-        trained = train_gnn(dataset.subset("train"), dataset.subset("val"), dataset.op_vocab, dataset.schedules,
-                            analytical_profile(dataset), replace(config, seed=seed),
-                            plans=dataset.plans_of("train"))
-        rows += score_cases(f"seed {seed}", np.exp(gnn_log_us(trained.model, dataset.samples)), measured, scored)
+        model = gnn_of_seed(dataset, config, seed)
+        rows += score_cases(f"seed {seed}", np.exp(gnn_log_us(model, dataset.samples)), measured, scored)
     return rows
+
+
+def gnn_of_seed(dataset: CostDataset, config: TrainConfig, seed: int) -> CostModel:
+    """The GNN ``config`` trains with ``seed`` on the train split (early stopping on val)."""
+    return train_gnn(dataset.subset("train"), dataset.subset("val"), dataset.op_vocab, dataset.schedules,
+                     analytical_profile(dataset), replace(config, seed=seed), plans=dataset.plans_of("train")).model
 
 
 def unseen_cases(dataset: CostDataset, splits: Sequence[str] = ("val", "test")
