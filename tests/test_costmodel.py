@@ -24,9 +24,11 @@ from fusiongym.reward import Plan, get_backend
 from fusiongym.reward.calibrate import collect_samples, kendall_tau
 from fusiongym.reward.devices import get_profile
 from fusiongym.reward.costmodel import CostModelError, MeasuredSet, ProfileLog, load_measured_set
-from fusiongym.reward.costmodel.boosted import MAX_ROUNDS, ROUNDS, TUNING_GRID, BoostedModel
+from fusiongym.reward.costmodel.boosted import (FEATURE_NAMES, MAX_ROUNDS, ROUNDS, TUNING_GRID, BoostedModel,
+                                                design_matrix)
 from fusiongym.reward.costmodel.dataset import CostDataset, build_dataset
-from fusiongym.reward.costmodel.features import GraphTensors, group_example, plan_features
+from fusiongym.reward.costmodel.features import (CONV_GROUP_FEATURES, GraphTensors, group_conv_geometry,
+                                                 group_example, plan_features)
 from fusiongym.reward.costmodel.evaluate import (compare, feed_plan, gnn_log_us, measured_us, online_plan_ranking,
                                                  provenance, remeasured_us, seed_spread, train_models,
                                                  training_model_ablation, write_bar_report, write_stream_report)
@@ -472,6 +474,32 @@ def test_edge_features_tell_a_reduction_from_an_elementwise_consumer():
     into = {op: tensors.edge_static[ops[tensors.dst] == op] for op in ("relu", "mean", "max_pool2d")}
     assert (into["relu"][:, 0] > 0).all() and (into["relu"][:, 1] == 0).all()
     assert (into["mean"][:, 1] < 0).all() and (into["max_pool2d"][:, 1] < 0).all()
+
+
+def test_lightgbm_sees_a_convolutions_window_stride_and_channels(dataset):
+    """ResNet-50's 7 x 7 stride-2 stem, its 1 x 1 and its 3 x 3 convolutions differ in their window and
+    stride columns, a group's several convolutions are weighted by their FLOPs, and a group without one
+    holds zeros; LightGBM's design matrix carries the columns."""
+    graph = zoo.load("resnet50", "small")
+    convs = [node for node in graph.nodes if node.op == "conv2d"]
+    alone = {tuple(int(round(x)) for x in np.exp2(group_conv_geometry(graph, [conv.id]) * 16) - 1) for conv in convs}
+    stem = convs[0]
+    assert (49, 2, 3, int(stem.outputs[0].shape[1]), 1) in alone
+    assert {window for window, *_ in alone} == {1, 9, 49} and {stride for _, stride, *_ in alone} == {1, 2}
+    pair = [convs[1], convs[2]]                                           # 1 x 1 then 3 x 3 in the first block
+    flops = np.array([float(conv.flops) for conv in pair])
+    windows = np.array([int(conv.inputs[1].shape[2]) * int(conv.inputs[1].shape[3]) for conv in pair])
+    assert set(windows) == {1, 9}
+    mixed = group_conv_geometry(graph, [conv.id for conv in pair])
+    assert mixed[0] == pytest.approx(float(flops @ np.log2(1 + windows) / 16 / flops.sum()), rel=1e-5)
+    others = [node.id for node in graph.nodes if node.op != "conv2d"][:5]
+    assert (group_conv_geometry(graph, others) == 0).all()
+    sample = copy.copy(dataset.samples[0])                                 # BERT, Llama, MoE: no convolution
+    assert (sample.conv == 0).all()
+    sample.conv = torch.from_numpy(mixed)[None]
+    row = design_matrix([sample])[0]
+    assert len(row) == len(FEATURE_NAMES)
+    np.testing.assert_array_equal(row[[FEATURE_NAMES.index(name) for name in CONV_GROUP_FEATURES]], mixed)
 
 
 def test_learned_backend_batches_a_plan_and_runs_in_the_env(trained, measured, tmp_path, monkeypatch):

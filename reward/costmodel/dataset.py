@@ -30,11 +30,11 @@ from torch_geometric.data import Data
 
 from ..devices import CPU_SCHEDULES, GPU_SCHEDULES, DeviceProfile, get_profile
 from ..store import atomic_output
-from .features import OTHER_OP, GraphTensors, GroupExample, dominant_op, group_example
+from .features import OTHER_OP, GraphTensors, GroupExample, dominant_op, group_conv_geometry, group_example
 from .prior import AnalyticalPrior
 from .records import CostModelError, MeasuredSet
 
-DATASET_FORMAT = "fusiongym.CostModelDataset/3"  # /3: edge features (edge_attr)
+DATASET_FORMAT = "fusiongym.CostModelDataset/4"  # /4: conv (LightGBM's convolution geometry); /3: edge_attr
 SPLITS = ("train", "val", "test")
 
 
@@ -141,10 +141,12 @@ def build_dataset(measured: MeasuredSet, test_models: Sequence[str] = (), val_mo
         analytical_us = prior.group_us(measured.graphs[sample.graph_hash], sample.nodes, sample.schedule)
         prior_log_us = math.log(analytical_us)
         dominant = dominant_op(tensors[sample.graph_hash], sample.nodes)
+        conv = group_conv_geometry(measured.graphs[sample.graph_hash], sample.nodes)
         data = example_data(example, op_id, schedule_id[sample.schedule], prior_log_us,
                             float(np.log(sample.measured_us)))
         data.update({"analytical_us": torch.tensor([analytical_us], dtype=torch.float64),
-                     "dominant_op": torch.tensor([op_id.get(dominant, 0)]), "nodes": torch.tensor(sample.nodes),
+                     "dominant_op": torch.tensor([op_id.get(dominant, 0)]), "conv": torch.from_numpy(conv)[None],
+                     "nodes": torch.tensor(sample.nodes),
                      "sample_id": torch.tensor([index]), "graph_hash": sample.graph_hash,
                      "model": model_of[sample.graph_hash]})
         samples.append(data)

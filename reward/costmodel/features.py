@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from fusiongym.graphs import ComputeGraph
-from fusiongym.graphs.ir import GraphArrays
+from fusiongym.graphs.ir import GraphArrays, OpNode
 
 from . import _kernels
 
@@ -36,6 +36,13 @@ PLAN_NODE_FEATURES = ("log_external_read_bytes", "log_written_bytes", "internal_
 GROUP_FEATURES = ("log_flops", "log_external_read_bytes", "log_written_bytes", "log_param_bytes",
                   "log_internal_edges", *(f"log_kind_{k}" for k in range(NUM_KINDS)), "log_nodes", "log_intensity")
 NODE_FEATURES = (*STATIC_NODE_FEATURES, *(f"kind_{k}" for k in range(NUM_KINDS)), *PLAN_NODE_FEATURES)
+# LightGBM's alone (``group_conv_geometry``): the FLOPs-weighted mean over the group's convolutions of
+# their window (kH kW), stride, input and output channels and channel groups, log_scale'd, 0 without
+# one. At like FLOPs and bytes a 1 x 1 and a 3 x 3 convolution are different kernels to schedule,
+# and the sums above cannot tell them apart. The GNN ordered unseen models' plans worse with them
+# (README, "Convolution geometry").
+CONV_GROUP_FEATURES = ("conv_log_window", "conv_log_stride", "conv_log_in_channels", "conv_log_out_channels",
+                       "conv_log_groups")
 # Per edge (the tensor it carries): its size, and how much more the consumer writes than this
 # input holds (> 0: a broadcast or an expansion, < 0: a reduction), which decides what fusing
 # producer and consumer into one loop nest costs.
@@ -220,6 +227,23 @@ def _local_ids(members: np.ndarray, nodes: np.ndarray) -> tuple[np.ndarray, np.n
     """(position of each of ``nodes`` in sorted ``members``, whether it is one of them)."""
     position = np.minimum(np.searchsorted(members, nodes), len(members) - 1)
     return position, members[position] == nodes
+
+
+def group_conv_geometry(graph: ComputeGraph, nodes: Sequence[int]) -> np.ndarray:
+    """[len(CONV_GROUP_FEATURES)] float32 of the group ``nodes`` (conv2d: NCHW data, OIHW weight)."""
+    convs = [graph.nodes[node] for node in nodes if graph.nodes[node].op == "conv2d"]
+    if not convs:
+        return np.zeros(len(CONV_GROUP_FEATURES), dtype=np.float32)
+    geometry = np.array([_conv_geometry(conv) for conv in convs])                          # [c, 5]
+    flops = np.array([float(conv.flops) for conv in convs])
+    return (flops @ log_scale(geometry) / flops.sum()).astype(np.float32)
+
+
+def _conv_geometry(conv: OpNode) -> tuple[int, float, int, int, float]:
+    """Window, stride, input and output channels, channel groups of one conv2d."""
+    data, weight, out = conv.inputs[0].shape, conv.inputs[1].shape, conv.outputs[0].shape
+    return (int(weight[2]) * int(weight[3]), int(data[2]) / int(out[2]), int(data[1]), int(out[1]),
+            int(data[1]) / int(weight[1]))
 
 
 def dominant_op(tensors: GraphTensors, nodes: Sequence[int]) -> str:

@@ -11,6 +11,10 @@ apart), mean over seeds; the graphs come from the profile log beside the store:
 
     python leaderboard/costmodel/plan-order-tries/shrink/conv_geometry.py runs/median/data.pt \
         runs/costmodel/measurements.db 8 OUT.csv
+
+Run at cf95104. From the commit after it on, LightGBM has such columns of its own (`features.CONV_GROUP_FEATURES`,
+README "Convolution geometry") and its datasets hold them (format /4); this script answers its question
+only at cf95104, on a dataset of that commit.
 """
 import math
 import sys
