@@ -62,6 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="train, seeds, heldout, ablate, tune: the models predict the analytical prior plus this "
                              "share of their learned residual, in [0, 1] (default: TrainConfig's, 1; 0.5 ranks "
                              "unseen models' plans better and fits their groups worse)")
+    parser.add_argument("--lightgbm-leaves", type=int, default=None,
+                        help="train: LightGBM's leaves per tree (default: boosted.PARAMS'; `costmodel tune` names "
+                             "the setting val prefers)")
+    parser.add_argument("--lightgbm-min-data", type=int, default=None,
+                        help="train: LightGBM's fewest groups per leaf (default: boosted.PARAMS')")
     parser.add_argument("--plan-margin", type=float, default=None,
                         help="train, seeds, heldout, ablate with --loss plans, and online's plan term: fit, pair by "
                              "pair, only the plans measured more than this share apart (0.05: near-ties' order, "
@@ -86,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     import torch
 
-    from fusiongym.reward.costmodel.boosted import BoostedModel
+    from fusiongym.reward.costmodel.boosted import BoostedModel, lightgbm_params
     from fusiongym.reward.costmodel.dataset import CostDataset
     from fusiongym.reward.costmodel.evaluate import (BOOSTED_FILE, GNN_FILE, compare, provenance, train_models,
                                                      write_report)
@@ -114,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     if args.action == "tune":
         return _tune(dataset, args.seeds, config.residual_scale, folder)
     if args.action == "train":
-        trained = train_models(dataset, config, folder)
+        trained = train_models(dataset, config, folder, lightgbm_params(args.lightgbm_leaves, args.lightgbm_min_data))
         gnn_path = folder / GNN_FILE
         print(f"wrote {gnn_path} ({os.path.getsize(gnn_path) / 1024:.1f} KB; loss {trained.losses[0]:.3f} -> "
               f"{trained.losses[-1]:.3f}, best val RMSE of ln µs {trained.gnn.meta['best_val_rmse_ln']}) and "
@@ -192,7 +197,9 @@ def _tune(dataset, seeds: int, residual_scale: float, folder) -> int:
     val = [row for row in means if row.model.endswith(", val")]
     if val:
         best = max(val, key=lambda row: row.plan_tau)
-        print(f"val prefers {best.model.rsplit(', ', 1)[0]} (val plan τ {best.plan_tau:.3f})")
+        setting = dict(item.split("=") for item in best.model.rsplit(", ", 1)[0].split())
+        print(f"val prefers {best.model.rsplit(', ', 1)[0]} (val plan τ {best.plan_tau:.3f}): `fusiongym costmodel "
+              f"train --lightgbm-leaves {setting['num_leaves']} --lightgbm-min-data {setting['min_data_in_leaf']}`")
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 

@@ -268,8 +268,24 @@ def test_tune_trains_lightgbm_at_each_setting_and_names_the_one_val_prefers(data
     assert float(per_seed[f"{labels[1]}, seed 1, test"]["mape_pct"]) == pytest.approx(test_mape)
     assert len({row["mape_pct"] for name, row in per_seed.items() if name.endswith(", seed 0, test")}) > 1
     val_tau = {label: float(means[f"{label}, val"]["plan_tau"]) for label in labels}
-    assert f"val prefers {max(val_tau, key=val_tau.get)} (val plan τ" in printed
+    best = max(val_tau, key=val_tau.get)
+    assert f"val prefers {best} (val plan τ" in printed
+    leaves, min_data = (value.split("=")[1] for value in best.split())
+    assert f"costmodel train --lightgbm-leaves {leaves} --lightgbm-min-data {min_data}`" in printed
     assert (tmp_path / "tune-lightgbm.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_lightgbm_tree_size_on_the_command_line_reaches_the_trees(dataset, tmp_path, capsys):
+    data = dataset.save(tmp_path / "data.pt")
+    assert main(["costmodel", "train", "--data", str(data), "--out", str(tmp_path / "m"), "--epochs", "40",
+                 "--lightgbm-leaves", "4", "--lightgbm-min-data", "3"]) == 0
+    boosted = BoostedModel.load(tmp_path / "m" / "lightgbm.json")
+    assert boosted.meta["params"]["num_leaves"] == 4 and boosted.meta["params"]["min_data_in_leaf"] == 3
+    trees = boosted.booster.dump_model()["tree_info"]
+    assert max(tree["num_leaves"] for tree in trees) == 4
+    assert main(["costmodel", "train", "--data", str(data), "--out", str(tmp_path / "bad"),
+                 "--lightgbm-leaves", "1"]) == 2
+    assert "at least 2 leaves, got 1" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
 
 def test_lightgbm_boosts_until_val_stops_improving_not_to_a_fixed_count(dataset):

@@ -40,6 +40,16 @@ TUNING_GRID = tuple({"num_leaves": leaves, "min_data_in_leaf": min_data}
                     for leaves in (15, 31, 63, 127, 255) for min_data in (5, 20))
 
 
+def lightgbm_params(leaves: int | None = None, min_data: int | None = None) -> dict[str, int]:
+    """Overrides of ``PARAMS``' tree size (``num_leaves``, ``min_data_in_leaf``), checked; None keeps one."""
+    if leaves is not None and leaves < 2:
+        raise ValueError(f"a LightGBM tree needs at least 2 leaves, got {leaves}")
+    if min_data is not None and min_data < 1:
+        raise ValueError(f"a LightGBM leaf needs at least 1 group, got {min_data}")
+    return {name: value for name, value in (("num_leaves", leaves), ("min_data_in_leaf", min_data))
+            if value is not None}
+
+
 def design_matrix(samples: Sequence[Data]) -> np.ndarray:
     """[B, 22] float64: the 14 group features, the 5 of convolution geometry, ln analytical µs,
     schedule id, dominant op id."""

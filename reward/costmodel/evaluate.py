@@ -39,16 +39,18 @@ class TrainedModels:
     losses: list[float]
 
 
-def train_models(dataset: CostDataset, config: TrainConfig = TrainConfig(), out: str | os.PathLike | None = None
-                 ) -> TrainedModels:
-    """Fit the GNN and LightGBM on the train split (validation: the val split); save to ``out``."""
+def train_models(dataset: CostDataset, config: TrainConfig = TrainConfig(), out: str | os.PathLike | None = None,
+                 lightgbm_params: Mapping[str, object] | None = None) -> TrainedModels:
+    """Fit the GNN and LightGBM (``lightgbm_params``: overrides of ``boosted.PARAMS``) on the train
+    split (validation: the val split); save to ``out``."""
     train, val = dataset.subset("train"), dataset.subset("val")
     if not train:
         raise ValueError("the dataset's train split is empty: re-export it holding out fewer models")
     meta = {"data_hash": dataset.source.get("content_hash", dataset.content_hash), "source": dataset.source}
     result = train_gnn(train, val, dataset.op_vocab, dataset.schedules, analytical_profile(dataset), config, meta,
                        plans=dataset.plans_of("train"))
-    boosted = BoostedModel.train(train, val, config.seed, meta, residual_scale=config.residual_scale)
+    boosted = BoostedModel.train(train, val, config.seed, meta, params=lightgbm_params,
+                                 residual_scale=config.residual_scale)
     if out is not None:
         folder = Path(out)
         result.model.save(folder / GNN_FILE)
