@@ -284,7 +284,8 @@ def bench_policy(quick: bool) -> list[BenchFigure]:
 
 
 def bench_costmodel(quick: bool) -> list[BenchFigure]:
-    """The learned cost model's numpy path: a whole 10k-edge plan, one group, file size.
+    """The learned cost model's numpy path: a whole 10k-edge plan (random pairs, and connected pairs,
+    whose nodes take the message rows that random pairs skip), one group, file size.
 
     Uses the model at $FUSIONGYM_COSTMODEL (or ~/.cache) when there is one, else an untrained
     network of the same shape over the env's op vocabulary: time and size do not depend on
@@ -324,6 +325,10 @@ def bench_costmodel(quick: bool) -> list[BenchFigure]:
         f"model, plan = CostModel.load({str(path)!r}), np.load({str(inputs)!r})\n"
         "graph = synthetic(n_nodes=9_400, seed=0)",
         "model.predict_groups_us(graph, plan['labels'], plan['schedules'])", repeats)
+    connected = _connected_pairs(graph)
+    connected_schedules = np.random.default_rng(1).integers(len(model.schedules), size=int(connected.max()) + 1)
+    model.predict_groups_us(graph, connected, connected_schedules)
+    connected_ms = _median_ms(lambda: model.predict_groups_us(graph, connected, connected_schedules), repeats)
     group = [0, *(e.dst for e in graph.edges if e.src == 0)][:4]
     group_us = 1e3 * _median_ms(lambda: model.predict_group_log_us(graph, group, model.schedules[0]), repeats)
     size_kb = path.stat().st_size / 1024
@@ -335,6 +340,10 @@ def bench_costmodel(quick: bool) -> list[BenchFigure]:
                     f"model: {origin}"),
         BenchFigure("costmodel", "learned cost model, the same plan, fresh process", fresh_process_ms, "ms", "",
                     None, "a new Python process that has loaded nothing else (see the policy's fresh-process figure)"),
+        BenchFigure("costmodel", "learned cost model, the same graph in connected pairs", connected_ms, "ms", "",
+                    None, f"{int(connected.max()) + 1:,} groups: each edge's two ends fused while both are free "
+                    f"(edge order), the rest alone; groups with internal edges take the message rows the random "
+                    f"pairs skip"),
         BenchFigure("costmodel", "learned cost model, one group (env step)", group_us, "µs", "",
                     None, f"predict_group_log_us on a {len(group)}-node group of the same graph"),
         BenchFigure("costmodel", "learned cost model file", size_kb, "KB", "≤ 300 KB", size_kb <= 300,
@@ -391,6 +400,19 @@ def _run_time_plan_ms(policy: FusionPolicy, template: ComputeGraph, large: Compu
     return {"instance": _median_ms(lambda: policy.decide(program.instance(next(shapes))), 3 * repeats),
             "instantiate": _median_ms(lambda: policy.decide(template.instantiate(next(shapes))), repeats),
             "instance_10k": _median_ms(lambda: policy.decide(large_program.instance({})), repeats)}
+
+
+def _connected_pairs(graph: ComputeGraph) -> np.ndarray:
+    """[N] group labels: a greedy matching along the edges (in edge order), unmatched nodes alone."""
+    label = np.full(graph.num_nodes, -1, dtype=np.int64)
+    count = 0
+    for edge in graph.edges:
+        if label[edge.src] < 0 and label[edge.dst] < 0:
+            label[edge.src] = label[edge.dst] = count
+            count += 1
+    alone = np.flatnonzero(label < 0)
+    label[alone] = count + np.arange(len(alone))
+    return label
 
 
 def _median_ms(function: Callable[[], object], repeats: int) -> float:

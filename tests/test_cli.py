@@ -107,6 +107,22 @@ def test_bench_of_one_section_keeps_the_other_sections_of_this_machine(tmp_path,
     assert {r["bench_section"] for r in rows} == {"analytical"}                  # another machine: nothing mixed
 
 
+def test_bench_prices_the_cost_model_on_connected_pairs_too():
+    """The cost model's second bench plan: every group is one node or the two ends of an edge, and no edge
+    is left with both ends alone (a maximal matching, so most nodes have an internal in-edge or out-edge)."""
+    from fusiongym.scripts.bench import _connected_pairs
+
+    graph = synthetic(n_nodes=300, seed=0)
+    labels = _connected_pairs(graph)
+    sizes = np.bincount(labels)
+    assert (sizes >= 1).all() and sizes.max() == 2                                  # labels 0..G-1, all used
+    edges = {(e.src, e.dst) for e in graph.edges}
+    pairs = [np.flatnonzero(labels == g) for g in np.flatnonzero(sizes == 2)]
+    assert all((int(a), int(b)) in edges for a, b in pairs)
+    assert not any(sizes[labels[e.src]] == 1 and sizes[labels[e.dst]] == 1 for e in graph.edges)
+    assert 2 * len(pairs) > 0.8 * graph.num_nodes
+
+
 def test_calibrate_fits_the_cpu_profile_to_real_tvm_timings(tmp_path, monkeypatch, capsys):
     """``profile --calibrate`` end to end on real TVM kernels: a saved, loadable profile and a report."""
     from fusiongym.reward.devices import get_profile

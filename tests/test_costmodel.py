@@ -19,7 +19,7 @@ import torch
 
 import fusiongym  # noqa: F401  (registers FusionEnv-v0)
 from fusiongym.agents import FusionPolicy, baselines
-from fusiongym.graphs import ComputeGraph, zoo
+from fusiongym.graphs import ComputeGraph, synthetic, zoo
 from fusiongym.reward import Plan, get_backend
 from fusiongym.reward.calibrate import collect_samples, kendall_tau
 from fusiongym.reward.devices import get_profile
@@ -27,8 +27,8 @@ from fusiongym.reward.costmodel import CostModelError, MeasuredSet, ProfileLog, 
 from fusiongym.reward.costmodel.boosted import (FEATURE_NAMES, MAX_ROUNDS, ROUNDS, TUNING_GRID, BoostedModel,
                                                 design_matrix)
 from fusiongym.reward.costmodel.dataset import CostDataset, build_dataset
-from fusiongym.reward.costmodel.features import (CONV_GROUP_FEATURES, GraphTensors, group_conv_geometry,
-                                                 group_example, plan_features)
+from fusiongym.reward.costmodel.features import (CONV_GROUP_FEATURES, GraphTensors, _group_rows, _node_features,
+                                                 group_conv_geometry, group_example, plan_features)
 from fusiongym.reward.costmodel.evaluate import (compare, feed_plan, gnn_log_us, measured_us, online_plan_ranking,
                                                  provenance, remeasured_us, seed_spread, train_models,
                                                  training_model_ablation, write_bar_report, write_stream_report)
@@ -476,10 +476,34 @@ def test_one_group_alone_has_the_features_it_has_inside_a_plan():
         plan = plan_features(tensors, labels, graph.num_nodes - len(members) + 1)
         alone = group_example(tensors, members)
         np.testing.assert_allclose(alone.group, plan.group[0], rtol=1e-6)
-        np.testing.assert_allclose(alone.node[:, -plan.node.shape[1]:], plan.node[members], rtol=1e-6)
-        internal = np.flatnonzero(plan.internal & (labels[tensors.dst] == 0))
+        np.testing.assert_allclose(alone.node[:, -plan.node.shape[0]:], plan.node[:, members].T, rtol=1e-6)
+        internal = tensors.by_dst[plan.in_internal & (labels[tensors.in_src] == 0)]
         assert alone.edge_index.shape[1] == len(internal)
         np.testing.assert_allclose(alone.edge_attr.sum(axis=0), tensors.edge_static[internal].sum(axis=0), rtol=1e-5)
+
+
+def test_plan_features_in_c_are_bit_for_bit_the_numpy_formulas():
+    """``plan_pass`` follows ``_node_features`` and ``_group_rows``: the same float32 and float64 sums in the
+    same order give the same bits, on a transformer, a CNN and a random graph, for plans whose groups are
+    random nodes or runs of consecutive ones; a label outside 0..G-1 is refused."""
+    for graph in (zoo.load("bert", "small"), zoo.load("resnet50", "small"), synthetic(n_nodes=600, seed=3)):
+        tensors = GraphTensors.of(graph)
+        for labels in (np.random.default_rng(0).permutation(graph.num_nodes) // 3, np.arange(graph.num_nodes) // 5):
+            num_groups = int(labels.max()) + 1
+            inside = labels[tensors.src] == labels[tensors.dst]
+            external_read = tensors.own_read_bytes.copy()
+            np.add.at(external_read, tensors.dst[~inside], tensors.edge_bytes[~inside])    # in edge order
+            leaves = np.bincount(tensors.src[~inside], minlength=graph.num_nodes) > 0
+            in_degree = np.bincount(tensors.dst[inside], minlength=graph.num_nodes).astype(float)
+            out_degree = np.bincount(tensors.src[inside], minlength=graph.num_nodes).astype(float)
+            node, additive = _node_features(tensors, slice(None), external_read, leaves, in_degree, out_degree)
+            sums = np.zeros((num_groups, additive.shape[1]), dtype=np.float32)
+            np.add.at(sums, labels, additive)                                                # in node order
+            plan = plan_features(tensors, labels, num_groups)
+            assert np.array_equal(plan.node, node.T) and np.array_equal(plan.group, _group_rows(sums))
+            assert np.array_equal(plan.in_internal, inside[tensors.by_dst])
+    with pytest.raises(ValueError, match="node 0 has group 7 outside 0..6"):
+        plan_features(tensors, np.full(graph.num_nodes, 7), 7)
 
 
 def test_edge_features_tell_a_reduction_from_an_elementwise_consumer():

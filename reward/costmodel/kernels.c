@@ -5,7 +5,7 @@
  *         y_mean, prior_scale)
  *
  * computes, for n nodes in G groups (H hidden, P plan node features, F edge features, K group inputs, D head):
- *   h0[i]  = relu(static_proj[i] + plan_node[i] w_plan)                        [n, H]
+ *   h0[i]  = relu(static_proj[i] + plan_node[:, i] w_plan)                     [n, H]
  *   m[i]   = sum of h0[in_src e] over the in-edges e of i with in_mask[e]       (CSR by consumer)
  *   a[i]   = sum of in_edge_attr[e] over the same edges                         [n, F]
  *   h1[i]  = h0[i] + relu(h0[i] w_self + m[i] w_msg + a[i] w_edge + b_msg)     (only pooled per group)
@@ -15,21 +15,27 @@
  * which is ``CostModel``'s network (reward/costmodel/model.py). In numpy it was fifteen
  * passes over [N, H] and [G, D] arrays, ~0.9 ms of a 10k-edge plan; here it is one pass over
  * nodes and edges and one over groups. At the shipped widths (H = 16, D = 32) on a CPU with
- * AVX2 and FMA the rows are held in vector registers (two for a node, four for a group);
- * other widths or CPUs take the plain loops, which compute the same sums (4x slower: their
- * accumulators live in memory). h0 [n, H] and pooled [G, H] (the group sums, then scaled by
- * each group's 1 / size as its row enters the head) are the caller's scratch,
- * kept between calls: fresh pages would cost more faults than the arithmetic. Float arrays
- * are contiguous float32 (prior and out float64), indices int64.
+ * AVX2 and FMA the rows are held in vector registers (two for a node, four for a group); a node
+ * without an internal in-edge skips the message rows, which would add zeros. Other widths or CPUs
+ * take the plain loops, which compute the same sums (4x slower: their accumulators live in memory).
+ * h0 [n, H] and pooled [G, H] (the group sums, then scaled by each group's 1 / size as its row
+ * enters the head) are the caller's scratch, kept between calls: fresh pages would cost more faults
+ * than the arithmetic. Float arrays are contiguous float32 (prior and out float64), indices int64;
+ * plan_node is [P, n], feature by feature (as ``plan_pass`` writes it).
  *
- * group_sums(values, labels, out): out[g] = sum of values[i] over the nodes i of group g
- * ([N, C] float32 rows, int64 labels, [G, C] float32 out): a plan's group features.
- *
- * edge_pass(src, dst, labels, edge_bytes, internal, external_read, leaves, in_degree, out_degree):
- * one pass over a plan's edges: internal[e] (uint8) when both ends share a group; otherwise
- * the bytes add to the consumer's external_read (float64, pre-filled with its own reads) and
- * the producer leaves[] its group (uint8); internal edges count in the in/out degrees (float64).
- * The same numbers as ``features.group_example`` computes with bincounts for one group.
+ * plan_pass(in_indptr, in_src, in_edge_bytes, out_indptr, out_dst, labels, own_read_bytes, bytes_written,
+ *           always_written, summed, in_internal, node, group)
+ * computes a plan's features (``features.plan_features``) in one pass over nodes, each node's in-edges
+ * (CSR by consumer, as ``forward`` reads them) then its out-edges (CSR by producer): in_internal[e] (uint8)
+ * when an in-edge's ends share a group; a node's external read bytes (its own reads plus the bytes of
+ * crossing in-edges, added in edge order), its written bytes (when an output crosses or leaves the graph),
+ * its internal in / out degrees; node [4, n] = [1 + read, 1 + written, min(in, 8) / 4, min(out, 8) / 4],
+ * feature by feature (numpy's log2 is 30x faster over a contiguous row than over a strided column);
+ * the group sums of ``summed`` [n, C] (FLOPs, -, -, parameter bytes, -, kind one-hot) with read, written and
+ * in-degree filled in; group [G, C + 2] = 1 + [sums ; nodes ; FLOPs / max(1, read + written)]. The caller
+ * takes log2 / 16 of the "1 +" columns with numpy's log2, so the numbers are bit for bit those of
+ * ``features._node_features`` and ``_group_rows`` summed in the same order (float32 group sums in node
+ * order, float64 reads in edge order); a test checks it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -73,7 +79,10 @@ static void forward_plain(const Network *f) {
         (hidden > head ? hidden : head);
     for (Py_ssize_t i = 0; i < f->n; i++) {
         memcpy(acc, f->static_proj + i * hidden, (size_t)hidden * sizeof(float));
-        add_vector_matrix(acc, f->plan_node + i * f->plan, f->w_plan, f->plan, hidden);
+        for (Py_ssize_t r = 0; r < f->plan; r++) {
+            float x = f->plan_node[r * f->n + i];
+            for (Py_ssize_t c = 0; c < hidden; c++) acc[c] += x * f->w_plan[r * hidden + c];
+        }
         for (Py_ssize_t c = 0; c < hidden; c++) f->h0[i * hidden + c] = relu(acc[c]);
     }
     for (Py_ssize_t i = 0; i < f->n; i++) {
@@ -116,7 +125,7 @@ __attribute__((target("avx2,fma"))) static void forward_avx2(const Network *f) {
     for (Py_ssize_t i = 0; i < f->n; i++) {
         __m256 lo = _mm256_loadu_ps(f->static_proj + i * 16), hi = _mm256_loadu_ps(f->static_proj + i * 16 + 8);
         for (Py_ssize_t r = 0; r < f->plan; r++) {
-            __m256 x = _mm256_set1_ps(f->plan_node[i * f->plan + r]);
+            __m256 x = _mm256_set1_ps(f->plan_node[r * f->n + i]);
             lo = _mm256_fmadd_ps(x, _mm256_loadu_ps(f->w_plan + r * 16), lo);
             hi = _mm256_fmadd_ps(x, _mm256_loadu_ps(f->w_plan + r * 16 + 8), hi);
         }
@@ -126,9 +135,11 @@ __attribute__((target("avx2,fma"))) static void forward_avx2(const Network *f) {
     for (Py_ssize_t i = 0; i < f->n; i++) {
         const float *own = f->h0 + i * 16;
         __m256 m_lo = zero, m_hi = zero;
+        int has_message = 0;   /* an internal in-edge: without one the message rows add zeros, skipped */
         memset(edge_sum, 0, sizeof(edge_sum));
         for (int64_t e = f->indptr[i]; e < f->indptr[i + 1]; e++)
             if (f->in_mask[e]) {
+                has_message = 1;
                 const float *from = f->h0 + f->in_src[e] * 16;
                 m_lo = _mm256_add_ps(m_lo, _mm256_loadu_ps(from));
                 m_hi = _mm256_add_ps(m_hi, _mm256_loadu_ps(from + 8));
@@ -148,12 +159,14 @@ __attribute__((target("avx2,fma"))) static void forward_avx2(const Network *f) {
             self_hi = _mm256_fmadd_ps(x, _mm256_loadu_ps(ws + 8), self_hi);
             self_lo2 = _mm256_fmadd_ps(x2, _mm256_loadu_ps(ws + 16), self_lo2);
             self_hi2 = _mm256_fmadd_ps(x2, _mm256_loadu_ps(ws + 24), self_hi2);
-            msg_lo = _mm256_fmadd_ps(y, _mm256_loadu_ps(wm), msg_lo);
-            msg_hi = _mm256_fmadd_ps(y, _mm256_loadu_ps(wm + 8), msg_hi);
-            msg_lo2 = _mm256_fmadd_ps(y2, _mm256_loadu_ps(wm + 16), msg_lo2);
-            msg_hi2 = _mm256_fmadd_ps(y2, _mm256_loadu_ps(wm + 24), msg_hi2);
+            if (has_message) {
+                msg_lo = _mm256_fmadd_ps(y, _mm256_loadu_ps(wm), msg_lo);
+                msg_hi = _mm256_fmadd_ps(y, _mm256_loadu_ps(wm + 8), msg_hi);
+                msg_lo2 = _mm256_fmadd_ps(y2, _mm256_loadu_ps(wm + 16), msg_lo2);
+                msg_hi2 = _mm256_fmadd_ps(y2, _mm256_loadu_ps(wm + 24), msg_hi2);
+            }
         }
-        for (Py_ssize_t k = 0; k < features; k++) {
+        for (Py_ssize_t k = 0; has_message && k < features; k++) {
             __m256 a = _mm256_set1_ps(edge_sum[k]);
             msg_lo = _mm256_fmadd_ps(a, _mm256_loadu_ps(f->w_edge + k * 16), msg_lo);
             msg_hi = _mm256_fmadd_ps(a, _mm256_loadu_ps(f->w_edge + k * 16 + 8), msg_hi);
@@ -295,67 +308,94 @@ done:
     return result;
 }
 
-static PyObject *group_sums(PyObject *self, PyObject *args) {
-    Py_buffer values, labels, out;
-    if (!PyArg_ParseTuple(args, "y*y*w*", &values, &labels, &out)) return NULL;
+/* The plan pass (see the top of the file): node by node, its in-edges then its out-edges. */
+static void plan_rows(Py_ssize_t n, Py_ssize_t columns, const int64_t *in_indptr, const int64_t *in_src,
+                      const double *in_bytes, const int64_t *out_indptr, const int64_t *out_dst, const int64_t *label,
+                      const double *own_read, const double *bytes_written, const unsigned char *always_written,
+                      const float *summed, unsigned char *in_internal, float *node, float *sums) {
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double external_read = own_read[i], in_degree = 0.0, out_degree = 0.0;
+        int leaves = 0;
+        for (int64_t e = in_indptr[i]; e < in_indptr[i + 1]; e++) {
+            int inside = label[in_src[e]] == label[i];
+            in_internal[e] = (unsigned char)inside;
+            if (inside) in_degree += 1.0;
+            else external_read += in_bytes[e];
+        }
+        for (int64_t e = out_indptr[i]; e < out_indptr[i + 1]; e++) {
+            if (label[out_dst[e]] == label[i]) out_degree += 1.0;
+            else leaves = 1;
+        }
+        double written = (always_written[i] || leaves) ? bytes_written[i] : 0.0;
+        node[i] = (float)external_read + 1.0f;
+        node[n + i] = (float)written + 1.0f;
+        node[2 * n + i] = (float)((in_degree < 8.0 ? in_degree : 8.0) * 0.25);
+        node[3 * n + i] = (float)((out_degree < 8.0 ? out_degree : 8.0) * 0.25);
+        const float *terms = summed + i * columns;
+        float *sum = sums + label[i] * columns;
+        sum[0] += terms[0];
+        sum[1] += (float)external_read;
+        sum[2] += (float)written;
+        sum[3] += terms[3];
+        sum[4] += (float)in_degree;
+        for (Py_ssize_t c = 5; c < columns; c++) sum[c] += terms[c];
+    }
+}
+
+/* group[g] = 1 + [sums[g] ; nodes ; FLOPs / max(1, read + written bytes)], the pre-log group rows. */
+static void group_rows(Py_ssize_t groups, Py_ssize_t columns, const float *sums, float *group) {
+    for (Py_ssize_t g = 0; g < groups; g++) {
+        const float *sum = sums + g * columns;
+        float *row = group + g * (columns + 2), nodes = 0.0f, moved = sum[1] + sum[2];
+        for (Py_ssize_t c = 0; c < columns; c++) row[c] = sum[c] + 1.0f;
+        for (Py_ssize_t c = 5; c < columns; c++) nodes += sum[c];
+        row[columns] = nodes + 1.0f;
+        row[columns + 1] = sum[0] / (moved > 1.0f ? moved : 1.0f) + 1.0f;
+    }
+}
+
+static PyObject *plan_pass(PyObject *self, PyObject *args) {
+    enum { IN_PTR, IN_SRC_, IN_BYTES, OUT_PTR, OUT_DST, LABELS_, OWN_READ, WRITTEN, ALWAYS, SUMMED, IN_INTERNAL,
+           NODE, GROUP, COUNT_ };
+    Py_buffer v[COUNT_];
+    if (!PyArg_ParseTuple(args, "y*y*y*y*y*y*y*y*y*y*w*w*w*", &v[IN_PTR], &v[IN_SRC_], &v[IN_BYTES], &v[OUT_PTR],
+                          &v[OUT_DST], &v[LABELS_], &v[OWN_READ], &v[WRITTEN], &v[ALWAYS], &v[SUMMED],
+                          &v[IN_INTERNAL], &v[NODE], &v[GROUP]))
+        return NULL;
     PyObject *result = NULL;
-    Py_ssize_t n = labels.len / 8, columns = n ? values.len / (4 * n) : 0, groups = columns ? out.len / (4 * columns) : 0;
-    if (check(&labels, "labels", 8, n) < 0 || check(&values, "values", 4, n * columns) < 0 ||
-        check(&out, "out", 4, groups * columns) < 0)
+    float *sums = NULL;
+    Py_ssize_t n = v[LABELS_].len / 8, edges = v[IN_SRC_].len / 8;
+    Py_ssize_t columns = n ? v[SUMMED].len / (4 * n) : 0, groups = columns ? v[GROUP].len / (4 * (columns + 2)) : 0;
+    if (check(&v[IN_PTR], "in_indptr", 8, n + 1) < 0 || check(&v[IN_BYTES], "in_edge_bytes", 8, edges) < 0 ||
+        check(&v[OUT_PTR], "out_indptr", 8, n + 1) < 0 || check(&v[OUT_DST], "out_dst", 8, edges) < 0 ||
+        check(&v[OWN_READ], "own_read_bytes", 8, n) < 0 || check(&v[WRITTEN], "bytes_written", 8, n) < 0 ||
+        check(&v[ALWAYS], "always_written", 1, n) < 0 || check(&v[SUMMED], "summed", 4, n * columns) < 0 ||
+        check(&v[IN_INTERNAL], "in_internal", 1, edges) < 0 || check(&v[NODE], "node", 4, n * 4) < 0 ||
+        check(&v[GROUP], "group", 4, groups * (columns + 2)) < 0)
         goto done;
-    const int64_t *label = labels.buf;
-    const float *row = values.buf;
-    float *sums = out.buf;
+    if (columns < 5) {
+        PyErr_Format(PyExc_ValueError, "summed needs at least 5 columns (FLOPs .. internal in-edges), got %zd",
+                     columns);
+        goto done;
+    }
+    /* The plan's labels are checked; the graph's own arrays (``GraphTensors``) are built together and trusted. */
+    const int64_t *label = v[LABELS_].buf;
     for (Py_ssize_t i = 0; i < n; i++)
         if (label[i] < 0 || label[i] >= groups) {
             PyErr_Format(PyExc_ValueError, "node %zd has group %lld outside 0..%zd", i, (long long)label[i], groups - 1);
             goto done;
         }
-    memset(sums, 0, (size_t)(groups * columns) * sizeof(float));
-    for (Py_ssize_t i = 0; i < n; i++)
-        for (Py_ssize_t c = 0; c < columns; c++) sums[label[i] * columns + c] += row[i * columns + c];
-    result = Py_NewRef(Py_None);
-done:
-    PyBuffer_Release(&values); PyBuffer_Release(&labels); PyBuffer_Release(&out);
-    return result;
-}
-
-static PyObject *edge_pass(PyObject *self, PyObject *args) {
-    enum { SRC, DST, LABELS_, BYTES, INTERNAL, EXTERNAL, LEAVES, IN_DEG, OUT_DEG, COUNT_ };
-    Py_buffer v[COUNT_];
-    if (!PyArg_ParseTuple(args, "y*y*y*y*w*w*w*w*w*", &v[SRC], &v[DST], &v[LABELS_], &v[BYTES], &v[INTERNAL],
-                          &v[EXTERNAL], &v[LEAVES], &v[IN_DEG], &v[OUT_DEG]))
-        return NULL;
-    PyObject *result = NULL;
-    Py_ssize_t edges = v[SRC].len / 8, n = v[LABELS_].len / 8;
-    if (check(&v[DST], "dst", 8, edges) < 0 || check(&v[BYTES], "edge_bytes", 8, edges) < 0 ||
-        check(&v[INTERNAL], "internal", 1, edges) < 0 || check(&v[EXTERNAL], "external_read", 8, n) < 0 ||
-        check(&v[LEAVES], "leaves", 1, n) < 0 || check(&v[IN_DEG], "in_degree", 8, n) < 0 ||
-        check(&v[OUT_DEG], "out_degree", 8, n) < 0)
+    sums = calloc((size_t)(groups * columns) + 1, sizeof(float));
+    if (!sums) {
+        PyErr_NoMemory();
         goto done;
-    const int64_t *src = v[SRC].buf, *dst = v[DST].buf, *label = v[LABELS_].buf;
-    const double *bytes = v[BYTES].buf;
-    unsigned char *internal = v[INTERNAL].buf, *leaves = v[LEAVES].buf;
-    double *external = v[EXTERNAL].buf, *in_degree = v[IN_DEG].buf, *out_degree = v[OUT_DEG].buf;
-    for (Py_ssize_t e = 0; e < edges; e++)
-        if (src[e] < 0 || src[e] >= n || dst[e] < 0 || dst[e] >= n) {
-            PyErr_Format(PyExc_ValueError, "edge %zd (%lld -> %lld) names a node outside 0..%zd", e, (long long)src[e],
-                         (long long)dst[e], n - 1);
-            goto done;
-        }
-    for (Py_ssize_t e = 0; e < edges; e++) {
-        int inside = label[src[e]] == label[dst[e]];
-        internal[e] = (unsigned char)inside;
-        if (inside) {
-            in_degree[dst[e]] += 1.0;
-            out_degree[src[e]] += 1.0;
-        } else {
-            external[dst[e]] += bytes[e];
-            leaves[src[e]] = 1;
-        }
     }
+    plan_rows(n, columns, v[IN_PTR].buf, v[IN_SRC_].buf, v[IN_BYTES].buf, v[OUT_PTR].buf, v[OUT_DST].buf, label,
+              v[OWN_READ].buf, v[WRITTEN].buf, v[ALWAYS].buf, v[SUMMED].buf, v[IN_INTERNAL].buf, v[NODE].buf, sums);
+    group_rows(groups, columns, sums, v[GROUP].buf);
     result = Py_NewRef(Py_None);
 done:
+    free(sums);
     for (int i = 0; i < COUNT_; i++) PyBuffer_Release(&v[i]);
     return result;
 }
@@ -366,10 +406,9 @@ static PyMethodDef methods[] = {
      "labels, group_input, w_head, schedule_bias, schedule, w_out, prior, h0, pooled, out, b_out, y_std, y_mean, "
      "prior_scale): "
      "ln µs of every group."},
-    {"group_sums", group_sums, METH_VARARGS, "group_sums(values, labels, out): per-group sums of node rows."},
-    {"edge_pass", edge_pass, METH_VARARGS,
-     "edge_pass(src, dst, labels, edge_bytes, internal, external_read, leaves, in_degree, out_degree): "
-     "a plan's per-edge features in one pass."},
+    {"plan_pass", plan_pass, METH_VARARGS,
+     "plan_pass(in_indptr, in_src, in_edge_bytes, out_indptr, out_dst, labels, own_read_bytes, bytes_written, "
+     "always_written, summed, in_internal, node, group): a plan's node and group features, before the log."},
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,8 +5,7 @@ CPU thread, and PyG's scatter under onnxruntime takes 13-20 ms (DESIGN.md):
 
 * everything that does not depend on the plan — op embedding, static node features and
   their projection — is computed once per graph (``static_proj`` [N, H]);
-* the plan's features are one C pass over its edges, numpy over nodes and C group sums
-  (``features.plan_features``);
+* the plan's features are one C pass over its nodes and their edges (``features.plan_features``);
 * the network is one C pass over nodes and their in-edges and one over groups
   (``reward/costmodel/kernels.c``): messages follow the in-edges in consumer order (row
   pointers fixed per graph; the plan masks out crossing edges), then group means and the
@@ -112,10 +111,9 @@ class CostModel:
         group_of = np.ascontiguousarray(group_of, dtype=np.int64)
         plan = plan_features(tensors, group_of, len(schedule_of_group))
         prior = self.prior.plan_log_us(graph, group_of, schedule_of_group)
-        internal = plan.internal[tensors.by_dst].view(np.uint8)                      # [E] in consumer order
-        return self._forward(cache.static_proj, plan.node, tensors.in_indptr, tensors.in_src, internal,
-                             tensors.in_edge_static, group_of, plan.group, prior, schedule_of_group,
-                             (cache.h0, cache.pooled))
+        return self._forward(cache.static_proj, plan.node, tensors.in_indptr, tensors.in_src,
+                             plan.in_internal.view(np.uint8), tensors.in_edge_static, group_of, plan.group, prior,
+                             schedule_of_group, (cache.h0, cache.pooled))
 
     def predict_group_log_us(self, graph: ComputeGraph, nodes: Sequence[int], schedule: str) -> float:
         """ln µs of one group, computed on its own nodes only (what an env step asks)."""
@@ -127,7 +125,7 @@ class CostModel:
         by_dst = np.argsort(dst, kind="stable")
         prior = np.array([self.prior.group_log_us(graph, members, schedule)])
         static_proj = cache.static_proj[members]
-        return float(self._forward(static_proj, np.ascontiguousarray(example.node[:, NUM_STATIC:]),
+        return float(self._forward(static_proj, np.ascontiguousarray(example.node[:, NUM_STATIC:].T),
                                    csr_indptr(dst, size), np.ascontiguousarray(src[by_dst]),
                                    np.ones(len(src), dtype=np.uint8), np.ascontiguousarray(example.edge_attr[by_dst]),
                                    np.zeros(size, dtype=np.int64),
@@ -139,7 +137,7 @@ class CostModel:
                  prior_log_us: np.ndarray, schedule_of_group: np.ndarray, scratch: tuple[np.ndarray, np.ndarray]
                  ) -> np.ndarray:
         """The network on n nodes in G groups -> [G] ln µs: ``static_proj`` [n, H], ``plan_node``
-        [n, 4], in-edges as CSR by consumer (``in_indptr`` [n+1], ``in_src`` [E], ``in_mask`` [E]
+        [4, n] (feature by feature), in-edges as CSR by consumer (``in_indptr`` [n+1], ``in_src`` [E], ``in_mask`` [E]
         uint8: the internal ones; ``in_edge_attr`` [E, 2] float32: their features), ``group_of``
         [n] int64, ``group`` [G, K], ``prior_log_us`` [G], ``schedule_of_group`` [G]; ``scratch``:
         two [n, H] float32 arrays, node states and group sums (G ≤ n)."""
