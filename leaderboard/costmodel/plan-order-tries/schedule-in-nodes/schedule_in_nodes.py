@@ -1,0 +1,77 @@
+"""Experiment (EXPERIMENTS.md, "Where the residual errs, by schedule and kind"): the group's schedule embedded
+into every node's state, not only added to the head.
+
+``GroupGNN`` sees a group's schedule once, as a bias of its head. Per schedule and heaviest op the training
+models' median errors reach ±1 in ln µs (``bias_by_schedule.py``), an interaction of schedule and op that
+the message pass could carry if the nodes knew the schedule. The variant adds a learned schedule vector to
+each node's input, h0 = relu(op embedding + node features W + schedule vector); ``control`` is the shipped
+network through the same code. Trained as `costmodel seeds --loss plans` trains (seeds 0..K-1, early stopping
+on val), scored in torch; the mean over seeds is printed:
+
+    python schedule_in_nodes.py DATA.pt 8 control
+    python schedule_in_nodes.py DATA.pt 8 schedule_in_nodes
+"""
+import sys
+
+import numpy as np
+import torch
+from torch import nn
+from torch_geometric.data import Batch
+
+from fusiongym.reward.costmodel import gnn as gnn_module
+from fusiongym.reward.costmodel.dataset import CostDataset
+from fusiongym.reward.costmodel.evaluate import gnn_of_seed, measured_us, score_cases, seed_means, unseen_cases
+from fusiongym.reward.costmodel.gnn import GroupGNN, TrainConfig
+from fusiongym.reward.costmodel.metrics import markdown_table
+
+
+class OpAndSchedule(nn.Module):
+    """The op embedding plus the embedding of each node's group schedule (set per batch)."""
+
+    def __init__(self, ops: nn.Embedding, num_schedules: int) -> None:
+        super().__init__()
+        self.ops = ops
+        self.schedules = nn.Embedding(num_schedules, ops.embedding_dim)
+        nn.init.normal_(self.schedules.weight, std=0.1)
+        self.node_schedule = torch.zeros(0, dtype=torch.long)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The op embedding's, for ``to_arrays``: the numpy model exported on the way lacks the schedule
+        term, so this try scores the torch network."""
+        return self.ops.weight
+
+    def forward(self, op: torch.Tensor) -> torch.Tensor:
+        return self.ops(op) + self.schedules(self.node_schedule)                           # [n, H]
+
+
+class ScheduleInNodesGNN(GroupGNN):
+    def __init__(self, num_ops: int, num_schedules: int, *args, **kwargs) -> None:
+        super().__init__(num_ops, num_schedules, *args, **kwargs)
+        self.op_embedding = OpAndSchedule(self.op_embedding, num_schedules)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        self.op_embedding.node_schedule = batch.schedule[batch.batch]                      # [n]
+        return super().forward(batch)
+
+
+def main(data: str, seeds: str, variant: str) -> None:
+    ds = CostDataset.load(data)
+    measured, cases = measured_us(ds), unseen_cases(ds)
+    trained = []
+    build_model = gnn_module.build_model
+    gnn_module.build_model = lambda net, *args, **kwargs: trained.append(net) or build_model(net, *args, **kwargs)
+    if variant == "schedule_in_nodes":
+        gnn_module.GroupGNN = ScheduleInNodesGNN
+    batch = Batch.from_data_list(list(ds.samples))
+    rows = []
+    for seed in range(int(seeds)):
+        gnn_of_seed(ds, TrainConfig(loss="plans"), seed)
+        with torch.no_grad():
+            log_us = trained[-1].eval().log_us(batch).double().numpy()                       # [N] ln µs
+        rows += score_cases(f"{variant}, seed {seed}", np.exp(log_us), measured, cases)
+    print(markdown_table(seed_means(rows)))
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
