@@ -373,7 +373,7 @@ static PyObject *plan_pass(PyObject *self, PyObject *args) {
         check(&v[IN_INTERNAL], "in_internal", 1, edges) < 0 || check(&v[NODE], "node", 4, n * 4) < 0 ||
         check(&v[GROUP], "group", 4, groups * (columns + 2)) < 0)
         goto done;
-    if (columns < 5) {
+    if (n > 0 && columns < 5) {
         PyErr_Format(PyExc_ValueError, "summed needs at least 5 columns (FLOPs .. internal in-edges), got %zd",
                      columns);
         goto done;
