@@ -137,10 +137,11 @@ class CostModel:
                  prior_log_us: np.ndarray, schedule_of_group: np.ndarray, scratch: tuple[np.ndarray, np.ndarray]
                  ) -> np.ndarray:
         """The network on n nodes in G groups -> [G] ln µs: ``static_proj`` [n, H], ``plan_node``
-        [4, n] (feature by feature), in-edges as CSR by consumer (``in_indptr`` [n+1], ``in_src`` [E], ``in_mask`` [E]
-        uint8: the internal ones; ``in_edge_attr`` [E, 2] float32: their features), ``group_of``
-        [n] int64, ``group`` [G, K], ``prior_log_us`` [G], ``schedule_of_group`` [G]; ``scratch``:
-        two [n, H] float32 arrays, node states and group sums (G ≤ n)."""
+        [4, n] (feature by feature), in-edges as CSR by consumer (``in_indptr`` [n+1], ``in_src``
+        [E], ``in_mask`` [E] uint8: the internal ones; ``in_edge_attr`` [E, 2] float32: their
+        features), ``group_of`` [n] int64, ``group`` [G, K], ``prior_log_us`` [G],
+        ``schedule_of_group`` [G]; ``scratch``: two [n, H] float32 arrays, node states and group
+        sums (G ≤ n)."""
         h0, pooled = scratch
         w = self.weights
         log_us = np.empty(len(prior_log_us), dtype=np.float64)                              # [G]

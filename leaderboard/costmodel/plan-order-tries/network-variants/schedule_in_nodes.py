@@ -6,23 +6,21 @@ models' median errors reach ±1 in ln µs (``bias_by_schedule.py``), an interact
 the message pass could carry if the nodes knew the schedule. The variant adds a learned schedule vector to
 each node's input, h0 = relu(op embedding + node features W + schedule vector); ``control`` is the shipped
 network through the same code. Trained as `costmodel seeds --loss plans` trains (seeds 0..K-1, early stopping
-on val), scored in torch; the mean over seeds is printed:
+on val), scored in torch (``torch_seeds.py``); the mean over seeds is printed:
 
     python schedule_in_nodes.py DATA.pt 8 control
     python schedule_in_nodes.py DATA.pt 8 schedule_in_nodes
 """
 import sys
 
-import numpy as np
 import torch
 from torch import nn
 from torch_geometric.data import Batch
+from torch_seeds import print_seed_means
 
 from fusiongym.reward.costmodel import gnn as gnn_module
 from fusiongym.reward.costmodel.dataset import CostDataset
-from fusiongym.reward.costmodel.evaluate import gnn_of_seed, measured_us, score_cases, seed_means, unseen_cases
 from fusiongym.reward.costmodel.gnn import GroupGNN, TrainConfig
-from fusiongym.reward.costmodel.metrics import markdown_table
 
 
 class OpAndSchedule(nn.Module):
@@ -56,21 +54,9 @@ class ScheduleInNodesGNN(GroupGNN):
 
 
 def main(data: str, seeds: str, variant: str) -> None:
-    ds = CostDataset.load(data)
-    measured, cases = measured_us(ds), unseen_cases(ds)
-    trained = []
-    build_model = gnn_module.build_model
-    gnn_module.build_model = lambda net, *args, **kwargs: trained.append(net) or build_model(net, *args, **kwargs)
     if variant == "schedule_in_nodes":
         gnn_module.GroupGNN = ScheduleInNodesGNN
-    batch = Batch.from_data_list(list(ds.samples))
-    rows = []
-    for seed in range(int(seeds)):
-        gnn_of_seed(ds, TrainConfig(loss="plans"), seed)
-        with torch.no_grad():
-            log_us = trained[-1].eval().log_us(batch).double().numpy()                       # [N] ln µs
-        rows += score_cases(f"{variant}, seed {seed}", np.exp(log_us), measured, cases)
-    print(markdown_table(seed_means(rows)))
+    print_seed_means(CostDataset.load(data), TrainConfig(loss="plans"), int(seeds), variant)
 
 
 if __name__ == "__main__":
