@@ -185,7 +185,7 @@ def _ablate(dataset, config, seeds: int, folder) -> int:
 
 def _tune(dataset, seeds: int, residual_scale: float, folder) -> int:
     from fusiongym.reward.costmodel.boosted import TUNING_GRID
-    from fusiongym.reward.costmodel.evaluate import boosted_grid, seed_means, write_bar_report
+    from fusiongym.reward.costmodel.evaluate import boosted_grid, grid_label, seed_means, write_bar_report
     from fusiongym.reward.costmodel.metrics import markdown_table, write_csv
 
     rows = boosted_grid(dataset, TUNING_GRID, seeds, residual_scale)
@@ -197,9 +197,10 @@ def _tune(dataset, seeds: int, residual_scale: float, folder) -> int:
     val = [row for row in means if row.model.endswith(", val")]
     if val:
         best = max(val, key=lambda row: row.plan_tau)
-        setting = dict(item.split("=") for item in best.model.rsplit(", ", 1)[0].split())
-        print(f"val prefers {best.model.rsplit(', ', 1)[0]} (val plan τ {best.plan_tau:.3f}): `fusiongym costmodel "
-              f"train --lightgbm-leaves {setting['num_leaves']} --lightgbm-min-data {setting['min_data_in_leaf']}`")
+        label = best.model.rsplit(", ", 1)[0]
+        setting = next(params for params in TUNING_GRID if grid_label(params) == label)
+        print(f"val prefers {label} (val plan τ {best.plan_tau:.3f}): `fusiongym costmodel train --lightgbm-leaves "
+              f"{setting['num_leaves']} --lightgbm-min-data {setting['min_data_in_leaf']}`")
     print("wrote " + ", ".join(map(str, paths)))
     return 0
 

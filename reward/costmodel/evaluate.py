@@ -255,7 +255,7 @@ def boosted_grid(dataset: CostDataset, grid: Sequence[Mapping[str, object]], see
     """LightGBM trained at each setting of ``grid`` (overrides of ``boosted.PARAMS``) with seeds
     0..seeds-1 (early stopping on the val split, as shipped) and ``residual_scale``, each scored
     on val and test (``unseen_cases``): the baseline's capacity, chosen on val as the GNN's loss is. Rows:
-    ``"<setting>, seed <s>, <split or model>"``, the setting written ``name=value`` joined by spaces."""
+    ``"<setting>, seed <s>, <split or model>"``, the setting as ``grid_label`` writes it."""
     measured, scored = measured_us(dataset), unseen_cases(dataset)
     train, val = dataset.subset("train"), dataset.subset("val")
     cases = [(params, seed) for params in grid for seed in range(seeds)]
@@ -263,9 +263,13 @@ def boosted_grid(dataset: CostDataset, grid: Sequence[Mapping[str, object]], see
     for params, seed in tqdm(cases, desc="LightGBM grid", unit="model", dynamic_ncols=True):
         model = BoostedModel.train(train, val, seed, params=params, residual_scale=residual_scale)
         predicted = np.exp(model.predict_log_us(dataset.samples))
-        label = " ".join(f"{name}={value}" for name, value in params.items())
-        rows += score_cases(f"{label}, seed {seed}", predicted, measured, scored)
+        rows += score_cases(f"{grid_label(params)}, seed {seed}", predicted, measured, scored)
     return rows
+
+
+def grid_label(params: Mapping[str, object]) -> str:
+    """How ``boosted_grid`` names a setting in its rows: ``name=value`` joined by spaces."""
+    return " ".join(f"{name}={value}" for name, value in params.items())
 
 
 def online_plan_ranking(dataset: CostDataset, model: CostModel, graphs: Mapping[str, ComputeGraph],
