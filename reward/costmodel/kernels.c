@@ -216,11 +216,11 @@ static int check_indices(const Network *f, Py_ssize_t edges, Py_ssize_t schedule
         return -1;
     }
     for (Py_ssize_t i = 0; i < f->n; i++)
-        if (f->indptr[i + 1] < f->indptr[i] || f->label[i] < 0 || f->label[i] >= f->groups) {
-            PyErr_Format(PyExc_ValueError, "node %zd: decreasing in_indptr or group %lld outside 0..%zd", i,
-                         (long long)f->label[i], f->groups - 1);
+        if (f->indptr[i + 1] < f->indptr[i]) {
+            PyErr_Format(PyExc_ValueError, "in_indptr decreases at node %zd", i);
             return -1;
         }
+    if (check_labels(f->label, f->n, f->groups) < 0) return -1;
     for (Py_ssize_t e = 0; e < edges; e++)
         if (f->in_src[e] < 0 || f->in_src[e] >= f->n) {
             PyErr_Format(PyExc_ValueError, "edge %zd comes from node %lld outside 0..%zd", e, (long long)f->in_src[e],
@@ -380,11 +380,7 @@ static PyObject *plan_pass(PyObject *self, PyObject *args) {
     }
     /* The plan's labels are checked; the graph's own arrays (``GraphTensors``) are built together and trusted. */
     const int64_t *label = v[LABELS_].buf;
-    for (Py_ssize_t i = 0; i < n; i++)
-        if (label[i] < 0 || label[i] >= groups) {
-            PyErr_Format(PyExc_ValueError, "node %zd has group %lld outside 0..%zd", i, (long long)label[i], groups - 1);
-            goto done;
-        }
+    if (check_labels(label, n, groups) < 0) goto done;
     sums = calloc((size_t)(groups * columns) + 1, sizeof(float));
     if (!sums) {
         PyErr_NoMemory();
