@@ -72,6 +72,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "pair, only the plans measured more than this share apart (0.05: near-ties' order, "
                              "which another day's takes change, is left alone); default: ListMLE over each "
                              "graph's whole plan order")
+    parser.add_argument("--plan-temperature", type=float, default=None,
+                        help="train, seeds, heldout, ablate with --loss plans: the ln µs between two plans' latencies "
+                             "worth one unit of their score (default: TrainConfig's, 0.05; larger leaves near-ties "
+                             "looser, README \"The plans loss's temperature and weight\")")
+    parser.add_argument("--rank-weight", type=float, default=None,
+                        help="train, seeds, heldout, ablate with a ranking --loss: the ranking term's weight beside "
+                             "the mse term (default: TrainConfig's, 1)")
     parser.add_argument("--anchor", type=float, default=None,
                         help="online: weight of the updates' pull toward the trained weights (default: OnlineConfig's; "
                              "0 fits new groups hardest and reorders plans most)")
@@ -105,9 +112,11 @@ def run(args: argparse.Namespace) -> int:
     config = TrainConfig(loss=args.loss, seed=args.seed, edge_features=args.edge_features)
     training_margin = None if args.action == "online" else args.plan_margin   # online: OnlineConfig's
     for option, value in (("epochs", args.epochs), ("weight_decay", args.weight_decay),
-                          ("residual_scale", args.residual_scale), ("plan_margin", training_margin)):
+                          ("residual_scale", args.residual_scale), ("plan_margin", training_margin),
+                          ("plan_temperature", args.plan_temperature), ("rank_weight", args.rank_weight)):
         if value is not None:
             config = dataclasses.replace(config, **{option: value})
+    _check_ranking_options(args)
     if args.action in ("seeds", "ablate", "tune") and args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}")
     if args.action == "seeds":
@@ -181,6 +190,20 @@ def _ablate(dataset, config, seeds: int, folder) -> int:
     print(markdown_table(means))
     print("wrote " + ", ".join(map(str, paths)))
     return 0
+
+
+def _check_ranking_options(args: argparse.Namespace) -> None:
+    """--plan-temperature and --rank-weight shape a ranking loss while the GNN trains: refused where none is."""
+    for flag, value in (("--plan-temperature", args.plan_temperature), ("--rank-weight", args.rank_weight)):
+        if value is not None and args.action not in ("train", "seeds", "heldout", "ablate"):
+            raise ValueError(f"{flag} sets how the GNN trains; `costmodel {args.action}` trains none. "
+                             f"Fix: use it with train, seeds, heldout or ablate")
+    if args.plan_temperature is not None and args.loss != "plans":
+        raise ValueError(f"--plan-temperature scales the plans loss; --loss {args.loss} has none. "
+                         f"Fix: use --loss plans, or leave --plan-temperature out")
+    if args.rank_weight is not None and args.loss == "mse":
+        raise ValueError("--rank-weight weighs a ranking term; --loss mse has none. "
+                         "Fix: use --loss plans, hinge or listmle, or leave --rank-weight out")
 
 
 def _tune(dataset, seeds: int, residual_scale: float, folder) -> int:

@@ -371,6 +371,35 @@ def test_plan_margin_on_the_command_line_reaches_the_config(dataset, tmp_path, c
     assert "OnlineConfig.plan_margin is a share >= 0" in capsys.readouterr().err
 
 
+def test_plan_temperature_and_rank_weight_on_the_command_line_reach_the_model(dataset, tmp_path, capsys):
+    """The test's data has groups, not plans: each training graph gets three of four random groups."""
+    rng = np.random.default_rng(0)
+    by_graph: dict[str, list[int]] = {}
+    for index in dataset.indices("train"):
+        by_graph.setdefault(dataset.samples[index].graph_hash, []).append(int(index))
+    plans = [{"graph_hash": graph_hash, "model": "test", "method": "random",
+              "samples": sorted(rng.choice(members, size=4, replace=False).tolist())}
+             for graph_hash, members in by_graph.items() for _ in range(3)]
+    data_path = replace(dataset, plans=plans).save(tmp_path / "data.pt")
+    assert main(["costmodel", "train", "--data", str(data_path), "--out", str(tmp_path / "model"), "--loss", "plans",
+                 "--epochs", "20", "--plan-temperature", "0.2", "--rank-weight", "3"]) == 0
+    recorded = CostModel.load(tmp_path / "model" / "model.npz").meta["train_config"]
+    assert (recorded["plan_temperature"], recorded["rank_weight"]) == (0.2, 3.0)
+    for loss, option, value, message in (("mse", "--plan-temperature", "0.2", "--loss mse has none"),
+                                         ("hinge", "--plan-temperature", "0.2", "--loss hinge has none"),
+                                         ("mse", "--rank-weight", "3", "--loss mse has none"),
+                                         ("plans", "--plan-temperature", "0", "plan_temperature must be > 0"),
+                                         ("plans", "--rank-weight", "-1", "rank_weight must be >= 0")):
+        out = tmp_path / f"refused-{loss}{option}{value}"
+        assert main(["costmodel", "train", "--data", str(data_path), "--out", str(out), "--loss", loss,
+                     option, value]) == 2
+        assert message in capsys.readouterr().err and not out.exists()
+    # online fine-tunes with the temperature the model was trained with
+    assert main(["costmodel", "online", "--data", str(data_path), "--model", str(tmp_path / "model"),
+                 "--plan-temperature", "0.5"]) == 2
+    assert "`costmodel online` trains none" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("plan_margin", [None, 0.05])
 def test_training_with_the_plans_loss_orders_the_training_plans(dataset, plan_margin):
     """Plans made of the measured training groups (the test's data has groups, not plans);

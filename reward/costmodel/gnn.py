@@ -81,6 +81,12 @@ class TrainConfig:
         if self.loss not in LOSSES:
             raise ValueError(f"unknown loss {self.loss!r}; choose one of {LOSSES}")
         check_residual_scale(self.residual_scale)
+        if not self.plan_temperature > 0:
+            raise ValueError(f"plan_temperature must be > 0 (the ln µs between two plans worth one unit of their "
+                             f"score), got {self.plan_temperature}. Fix: --plan-temperature 0.05 (the default)")
+        if not self.rank_weight >= 0:
+            raise ValueError(f"rank_weight must be >= 0 (the ranking term's weight beside mse), got "
+                             f"{self.rank_weight}. Fix: --rank-weight 1 (the default)")
         if self.plan_margin is not None and (self.loss != "plans" or self.plan_margin < 0):
             raise ValueError(f"plan_margin (got {self.plan_margin}, loss {self.loss!r}) is a share >= 0 of a plan's "
                              f"latency, for the plans loss only. Fix: use --loss plans, or leave --plan-margin out")
