@@ -372,7 +372,7 @@ def test_plan_margin_on_the_command_line_reaches_the_config(dataset, tmp_path, c
 
 
 def test_plan_temperature_and_rank_weight_on_the_command_line_reach_the_model(dataset, tmp_path, capsys):
-    """The test's data has groups, not plans: each training graph gets three of four random groups."""
+    """The test's data has groups, not plans: each training graph gets three plans of four random groups."""
     rng = np.random.default_rng(0)
     by_graph: dict[str, list[int]] = {}
     for index in dataset.indices("train"):
