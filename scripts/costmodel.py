@@ -2,7 +2,8 @@
 
 ``fusiongym costmodel train --data data.pt --out DIR`` writes DIR/model.npz (the GNN, what
 ``get_backend("learned", model=DIR/model.npz)`` loads) and DIR/lightgbm.json; with
-``--residual-scale S`` both predict the analytical prior plus S times their learned residual.
+``--residual-scale S`` both predict the analytical prior plus S times their learned residual;
+``--plan-temperature T`` and ``--rank-weight W`` set the plans loss's scale and the ranking term's weight.
 ``fusiongym costmodel eval --data data.pt --model DIR`` scores both and the analytical
 backend on the test split and on each of its models apart: DIR/metrics.csv, metrics.md
 (printed) and metrics.png; with ``--remeasured DATA2`` (the same groups profiled again into a
@@ -74,8 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "graph's whole plan order")
     parser.add_argument("--plan-temperature", type=float, default=None,
                         help="train, seeds, heldout, ablate with --loss plans: the ln µs between two plans' latencies "
-                             "worth one unit of their score (default: TrainConfig's, 0.05; larger leaves near-ties "
-                             "looser, README \"The plans loss's temperature and weight\")")
+                             "worth one unit of their score (default: TrainConfig's, 0.05; on the Xeon 0.5 with --rank-weight 3 "
+                             "ranked unseen plans better and priced them worse: README \"The plans loss's "
+                             "temperature and weight\")")
     parser.add_argument("--rank-weight", type=float, default=None,
                         help="train, seeds, heldout, ablate with a ranking --loss: the ranking term's weight beside "
                              "the mse term (default: TrainConfig's, 1)")
