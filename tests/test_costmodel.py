@@ -371,15 +371,24 @@ def test_plan_margin_on_the_command_line_reaches_the_config(dataset, tmp_path, c
     assert "OnlineConfig.plan_margin is a share >= 0" in capsys.readouterr().err
 
 
-def test_plan_temperature_and_rank_weight_on_the_command_line_reach_the_model(dataset, tmp_path, capsys):
-    """The test's data has groups, not plans: each training graph gets three plans of four random groups."""
-    rng = np.random.default_rng(0)
+def random_training_plans(train: list, per_graph: int) -> list[list[int]]:
+    """``per_graph`` plans of each graph of ``train`` (the samples of one split), each of four of its
+    groups drawn at random (seed 0), as positions in ``train``: the test's data has groups, not plans."""
     by_graph: dict[str, list[int]] = {}
-    for index in dataset.indices("train"):
-        by_graph.setdefault(dataset.samples[index].graph_hash, []).append(int(index))
-    plans = [{"graph_hash": graph_hash, "model": "test", "method": "random",
-              "samples": sorted(rng.choice(members, size=4, replace=False).tolist())}
-             for graph_hash, members in by_graph.items() for _ in range(3)]
+    for index, sample in enumerate(train):
+        by_graph.setdefault(sample.graph_hash, []).append(index)
+    rng = np.random.default_rng(0)
+    return [sorted(rng.choice(members, size=4, replace=False).tolist())
+            for members in by_graph.values() for _ in range(per_graph)]
+
+
+def test_plan_temperature_and_rank_weight_on_the_command_line_reach_the_model(dataset, tmp_path, capsys):
+    """The two options reach the saved model; where no ranking loss or no training would use them, they are
+    refused. The plans loss needs plans: three random ones per training graph."""
+    train_indices = dataset.indices("train")
+    plans = [{"graph_hash": dataset.samples[train_indices[plan[0]]].graph_hash, "model": "test", "method": "random",
+              "samples": [train_indices[position] for position in plan]}
+             for plan in random_training_plans(dataset.subset("train"), per_graph=3)]
     data_path = replace(dataset, plans=plans).save(tmp_path / "data.pt")
     assert main(["costmodel", "train", "--data", str(data_path), "--out", str(tmp_path / "model"), "--loss", "plans",
                  "--epochs", "20", "--plan-temperature", "0.2", "--rank-weight", "3"]) == 0
@@ -405,12 +414,7 @@ def test_training_with_the_plans_loss_orders_the_training_plans(dataset, plan_ma
     """Plans made of the measured training groups (the test's data has groups, not plans);
     ListMLE over each graph's whole plan order, or pairs past a 5 % margin."""
     train = dataset.subset("train")
-    by_graph: dict[str, list[int]] = {}
-    for index, sample in enumerate(train):
-        by_graph.setdefault(sample.graph_hash, []).append(index)
-    rng = np.random.default_rng(0)
-    plans = [sorted(rng.choice(members, size=4, replace=False).tolist())
-             for members in by_graph.values() for _ in range(6)]
+    plans = random_training_plans(train, per_graph=6)
     config = TrainConfig(epochs=300, loss="plans", seed=0, plan_margin=plan_margin)
     result = train_gnn(train, [], dataset.op_vocab, dataset.schedules, PROFILE.to_dict(), config, plans=plans)
     predicted = gnn_log_us(result.model, train)
