@@ -13,8 +13,8 @@ import torch
 from fusiongym.reward.costmodel.dataset import CostDataset
 from fusiongym.reward.costmodel.evaluate import (gnn_log_us, gnn_of_seed, measured_us, score_cases, seed_means,
                                                  unseen_cases)
-from fusiongym.reward.costmodel.gnn import TrainConfig
 from fusiongym.reward.costmodel.metrics import markdown_table
+from sweep import plans_config
 
 
 def main(data: str, seeds: str, setting: str) -> None:
@@ -22,8 +22,7 @@ def main(data: str, seeds: str, setting: str) -> None:
     dataset = CostDataset.load(data)
     measured, cases = measured_us(dataset), unseen_cases(dataset)
     train = np.array(dataset.indices("train"))
-    temperature, weight = (float(x) for x in setting.split(":"))
-    config = TrainConfig(loss="plans", plan_temperature=temperature, rank_weight=weight)
+    config = plans_config(setting)
     rows = []
     for seed in range(int(seeds)):
         log_us = gnn_log_us(gnn_of_seed(dataset, config, seed), dataset.samples)          # [N] ln µs

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 
 from fusiongym.reward.costmodel.dataset import CostDataset
-from fusiongym.reward.costmodel.evaluate import gnn_log_us, gnn_of_seed, measured_us
-from fusiongym.reward.costmodel.gnn import TrainConfig
+from fusiongym.reward.costmodel.evaluate import gnn_log_us, gnn_of_seed, groups_and_plans_by_model, measured_us
+from sweep import plans_config
 
 
 def plan_log_us(sample_us: np.ndarray, plans: list[list[int]]) -> np.ndarray:
@@ -23,15 +23,12 @@ def main(data: str, seeds: str, settings: str) -> None:
     torch.set_num_threads(1)
     dataset = CostDataset.load(data)
     measured = measured_us(dataset)
-    test = set(dataset.indices("test"))
-    plans_by_model: dict[str, list[list[int]]] = {}
-    for plan in dataset.plans:
-        if set(plan["samples"]) <= test:
-            plans_by_model.setdefault(plan["model"], []).append(plan["samples"])
+    plans_by_model = {model: [plan["samples"] for plan in plans]
+                      for model, (_, plans) in sorted(groups_and_plans_by_model(dataset, ["test"]).items())}
     for setting in settings.split(","):
-        temperature, weight = (float(x) for x in setting.split(":"))
-        config = TrainConfig(loss="plans", plan_temperature=temperature, rank_weight=weight)
-        spread: dict[str, list[tuple[float, float]]] = {model: [] for model in sorted(plans_by_model)}
+        config = plans_config(setting)
+        temperature, weight = config.plan_temperature, config.rank_weight
+        spread: dict[str, list[tuple[float, float]]] = {model: [] for model in plans_by_model}
         for seed in range(int(seeds)):
             predicted = np.exp(gnn_log_us(gnn_of_seed(dataset, config, seed), dataset.samples))   # [N] µs
             for model, plans in plans_by_model.items():

@@ -33,12 +33,18 @@ MEANS = (*SETTING, "case", "seeds", "plan_tau", "plan_tau_min", "plan_tau_max", 
 CASES = ("val", "test", "resnet50", "vit")
 
 
+def plans_config(setting: str) -> TrainConfig:
+    """The `plans` loss at a setting written ``T:W`` (this folder's scripts take them so)."""
+    temperature, weight = (float(x) for x in setting.split(":"))
+    return TrainConfig(loss="plans", plan_temperature=temperature, rank_weight=weight)
+
+
 def run(data: str, seeds: str, out: str, settings: str) -> None:
     dataset = CostDataset.load(data)
     Path(out).mkdir(parents=True, exist_ok=True)
     for setting in settings.split(","):
-        temperature, weight = (float(x) for x in setting.split(":"))
-        config = TrainConfig(loss="plans", plan_temperature=temperature, rank_weight=weight)
+        config = plans_config(setting)
+        temperature, weight = config.plan_temperature, config.rank_weight
         rows = seed_rows(dataset, config, int(seeds), "setting")
         path = Path(out) / f"{temperature:g}-{weight:g}.csv"
         with path.open("w", newline="") as handle:
@@ -53,13 +59,13 @@ def run(data: str, seeds: str, out: str, settings: str) -> None:
 
 def seed_summaries(folder: Path) -> list[dict]:
     """One row per (setting, case): means over seeds, and plan τ's range."""
-    rows = [row for path in sorted(folder.glob("*-*.csv")) for row in csv.DictReader(path.open())]
-    keys = sorted({(float(row["temperature"]), float(row["rank_weight"]), row["case"]) for row in rows},
-                  key=lambda key: (key[1], key[0], CASES.index(key[2])))
+    by_case: dict[tuple[float, float, str], list[dict]] = {}
+    for path in sorted(folder.glob("*-*.csv")):
+        for row in csv.DictReader(path.open()):
+            by_case.setdefault((float(row["temperature"]), float(row["rank_weight"]), row["case"]), []).append(row)
     summaries = []
-    for temperature, weight, case in keys:
-        seeds = [row for row in rows if (float(row["temperature"]), float(row["rank_weight"]), row["case"])
-                 == (temperature, weight, case)]
+    for (temperature, weight, case), seeds in sorted(by_case.items(),
+                                                     key=lambda item: (item[0][1], item[0][0], CASES.index(item[0][2]))):
         taus = [float(row["plan_tau"]) for row in seeds]
         summaries.append({"temperature": temperature, "rank_weight": weight, "case": case, "seeds": len(seeds),
                           "plan_tau": mean(taus), "plan_tau_min": min(taus), "plan_tau_max": max(taus),
