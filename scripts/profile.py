@@ -13,7 +13,10 @@ kernel's timing drifts with the machine's state, and the median of takes spread 
 reproduces where one take, or the fastest of several, does not (``MeasuredBackend.take_again``).
 ``--takes-only`` samples nothing and makes the take passes alone, over the suite's graphs
 already in the log: more takes for a store built earlier, without the searches that sample
-plans (about 20 min on the train suite).
+plans (about 20 min on the train suite). ``--plans-from LOG`` samples nothing either: it measures the
+plans another profile log holds for the suite's graphs, so that two machines' or days' stores hold one
+plan set (plans searched anew follow each run's calibration, and a plan set moves a model's score more
+than the model does).
 
 Without ``--plans`` it measures a seeded set of single groups; with ``--calibrate`` those
 fit the analytical CPU profile to this machine (saved to ~/.cache/fusiongym/cpu_profile.json
@@ -40,6 +43,9 @@ if TYPE_CHECKING:
 
 DEFAULT_PLAN_METHODS = "greedy_cost,inductor_rules,no_fusion,random,annealing"
 TRAJECTORY_METHOD = "greedy_cost_trajectory"   # the method logged for --trajectory-points plans
+TAKES_ONLY_FIX = "profile them without --takes-only first (same --suite, --seed and --max-dims)"
+PLANS_FROM_FIX = ("draw the graphs that log's run drew (its --suite, --seed, --graphs-per-workload and --max-dims), "
+                  "or pass a log that profiled these workloads")
 # A model's own Kendall τ is reported only over at least this many held-out groups.
 MIN_GROUPS_FOR_TAU = 5
 
@@ -76,11 +82,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     plans.add_argument("--takes-only", action="store_true",
                        help="sample no plans; only the --takes passes over the plans already logged for the "
                             "suite's graphs (more takes for a store built earlier)")
+    plans.add_argument("--plans-from", default=None, metavar="LOG",
+                       help="sample no plans; measure here the plans another profile log holds for the suite's "
+                            "graphs (drawn as that run drew them: same --suite, --seed, --max-dims), so two "
+                            "machines' or days' stores hold one plan set (searches follow each calibration)")
     plans.add_argument("--log", default=None, help="profile log (default: <store>.plans.jsonl)")
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.plans is not None or args.takes_only:
+    if args.plans is not None or args.takes_only or args.plans_from:
         return _profile_plans(args)
     from fusiongym.graphs import zoo
     from fusiongym.reward import get_backend
@@ -109,15 +119,24 @@ def _profile_plans(args: argparse.Namespace) -> int:
 
     from .leaderboard import _parse_dims
 
-    if (not args.takes_only and args.plans < 1) or args.takes < 1 or args.trajectory_points < 0:
+    if args.plans_from and (args.plans is not None or args.takes_only):
+        raise ValueError("--plans-from measures another log's plans and samples none: leave out --plans and "
+                         "--takes-only")
+    if (args.plans is not None and args.plans < 1) or args.takes < 1 or args.trajectory_points < 0:
         raise ValueError(f"--plans and --takes must be at least 1 and --trajectory-points at least 0, got "
                          f"{args.plans}, {args.takes} and {args.trajectory_points}")
     # drawn before the store and log are opened, so a workload the suite lacks leaves nothing written
     case_list = cases(args.suite, args.graphs_per_workload, args.seed, args.variant, _parse_dims(args.max_dims),
                       idle=True, workloads={w.strip() for w in args.workloads.split(",") if w.strip()})
     log = ProfileLog(args.log) if args.log else ProfileLog.beside(args.store)
-    # --takes-only checks the log before the store is opened: a graph the log lacks leaves nothing written
-    run_graphs = _logged_graph_hashes(case_list, log) if args.takes_only else set()
+    # --takes-only and --plans-from check their log before the store is opened: a graph it lacks leaves
+    # nothing written
+    run_graphs = _logged_graph_hashes(case_list, log, "--takes-only", TAKES_ONLY_FIX) if args.takes_only else set()
+    source = ProfileLog(args.plans_from) if args.plans_from else None
+    if source is not None:
+        if not source.path.is_file():
+            raise ValueError(f"--plans-from: no profile log at {source.path}")
+        _logged_graph_hashes(case_list, source, "--plans-from", PLANS_FROM_FIX)
     backend = get_backend(args.backend, store=args.store)
     if not isinstance(backend, MeasuredBackend):
         raise ValueError(f"backend {args.backend!r} keeps no MeasurementStore entries; profile --plans "
@@ -125,7 +144,8 @@ def _profile_plans(args: argparse.Namespace) -> int:
     _require_log_measured_here(log, backend)
     work = []
     if not args.takes_only:
-        run_graphs, work = _sample_new_plans(args, case_list, backend, log)
+        run_graphs, work = (_copy_logged_plans(source, case_list, log) if source is not None
+                            else _sample_new_plans(args, case_list, backend, log))
         _measure_and_log(work, backend, log, args.suite)
     # take pass 1 measures logged groups missing from the store; each later pass adds a take
     if args.takes > 1 or args.takes_only:
@@ -161,38 +181,66 @@ def _require_log_measured_here(log: ProfileLog, backend: MeasuredBackend) -> Non
                          f"into a store of its own (--store NEW.db)")
 
 
-def _logged_graph_hashes(case_list: list[Case], log: ProfileLog) -> set[str]:
-    """The hashes of the cases' graphs, each of which the log must hold (``--takes-only`` samples none)."""
+def _logged_graph_hashes(case_list: list[Case], log: ProfileLog, option: str, fix: str) -> set[str]:
+    """The hashes of the cases' graphs, each of which the log must hold (``option`` samples no plans)."""
     known_graphs, _ = log.known()
     hashes = [(case.workload, case.graph().hash) for case in case_list]
     missing = sorted({workload for workload, graph_hash in hashes if graph_hash not in known_graphs})
     if missing:
-        raise ValueError(f"--takes-only: the graphs of workloads {missing} are not in the log {log.path}; "
-                         f"profile them without --takes-only first (same --suite, --seed and --max-dims)")
+        raise ValueError(f"{option}: the graphs of workloads {missing} are not in the log {log.path}; {fix}")
     return {graph_hash for _, graph_hash in hashes}
+
+
+def _log_case_graphs(case_list: list[Case], log: ProfileLog) -> dict[str, ComputeGraph]:
+    """The cases' graphs by hash; those the log lacks are logged."""
+    known_graphs, _ = log.known()
+    graphs = {}
+    for case in case_list:
+        graph = case.graph()
+        graphs[graph.hash] = graph
+        if graph.hash not in known_graphs:
+            log.append_graph(graph, case.model, case.workload)
+            known_graphs.add(graph.hash)
+    return graphs
+
+
+def _copy_logged_plans(source: ProfileLog, case_list: list[Case], log: ProfileLog) -> tuple[set[str], list]:
+    """(hashes of every graph of the run, [(graph, method, plan, searched_on)] that ``source`` holds for
+    them and ``log`` does not); logs new graphs.
+
+    Why: plans searched anew follow each run's calibration, and a test τ depends on the plan set as
+    much as on the model (EXPERIMENTS.md, "The EPYC again"), so stores compare only on one plan set."""
+    from fusiongym.reward.costmodel.records import plan_identity
+
+    graphs = _log_case_graphs(case_list, log)
+    _, known_plans = log.known()
+    work = []
+    for plan, method, searched_on in source.plans_of_graphs(set(graphs)):
+        identity = plan_identity(plan)
+        if (plan.graph_hash, identity) not in known_plans:
+            known_plans.add((plan.graph_hash, identity))
+            work.append((graphs[plan.graph_hash], method, plan, searched_on))
+    return set(graphs), work
 
 
 def _sample_new_plans(args: argparse.Namespace, case_list: list[Case], backend: MeasuredBackend,
                       log: ProfileLog) -> tuple[set[str], list]:
-    """(hashes of every graph of the run, [(graph, method name, plan)] not yet logged); logs new graphs.
+    """(hashes of every graph of the run, [(graph, method name, plan, searched_on)] not yet logged); logs
+    new graphs.
 
     Plans are sampled up front, before any is measured, for an honest ETA."""
     from fusiongym.agents import baselines
     from fusiongym.agents.baselines.search import greedy_trajectory
-    from fusiongym.reward.costmodel.records import plan_identity
+    from fusiongym.reward.costmodel.records import plan_identity, searched_on_record
 
-    known_graphs, known_plans = log.known()
-    run_graphs: set[str] = set()
+    graphs = _log_case_graphs(case_list, log)
+    _, known_plans = log.known()
+    searched_on = searched_on_record(baselines.default_backend().profile)
     methods = [baselines.get(m.strip()) for m in args.methods.split(",") if m.strip()]
     deterministic = [m for m in methods if not m.seeded]
     seeded = [m for m in methods if m.seeded] or [baselines.get("random")]
     work = []
-    for case in case_list:
-        graph = case.graph()
-        run_graphs.add(graph.hash)
-        if graph.hash not in known_graphs:
-            log.append_graph(graph, case.model, case.workload)
-            known_graphs.add(graph.hash)
+    for graph in graphs.values():
         sampled = []
         for index in range(args.plans):
             method = deterministic[index] if index < len(deterministic) else seeded[index % len(seeded)]
@@ -205,21 +253,19 @@ def _sample_new_plans(args: argparse.Namespace, case_list: list[Case], backend: 
             identity = plan_identity(plan)
             if (graph.hash, identity) not in known_plans:
                 known_plans.add((graph.hash, identity))
-                work.append((graph, method_name, plan))
-    return run_graphs, work
+                work.append((graph, method_name, plan, searched_on))
+    return set(graphs), work
 
 
 def _measure_and_log(work: list, backend: MeasuredBackend, log: ProfileLog, suite: str) -> None:
     """Measure every group of each plan (the store skips those it holds), then log the plan."""
     from tqdm import tqdm
 
-    from fusiongym.agents import baselines
     from fusiongym.reward.costmodel.records import StoreKeyFields
 
-    searched_on = baselines.default_backend().profile
-    total_groups = sum(plan.num_groups for _, _, plan in work)
+    total_groups = sum(plan.num_groups for _, _, plan, _ in work)
     with tqdm(total=total_groups, unit="group", desc=f"profile {suite}", dynamic_ncols=True) as bar:
-        for graph, method, plan in work:
+        for graph, method, plan, searched_on in work:
             for group, schedule in zip(plan.groups, plan.schedules):
                 backend.cached_group_latency(graph, group, schedule)
                 bar.update(1)

@@ -803,6 +803,22 @@ def test_profile_takes_only_needs_the_suites_graphs_in_the_log(tmp_path, capsys)
     assert not list(tmp_path.iterdir())   # checked before the store is opened
 
 
+def test_profile_plans_from_needs_the_suites_graphs_in_that_log(tmp_path, capsys):
+    store, source = tmp_path / "m.db", tmp_path / "other.plans.jsonl"
+    command = ["profile", "--suite", "smoke", "--workloads", "mixtral_moe/smoke", "--max-dims", "tokens=16",
+               "--store", str(store), "--plans-from", str(source)]
+    assert main(command) == 2
+    assert f"--plans-from: no profile log at {source}" in capsys.readouterr().err
+    ProfileLog(source).append_graph(synthetic(n_nodes=10, seed=0), "synthetic", "synthetic/smoke")  # another graph
+    assert main(command) == 2
+    error = capsys.readouterr().err
+    assert "--plans-from: the graphs of workloads ['mixtral_moe/smoke'] are not in the log" in error
+    assert "its --suite, --seed" in error
+    assert main([*command, "--plans", "2"]) == 2
+    assert "leave out --plans and --takes-only" in capsys.readouterr().err
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["other.plans.jsonl"]   # no store, no log
+
+
 @pytest.mark.slow
 def test_profile_plans_then_dataset_export_resumes_and_roundtrips(tmp_path, capsys):
     store = tmp_path / "m.db"
@@ -857,6 +873,17 @@ def test_profile_plans_then_dataset_export_resumes_and_roundtrips(tmp_path, caps
     assert main(["dataset", "export", "--store", str(store), "--out", str(out)]) == 0
     assert "searched on 2 analytical profiles" in capsys.readouterr().out
     assert CostDataset.load(out).source["search_profiles"] == sorted([searched_on.digest(), "0generic"])
+    # another store measures the same plans, sampling none: each keeps its method and search profile
+    other = tmp_path / "other.db"
+    assert main([*command[:command.index("--plans")], "--max-dims", "tokens=16", "--plans-from", str(log),
+                 "--store", str(other)]) == 0
+    assert "3 new plans" in capsys.readouterr().out
+    copied = list(ProfileLog.beside(other).records())
+    drop_key = [{k: v for k, v in r.items() if k != "store_key"} for r in records]
+    assert [{k: v for k, v in r.items() if k != "store_key"} for r in copied] == (
+        drop_key[:-1] + [{**drop_key[-1], "searched_on": {**drop_key[-1]["searched_on"], "digest": "0generic"}}])
+    with MeasurementStore(other) as measured:
+        assert len(measured) == kernels
 
 
 OTHER_MACHINE = "cpu:Other CPU:2c:isa-00000000"

@@ -195,13 +195,20 @@ class ProfileLog:
         self._append({"kind": "graph", "graph_hash": graph.hash, "model": model, "workload": workload,
                       "graph": json.loads(graph.to_json())})
 
-    def append_plan(self, plan: Plan, method: str, fields: StoreKeyFields, searched_on: DeviceProfile) -> None:
-        """``searched_on``: the analytical profile the run's searches planned on. A calibrated and
-        the generic profile find different annealing and trajectory plans, so the log says which."""
+    def append_plan(self, plan: Plan, method: str, fields: StoreKeyFields, searched_on: dict) -> None:
+        """``searched_on``: the analytical profile the plan's search planned on (``searched_on_record``).
+        A calibrated and the generic profile find different annealing and trajectory plans, so the log
+        says which; a plan copied from another log keeps that log's."""
         self._append({"kind": "plan", "graph_hash": plan.graph_hash, "method": method,
                       "plan": {"groups": plan.groups, "schedules": plan.schedules},
-                      "store_key": fields.__dict__,
-                      "searched_on": {"digest": searched_on.digest(), "source": searched_on.source}})
+                      "store_key": fields.__dict__, "searched_on": searched_on})
+
+    def plans_of_graphs(self, graph_hashes: set[str]) -> Iterator[tuple[Plan, str, dict]]:
+        """(plan, method, searched_on) of every logged plan of ``graph_hashes``, in log order."""
+        for record in self.records():
+            if record["kind"] == "plan" and record["graph_hash"] in graph_hashes:
+                plan = Plan(record["plan"]["groups"], record["plan"]["schedules"], record["graph_hash"])
+                yield plan, record["method"], record.get("searched_on", {})
 
     def _append(self, record: dict) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -210,6 +217,11 @@ class ProfileLog:
             handle.write(line + "\n")
             handle.flush()
             os.fsync(handle.fileno())
+
+
+def searched_on_record(profile: DeviceProfile) -> dict:
+    """How a log names the analytical profile a search planned on."""
+    return {"digest": profile.digest(), "source": profile.source}
 
 
 def _plan_identity(plan: dict) -> str:
