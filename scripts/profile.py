@@ -191,9 +191,9 @@ def _logged_graph_hashes(case_list: list[Case], log: ProfileLog, option: str, fi
     return {graph_hash for _, graph_hash in hashes}
 
 
-def _log_case_graphs(case_list: list[Case], log: ProfileLog) -> dict[str, ComputeGraph]:
-    """The cases' graphs by hash; those the log lacks are logged."""
-    known_graphs, _ = log.known()
+def _log_case_graphs(case_list: list[Case], log: ProfileLog, known_graphs: set[str]) -> dict[str, ComputeGraph]:
+    """The cases' graphs by hash; those not in ``known_graphs`` (the log's, from ``log.known()``) are logged
+    and added to it."""
     graphs = {}
     for case in case_list:
         graph = case.graph()
@@ -212,8 +212,8 @@ def _copy_logged_plans(source: ProfileLog, case_list: list[Case], log: ProfileLo
     much as on the model (EXPERIMENTS.md, "The EPYC again"), so stores compare only on one plan set."""
     from fusiongym.reward.costmodel.records import plan_identity
 
-    graphs = _log_case_graphs(case_list, log)
-    _, known_plans = log.known()
+    known_graphs, known_plans = log.known()
+    graphs = _log_case_graphs(case_list, log, known_graphs)
     work = []
     for plan, method, searched_on in source.plans_of_graphs(set(graphs)):
         identity = plan_identity(plan)
@@ -233,8 +233,8 @@ def _sample_new_plans(args: argparse.Namespace, case_list: list[Case], backend: 
     from fusiongym.agents.baselines.search import greedy_trajectory
     from fusiongym.reward.costmodel.records import plan_identity, searched_on_record
 
-    graphs = _log_case_graphs(case_list, log)
-    _, known_plans = log.known()
+    known_graphs, known_plans = log.known()
+    graphs = _log_case_graphs(case_list, log, known_graphs)
     searched_on = searched_on_record(baselines.default_backend().profile)
     methods = [baselines.get(m.strip()) for m in args.methods.split(",") if m.strip()]
     deterministic = [m for m in methods if not m.seeded]
