@@ -3,7 +3,8 @@
 ``collect_samples`` draws a seeded set of legal groups (singletons and small connected
 convex groups) and times each with a real backend (``get_backend("tvm")``);
 ``fit_cpu_profile`` then fits peak FLOP/s, bandwidth, the two overheads and one time scale
-per schedule by least squares on log latency, so that small and large kernels weigh alike.
+per schedule by least squares on log latency, so that small and large kernels weigh alike, under a wide Gaussian prior around the base
+profile (``PRIOR_LOG_STD``).
 
 The fit is exact in structure: with the base profile's terms ``c`` (compute µs), ``m``
 (memory µs, wave factor folded in) the analytical model predicts
@@ -36,6 +37,15 @@ START_SCALES = (0.25, 1.0, 4.0)
 KENDALL_CHUNK_ROWS = 512
 # Log-parameters stay within e^±30 of the base profile: a wild trial step then only fails.
 LOG_PARAMETER_BOUND = 30.0
+# The prior on each log-parameter around the base profile: a factor of 10 is one standard
+# deviation. Why: with no prior, a parameter that no sample pins down drifts wherever the
+# solver stops. On 40 draws of 105 EPYC groups (leaderboard/costmodel/calibration-fit) the
+# fitted bandwidth spanned x6e11 (up to 9e13 B/s) and the launch overhead x7e12; with this
+# prior x19 and x55, at the same held-out Kendall tau (0.663) and rms log error (1.03).
+PRIOR_LOG_STD = math.log(10.0)
+# An eigenvalue of the posterior precision below this share of the largest counts as zero:
+# the parameters along its direction are not determined (an infinite standard error).
+SINGULAR_SHARE = 1e-12
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,7 @@ class CalibrationReport:
     rms_log_error_before: float
     rms_log_error_after: float
     parameters: dict
+    log_std_error: dict   # parameter -> standard error of its natural log (Laplace approximation)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -191,12 +202,25 @@ class _Parameters:
             head.append(self.log_parallel_launch_us)
         return np.concatenate([head, self.log_efficiency[free_schedules]])
 
+    @staticmethod
+    def names(schedules: Sequence[str], free_schedules: np.ndarray, fit_parallel: bool) -> list[str]:
+        """What each entry of ``vector`` is the log of, as the profile's field names."""
+        head = ["fp32_flops_per_s", "memory_bandwidth_bytes_per_s", "launch_overhead_us"]
+        if fit_parallel:
+            head.append("parallel_launch_us")
+        return head + [f"schedule_efficiency.{schedules[i]}" for i in free_schedules]
+
 
 class _LogLatencyModel:
     """log t(theta) for the design, with its Jacobian; theta = [log alpha, log beta,
-    log launch, (log parallel launch), log efficiency of each free schedule]."""
+    log launch, (log parallel launch), log efficiency of each free schedule].
 
-    def __init__(self, design: _Design, base: DeviceProfile) -> None:
+    With ``prior_log_std`` the residual also holds one row per parameter, (theta - base) /
+    prior_log_std: a Gaussian prior on each log-parameter around the base profile, so the
+    fit is the posterior mode.
+    """
+
+    def __init__(self, design: _Design, base: DeviceProfile, prior_log_std: float | None) -> None:
         self.design = design
         self.base = base
         present = np.unique(design.schedule)
@@ -204,6 +228,9 @@ class _LogLatencyModel:
         self.free_schedules = present[present != reference]
         self.fit_parallel = bool(design.parallel.any())
         self.log_measured = np.log(design.measured_us)
+        self.prior_log_std = prior_log_std
+        self.at_base = _Parameters(0.0, 0.0, math.log(max(base.launch_overhead_us, 1e-3)),
+                                   math.log(max(base.parallel_launch_us, 1e-3)), np.zeros(len(base.schedules)))
 
     def unpack(self, theta: np.ndarray) -> _Parameters:
         efficiency = np.zeros(len(self.base.schedules))
@@ -230,13 +257,15 @@ class _LogLatencyModel:
         if self.fit_parallel:
             columns.append(d.parallel * math.exp(p.log_parallel_launch_us) / t)
         columns += [-share * (d.schedule == s) for s in self.free_schedules]
-        return np.log(t) - self.log_measured, np.stack(columns, axis=1)
+        residual, jacobian = np.log(t) - self.log_measured, np.stack(columns, axis=1)
+        if self.prior_log_std is None:
+            return residual, jacobian
+        center = self.at_base.vector(self.free_schedules, self.fit_parallel)
+        return (np.concatenate([residual, (theta - center) / self.prior_log_std]),
+                np.concatenate([jacobian, np.eye(len(theta)) / self.prior_log_std]))
 
     def starts(self) -> list[np.ndarray]:
-        at_base = _Parameters(0.0, 0.0, math.log(max(self.base.launch_overhead_us, 1e-3)),
-                              math.log(max(self.base.parallel_launch_us, 1e-3)),
-                              np.zeros(len(self.base.schedules)))
-        return [replace(at_base, log_alpha=math.log(a), log_beta=math.log(b)).vector(
+        return [replace(self.at_base, log_alpha=math.log(a), log_beta=math.log(b)).vector(
                     self.free_schedules, self.fit_parallel)
                 for a in START_SCALES for b in START_SCALES]
 
@@ -266,20 +295,27 @@ def _levenberg_marquardt(model: _LogLatencyModel, theta: np.ndarray) -> tuple[np
     return theta, loss
 
 
-def fit_cpu_profile(samples: Iterable[Sample | tuple], base: DeviceProfile | None = None
-                    ) -> tuple[DeviceProfile, CalibrationReport]:
+def fit_cpu_profile(samples: Iterable[Sample | tuple], base: DeviceProfile | None = None,
+                    prior_log_std: float | None = PRIOR_LOG_STD) -> tuple[DeviceProfile, CalibrationReport]:
     """Fit ``base`` (default: the generic, uncalibrated ``cpu`` profile) to measured samples.
 
     Samples are :class:`Sample` records or ``(graph, nodes, schedule, measured_us)`` tuples.
     Cores, vector width and cache size stay those of ``base`` (facts of the machine); peak
     FLOP/s, bandwidth, launch and fork/join overheads and per-schedule efficiencies are
     fitted (the efficiency of ``default``, or of the first measured schedule, is held fixed
-    since it is interchangeable with peak and bandwidth).
+    since it is interchangeable with peak and bandwidth). ``prior_log_std``: the standard
+    deviation of the Gaussian prior on each log-parameter around ``base``'s; None fits by
+    least squares alone, so a parameter the samples do not determine is left where the
+    solver stops.
     """
     base = base or get_profile("cpu", use_calibrated=False)
     records = [s if isinstance(s, Sample) else Sample(s[0], tuple(s[1]), s[2], float(s[3])) for s in samples]
+    if not records:
+        raise ValueError("no measured groups to fit: measure some first (fusiongym profile --calibrate --groups N)")
+    if prior_log_std is not None and not prior_log_std > 0:
+        raise ValueError(f"prior_log_std must be positive (or None for no prior), got {prior_log_std}")
     design = _design(records, base)
-    model = _LogLatencyModel(design, base)
+    model = _LogLatencyModel(design, base, prior_log_std)
     unknowns = len(model.starts()[0])
     if len(records) <= unknowns:
         raise ValueError(f"{len(records)} samples cannot determine {unknowns} parameters; "
@@ -298,9 +334,32 @@ def fit_cpu_profile(samples: Iterable[Sample | tuple], base: DeviceProfile | Non
         parameters={k: v for k, v in fitted.to_dict().items()
                     if k in ("fp32_flops_per_s", "memory_bandwidth_bytes_per_s", "launch_overhead_us",
                              "parallel_launch_us", "schedule_efficiency")},
+        log_std_error=_log_std_errors(model, theta),
     )
     return replace(fitted, source=f"{fitted.source}; Kendall tau {report.kendall_tau_before:.3f} -> "
                                   f"{report.kendall_tau_after:.3f}"), report
+
+
+def _log_std_errors(model: _LogLatencyModel, theta: np.ndarray) -> dict[str, float]:
+    """{parameter: standard error of its log} at the fit: the Laplace approximation, with the
+    residuals' own variance as the noise. Why: two fits of one machine can differ several-fold
+    in a parameter the samples barely determine, and the report should say which ones.
+    Infinite where neither the samples nor a prior determine the parameter."""
+    residual, jacobian = model.residual_and_jacobian(theta)
+    count = len(model.log_measured)
+    data_residual, data_jacobian = residual[:count], jacobian[:count]
+    noise_variance = float(data_residual @ data_residual) / max(count - len(theta), 1)
+    precision = data_jacobian.T @ data_jacobian / noise_variance
+    if model.prior_log_std is not None:
+        precision = precision + np.eye(len(theta)) / model.prior_log_std ** 2
+    eigenvalues, eigenvectors = np.linalg.eigh(precision)          # eigenvectors[:, k]: direction k
+    determined = eigenvalues > SINGULAR_SHARE * eigenvalues.max()
+    loading = eigenvectors ** 2                                    # [parameter, direction]
+    loading[loading < SINGULAR_SHARE] = 0.0                        # rounding, not a real share
+    variance = np.where(determined, loading / np.where(determined, eigenvalues, 1.0),
+                        np.where(loading > 0, np.inf, 0.0)).sum(axis=1)
+    names = _Parameters.names(model.base.schedules, model.free_schedules, model.fit_parallel)
+    return dict(zip(names, np.sqrt(variance).tolist()))
 
 
 def _base_prediction(design: _Design, base: DeviceProfile) -> np.ndarray:

@@ -55,7 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated zoo models (group mode; default: the train suite's, so the "
                              "test suite's models stay unseen by the fitted profile)")
     parser.add_argument("--variant", default="small", choices=("small", "full"))
-    parser.add_argument("--groups", type=int, default=120, help="distinct (group, schedule) pairs to measure")
+    parser.add_argument("--groups", type=int, default=450, help="distinct (group, schedule) pairs to measure")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--store", default=None, help="measurement store (default ~/.cache/fusiongym/measurements.db)")
     parser.add_argument("--calibrate", action="store_true", help="fit and save the analytical CPU profile")

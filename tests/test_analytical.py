@@ -3,6 +3,7 @@ device profiles and calibration."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import fields, replace
 
 import numpy as np
@@ -13,7 +14,7 @@ from fusiongym.reward import Plan, get_backend
 from fusiongym.graphs.workloads import LoadShare
 from fusiongym.reward.analytical import (CPU_SCHEDULE_MODELS, GPU_SCHEDULE_MODELS, KIND_BANDWIDTH_EFFICIENCY,
                                          KIND_COMPUTE_EFFICIENCY, AnalyticalBackend, build_graph_costs, load_of)
-from fusiongym.reward.calibrate import Sample, collect_samples, fit_cpu_profile, kendall_tau, mape
+from fusiongym.reward.calibrate import PRIOR_LOG_STD, Sample, collect_samples, fit_cpu_profile, kendall_tau, mape
 from fusiongym.reward.devices import (CPU_SCHEDULES, GPU_SCHEDULES, DeviceProfile, ProfileError, get_profile,
                                       load_profile, save_profile)
 
@@ -473,7 +474,7 @@ def test_calibration_recovers_a_known_profile():
     assert len(samples) == 300 and any(len(s.nodes) > 1 for s in samples)
     assert {s.schedule for s in samples} == set(CPU_SCHEDULES)
     assert samples == collect_samples(graphs, AnalyticalBackend(truth), max_groups=300, seed=0)  # seeded
-    fitted, report = fit_cpu_profile(samples)
+    fitted, report = fit_cpu_profile(samples, prior_log_std=None)   # least squares: the structure is exact
     assert fitted.fp32_flops_per_s == pytest.approx(64e9, rel=1e-6)
     assert fitted.memory_bandwidth_bytes_per_s == pytest.approx(25.5e9, rel=1e-6)
     assert fitted.launch_overhead_us == pytest.approx(2.3, rel=1e-6)
@@ -508,14 +509,55 @@ def test_calibration_keeps_what_the_samples_do_not_show():
     graphs = [random_graph(seed, 80) for seed in range(2)] + [chain_graph(1, 64)]
     samples = [s for s in collect_samples(graphs, AnalyticalBackend(truth), max_groups=300, seed=4)
                if s.schedule == "default"]
-    fitted, _ = fit_cpu_profile(samples)
+    fitted, report = fit_cpu_profile(samples)
     base = get_profile("cpu", use_calibrated=False)
-    assert fitted.launch_overhead_us == pytest.approx(2.3, rel=1e-6)
+    assert fitted.launch_overhead_us == pytest.approx(2.3, rel=0.05)   # the prior pulls a little toward 1.0
     assert fitted.parallel_launch_us == base.parallel_launch_us  # no parallel schedule measured
     assert all(fitted.efficiency_of(s) == 1.0 for s in CPU_SCHEDULES)
+    assert set(report.log_std_error) == {"fp32_flops_per_s", "memory_bandwidth_bytes_per_s", "launch_overhead_us"}
+
+
+def test_calibration_prior_keeps_a_least_squares_fit_close_and_reports_its_errors():
+    """The default fit (the posterior mode under PRIOR_LOG_STD) of the exact samples above: the
+    parameters the samples pin down land within 2 %, and the reported errors say which those are."""
+    truth = _true_cpu_profile()
+    graphs = [random_graph(seed, 80) for seed in range(3)] + [matmul_graph(512, 512, 512), chain_graph(256, 1024)]
+    fitted, report = fit_cpu_profile(collect_samples(graphs, AnalyticalBackend(truth), max_groups=300, seed=0))
+    assert fitted.fp32_flops_per_s == pytest.approx(64e9, rel=0.02)
+    assert fitted.memory_bandwidth_bytes_per_s == pytest.approx(25.5e9, rel=0.02)
+    for schedule in CPU_SCHEDULES:
+        assert fitted.efficiency_of(schedule) == pytest.approx(truth.efficiency_of(schedule), rel=0.02)
+    assert report.mape_after < 0.01
+    assert max(report.log_std_error[f"schedule_efficiency.{s}"] for s in CPU_SCHEDULES if s != "default") < 0.01
+    # tiny kernels are few here: the launch overhead is the one parameter the samples leave loose
+    assert report.log_std_error["launch_overhead_us"] > 50 * report.log_std_error["fp32_flops_per_s"]
+
+
+def test_calibration_prior_holds_a_parameter_no_sample_determines():
+    """Large matmuls are compute-bound on every schedule, so no sample says anything about the
+    bandwidth: least squares reports it undetermined (an infinite error) and leaves it where the
+    solver stopped; the prior holds it at the base profile's, with the prior's own error."""
+    truth, base = _true_cpu_profile(), get_profile("cpu", use_calibrated=False)
+    graphs = [matmul_graph(n, n, n) for n in (128, 160, 192, 256, 320, 384, 448, 512)]
+    samples = collect_samples(graphs, AnalyticalBackend(truth), max_groups=48, seed=0)
+    assert len(samples) == 48
+    for profile in (truth, base):   # the premise: compute-bound on both profiles
+        terms = [AnalyticalBackend(profile).group_terms(s.graph, s.nodes, s.schedule) for s in samples]
+        assert all(t.compute_us > t.memory_us for t in terms)
+    _, least_squares = fit_cpu_profile(samples, prior_log_std=None)
+    assert least_squares.log_std_error["memory_bandwidth_bytes_per_s"] == math.inf
+    assert least_squares.log_std_error["fp32_flops_per_s"] < 1e-6
+    fitted, report = fit_cpu_profile(samples)
+    assert fitted.memory_bandwidth_bytes_per_s == pytest.approx(base.memory_bandwidth_bytes_per_s, rel=1e-9)
+    assert report.log_std_error["memory_bandwidth_bytes_per_s"] == pytest.approx(PRIOR_LOG_STD, rel=1e-6)
+    assert fitted.fp32_flops_per_s == pytest.approx(64e9, rel=0.02) and report.mape_after < 0.02
 
 
 def test_calibration_needs_enough_samples():
     graph = chain_graph(64, 64)
     with pytest.raises(ValueError, match="cannot determine"):
         fit_cpu_profile([Sample(graph, (0,), "default", 5.0)])
+    with pytest.raises(ValueError, match="no measured groups"):
+        fit_cpu_profile([])
+    with pytest.raises(ValueError, match="prior_log_std must be positive"):
+        fit_cpu_profile([Sample(graph, (0,), "default", 5.0)] * 10, prior_log_std=0.0)

@@ -8,6 +8,7 @@ import numpy as np
 
 from fusiongym.envs.fusion_env import FusionEnv
 from fusiongym.graphs import synthetic
+from fusiongym.reward.calibrate import PRIOR_LOG_STD
 from fusiongym.scripts.cli import main
 
 
@@ -140,3 +141,6 @@ def test_calibrate_fits_the_cpu_profile_to_real_tvm_timings(tmp_path, monkeypatc
     fitted = get_profile("cpu")                                    # now read from $FUSIONGYM_CPU_PROFILE
     assert fitted != get_profile("cpu", use_calibrated=False)
     assert report["fit"]["num_samples"] == 21
+    errors = report["fit"]["log_std_error"]   # under the prior every fitted parameter has a finite error
+    assert {"fp32_flops_per_s", "memory_bandwidth_bytes_per_s", "launch_overhead_us"} <= set(errors)
+    assert all(0 < error <= PRIOR_LOG_STD + 1e-9 for error in errors.values())
