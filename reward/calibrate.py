@@ -3,8 +3,9 @@
 ``collect_samples`` draws a seeded set of legal groups (singletons and small connected
 convex groups) and times each with a real backend (``get_backend("tvm")``);
 ``fit_cpu_profile`` then fits peak FLOP/s, bandwidth, the two overheads and one time scale
-per schedule by least squares on log latency, so that small and large kernels weigh alike, under a wide Gaussian prior around the base
-profile (``PRIOR_LOG_STD``).
+per schedule on log latency, so that small and large kernels weigh alike: the posterior mode
+under a wide Gaussian prior around the base profile (``PRIOR_LOG_STD``), with each
+parameter's standard error in the report.
 
 The fit is exact in structure: with the base profile's terms ``c`` (compute µs), ``m``
 (memory µs, wave factor folded in) the analytical model predicts
@@ -12,14 +13,15 @@ The fit is exact in structure: with the base profile's terms ``c`` (compute µs)
     t = max(c / alpha, m / beta) / e[schedule] + launch_us + parallel * parallel_launch_us
 
 for a profile whose peak is ``alpha`` times and bandwidth ``beta`` times the base's, so
-Levenberg-Marquardt on the log-parameters recovers a profile the backend then reproduces.
+Levenberg-Marquardt on the log-parameters recovers a profile the backend then reproduces
+(exactly without the prior, ``prior_log_std=None``, from samples that profile generated).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -78,13 +80,15 @@ class CalibrationReport:
 
 # ------------------------------------------------------------------------- sampling
 def collect_samples(graphs: Sequence[ComputeGraph], backend: LatencyBackend, max_groups: int, seed: int,
-                    max_group_nodes: int = 4, singleton_share: float = 0.5) -> list[Sample]:
+                    max_group_nodes: int = 4, singleton_share: float = 0.5,
+                    on_sample: Callable[[Sample], None] | None = None) -> list[Sample]:
     """Measure up to ``max_groups`` distinct (group, schedule) pairs drawn with ``seed``.
 
     A draw picks a graph, then either a single node (``singleton_share`` of draws) or a
     connected convex group grown from a random node to 2..``max_group_nodes`` nodes that
     the backend accepts (``group_constraint``), and a schedule from the backend's menu.
     Stops early when draws keep repeating (small graphs have few distinct groups).
+    ``on_sample`` is called with each sample once measured (a progress bar).
     """
     if not graphs:
         raise ValueError("collect_samples needs at least one graph")
@@ -108,6 +112,8 @@ def collect_samples(graphs: Sequence[ComputeGraph], backend: LatencyBackend, max
             continue
         seen.add(key)
         samples.append(Sample(graph, nodes, schedule, backend.group_latency(graph, list(nodes), schedule).us))
+        if on_sample is not None:
+            on_sample(samples[-1])
     return samples
 
 

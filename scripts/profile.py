@@ -92,21 +92,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.plans is not None or args.takes_only or args.plans_from:
         return _profile_plans(args)
+    from tqdm import tqdm
+
     from fusiongym.graphs import zoo
     from fusiongym.reward import get_backend
     from fusiongym.reward.calibrate import collect_samples
+    from fusiongym.reward.store import atomic_output
 
     graphs = [zoo.load(name.strip(), args.variant) for name in args.models.split(",") if name.strip()]
     backend = get_backend("tvm", target="llvm", store=args.store)
-    samples = collect_samples(graphs, backend, max_groups=args.groups, seed=args.seed)
+    with tqdm(total=args.groups, unit="group", desc="profile groups", dynamic_ncols=True) as bar:
+        samples = collect_samples(graphs, backend, max_groups=args.groups, seed=args.seed,
+                                  on_sample=lambda _: bar.update())
     print(f"measured {len(samples)} groups on {backend.device} "
           f"(store hit rate {backend.store.stats.hit_rate:.0%})")
     if args.calibrate:
         report = calibrate(samples, args.holdout, args.seed)
         print(json.dumps(report, indent=2))
         if args.report:
-            with open(args.report, "w") as handle:
-                json.dump(report, handle, indent=2)
+            with atomic_output(Path(args.report)) as tmp:
+                tmp.write_text(json.dumps(report, indent=2))
     return 0
 
 

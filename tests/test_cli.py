@@ -132,6 +132,7 @@ def test_calibrate_fits_the_cpu_profile_to_real_tvm_timings(tmp_path, monkeypatc
     report_path = tmp_path / "calibration.json"
     assert main(["profile", "--calibrate", "--models", "resnet18,bert", "--groups", "30", "--seed", "1",
                  "--store", str(tmp_path / "store.db"), "--report", str(report_path)]) == 0
+    assert "30/30" in capsys.readouterr().err                       # the progress bar, complete
     report = json.loads(report_path.read_text())
     assert report["profile_path"] == str(tmp_path / "cpu_profile.json")
     assert report["held_out_groups"] == 9 and sum(report["held_out_groups_by_model"].values()) == 9
