@@ -9,6 +9,7 @@ standard errors:
 
     python two_fits.py runs/calib/store-s0.db runs/calib/store-s1.db
 """
+import argparse
 import math
 import sys
 
@@ -25,8 +26,6 @@ WAYS = {"old: 150 groups, least squares": (150, None), "new: 450 groups, the pri
 
 def fitted(store: str, seed: int, groups: int, prior: float | None) -> tuple[dict, dict]:
     """({parameter: value}, {parameter: reported std of ln}) of one fit, as ``profile --calibrate`` splits."""
-    import argparse
-
     defaults = argparse.ArgumentParser()
     add_arguments(defaults)
     models = defaults.parse_args([]).models.split(",")
