@@ -45,8 +45,8 @@ LOG_PARAMETER_BOUND = 30.0
 # fitted bandwidth spanned x6e11 (up to 9e13 B/s) and the launch overhead x7e12; with this
 # prior x19 and x55, at the same held-out Kendall tau (0.663) and rms log error (1.03).
 PRIOR_LOG_STD = math.log(10.0)
-# An eigenvalue of the posterior precision below this share of the largest counts as zero:
-# the parameters along its direction are not determined (an infinite standard error).
+# An eigenvalue of the data's curvature below this share of the largest counts as zero: the
+# samples say nothing along its direction (an infinite standard error, without a prior).
 SINGULAR_SHARE = 1e-12
 
 
@@ -73,6 +73,7 @@ class CalibrationReport:
     rms_log_error_after: float
     parameters: dict
     log_std_error: dict   # parameter -> standard error of its natural log (Laplace approximation)
+    prior_log_std: float | None   # the prior's std of ln around the base profile; None: least squares
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -341,6 +342,7 @@ def fit_cpu_profile(samples: Iterable[Sample | tuple], base: DeviceProfile | Non
                     if k in ("fp32_flops_per_s", "memory_bandwidth_bytes_per_s", "launch_overhead_us",
                              "parallel_launch_us", "schedule_efficiency")},
         log_std_error=_log_std_errors(model, theta),
+        prior_log_std=prior_log_std,
     )
     return replace(fitted, source=f"{fitted.source}; Kendall tau {report.kendall_tau_before:.3f} -> "
                                   f"{report.kendall_tau_after:.3f}"), report
@@ -350,20 +352,23 @@ def _log_std_errors(model: _LogLatencyModel, theta: np.ndarray) -> dict[str, flo
     """{parameter: standard error of its log} at the fit: the Laplace approximation, with the
     residuals' own variance as the noise. Why: two fits of one machine can differ several-fold
     in a parameter the samples barely determine, and the report should say which ones.
-    Infinite where neither the samples nor a prior determine the parameter."""
+    Infinite where neither the samples nor a prior determine the parameter.
+
+    The prior's precision is the same in every direction, so the posterior's principal
+    directions are the data's: each direction's variance is 1 / (data precision + prior
+    precision), computed on the data's own scale (exact samples leave no residual at all)."""
     residual, jacobian = model.residual_and_jacobian(theta)
     count = len(model.log_measured)
     data_residual, data_jacobian = residual[:count], jacobian[:count]
-    noise_variance = float(data_residual @ data_residual) / max(count - len(theta), 1)
-    precision = data_jacobian.T @ data_jacobian / noise_variance
-    if model.prior_log_std is not None:
-        precision = precision + np.eye(len(theta)) / model.prior_log_std ** 2
-    eigenvalues, eigenvectors = np.linalg.eigh(precision)          # eigenvectors[:, k]: direction k
-    determined = eigenvalues > SINGULAR_SHARE * eigenvalues.max()
-    loading = eigenvectors ** 2                                    # [parameter, direction]
-    loading[loading < SINGULAR_SHARE] = 0.0                        # rounding, not a real share
-    variance = np.where(determined, loading / np.where(determined, eigenvalues, 1.0),
-                        np.where(loading > 0, np.inf, 0.0)).sum(axis=1)
+    noise_variance = max(float(data_residual @ data_residual) / max(count - len(theta), 1), np.finfo(float).tiny)
+    curvature, directions = np.linalg.eigh(data_jacobian.T @ data_jacobian)   # directions[:, k]: direction k
+    curvature[curvature < SINGULAR_SHARE * curvature.max()] = 0.0             # flat: the samples say nothing
+    prior_precision = 0.0 if model.prior_log_std is None else model.prior_log_std ** -2
+    with np.errstate(divide="ignore", over="ignore"):
+        direction_variance = 1.0 / (curvature / noise_variance + prior_precision)   # [direction], inf where flat
+    loading = directions ** 2                                                 # [parameter, direction]
+    variance = np.multiply(loading, direction_variance, out=np.zeros_like(loading),
+                           where=loading >= SINGULAR_SHARE).sum(axis=1)      # a smaller share is rounding
     names = _Parameters.names(model.base.schedules, model.free_schedules, model.fit_parallel)
     return dict(zip(names, np.sqrt(variance).tolist()))
 

@@ -550,11 +550,29 @@ def test_calibration_prior_holds_a_parameter_no_sample_determines():
         assert all(t.compute_us > t.memory_us for t in terms)
     _, least_squares = fit_cpu_profile(samples, prior_log_std=None)
     assert least_squares.log_std_error["memory_bandwidth_bytes_per_s"] == math.inf
-    assert least_squares.log_std_error["fp32_flops_per_s"] < 1e-6
+    assert least_squares.log_std_error["fp32_flops_per_s"] < 1e-6 and least_squares.prior_log_std is None
     fitted, report = fit_cpu_profile(samples)
     assert fitted.memory_bandwidth_bytes_per_s == pytest.approx(base.memory_bandwidth_bytes_per_s, rel=1e-9)
     assert report.log_std_error["memory_bandwidth_bytes_per_s"] == pytest.approx(PRIOR_LOG_STD, rel=1e-6)
+    assert report.prior_log_std == PRIOR_LOG_STD
     assert fitted.fp32_flops_per_s == pytest.approx(64e9, rel=0.02) and report.mape_after < 0.02
+
+
+def test_calibration_errors_when_the_base_profile_fits_every_sample_exactly():
+    """Elementwise chains timed by the base profile itself: no residual is left and no sample
+    is compute-bound. The peak's error is the prior's own, or infinite without one; the
+    bandwidth's and launch overhead's are zero to rounding (no division by a zero residual)."""
+    base = get_profile("cpu", use_calibrated=False)
+    backend = AnalyticalBackend(base)
+    graphs = [chain_graph(rows, 64) for rows in (1, 4, 16, 64, 256, 1024, 4096)]
+    samples = [Sample(g, (v,), "default", backend.group_latency(g, [v], "default").us) for g in graphs for v in range(3)]
+    _, least_squares = fit_cpu_profile(samples, prior_log_std=None)
+    _, with_prior = fit_cpu_profile(samples)
+    assert least_squares.log_std_error["fp32_flops_per_s"] == math.inf
+    assert with_prior.log_std_error["fp32_flops_per_s"] == pytest.approx(PRIOR_LOG_STD, rel=1e-9)
+    for report in (least_squares, with_prior):
+        assert report.log_std_error["memory_bandwidth_bytes_per_s"] < 1e-9
+        assert report.log_std_error["launch_overhead_us"] < 1e-9
 
 
 def test_calibration_needs_enough_samples():

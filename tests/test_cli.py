@@ -145,3 +145,4 @@ def test_calibrate_fits_the_cpu_profile_to_real_tvm_timings(tmp_path, monkeypatc
     errors = report["fit"]["log_std_error"]   # under the prior every fitted parameter has a finite error
     assert {"fp32_flops_per_s", "memory_bandwidth_bytes_per_s", "launch_overhead_us"} <= set(errors)
     assert all(0 < error <= PRIOR_LOG_STD + 1e-9 for error in errors.values())
+    assert report["fit"]["prior_log_std"] == PRIOR_LOG_STD
