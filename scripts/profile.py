@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from fusiongym.graphs import ComputeGraph
     from fusiongym.reward.costmodel.records import ProfileLog
     from fusiongym.reward.measured_backend import MeasuredBackend
+    from fusiongym.reward.plan import Plan
 
 DEFAULT_PLAN_METHODS = "greedy_cost,inductor_rules,no_fusion,random,annealing"
 TRAJECTORY_METHOD = "greedy_cost_trajectory"   # the method logged for --trajectory-points plans
@@ -215,17 +216,22 @@ def _copy_logged_plans(source: ProfileLog, case_list: list[Case], log: ProfileLo
 
     Why: plans searched anew follow each run's calibration, and a test τ depends on the plan set as
     much as on the model (EXPERIMENTS.md, "The EPYC again"), so stores compare only on one plan set."""
-    from fusiongym.reward.costmodel.records import plan_identity
-
     known_graphs, known_plans = log.known()
     graphs = _log_case_graphs(case_list, log, known_graphs)
-    work = []
-    for plan, method, searched_on in source.plans_of_graphs(set(graphs)):
-        identity = plan_identity(plan)
-        if (plan.graph_hash, identity) not in known_plans:
-            known_plans.add((plan.graph_hash, identity))
-            work.append((graphs[plan.graph_hash], method, plan, searched_on))
+    work = [(graphs[plan.graph_hash], method, plan, searched_on)
+            for plan, method, searched_on in source.plans_of_graphs(set(graphs)) if _is_new_plan(plan, known_plans)]
     return set(graphs), work
+
+
+def _is_new_plan(plan: Plan, known_plans: set[tuple[str, str]]) -> bool:
+    """Whether ``plan`` is not yet in ``known_plans`` (the log's, from ``log.known()``); a new one is added."""
+    from fusiongym.reward.costmodel.records import plan_identity
+
+    key = (plan.graph_hash, plan_identity(plan))
+    if key in known_plans:
+        return False
+    known_plans.add(key)
+    return True
 
 
 def _sample_new_plans(args: argparse.Namespace, case_list: list[Case], backend: MeasuredBackend,
@@ -236,7 +242,7 @@ def _sample_new_plans(args: argparse.Namespace, case_list: list[Case], backend: 
     Plans are sampled up front, before any is measured, for an honest ETA."""
     from fusiongym.agents import baselines
     from fusiongym.agents.baselines.search import greedy_trajectory
-    from fusiongym.reward.costmodel.records import plan_identity, searched_on_record
+    from fusiongym.reward.costmodel.records import searched_on_record
 
     known_graphs, known_plans = log.known()
     graphs = _log_case_graphs(case_list, log, known_graphs)
@@ -255,9 +261,7 @@ def _sample_new_plans(args: argparse.Namespace, case_list: list[Case], backend: 
         sampled += [(TRAJECTORY_METHOD, plan) for plan in
                     greedy_trajectory(graph, baselines.default_backend(), args.trajectory_points)]
         for method_name, plan in sampled:
-            identity = plan_identity(plan)
-            if (graph.hash, identity) not in known_plans:
-                known_plans.add((graph.hash, identity))
+            if _is_new_plan(plan, known_plans):
                 work.append((graph, method_name, plan, searched_on))
     return set(graphs), work
 
