@@ -12,6 +12,10 @@ A group (one fused kernel) costs ``max(compute_us, memory_us) * wave_factor + ov
   holding a share of the device leaves fewer units for the waves;
 - ``overhead_us``: kernel launch (plus thread-pool fork/join for parallel CPU schedules).
 
+A calibrated profile scales the compute and memory time of each schedule
+(``schedule_efficiency``) and, under each schedule, of each op class: convolutions and
+pooling, matmuls, transcendental ops (``class_efficiency``, ``devices.op_class``).
+
 Two entry points share one per-graph precomputation (cached by graph hash): the scalar
 ``group_latency`` (a few µs, called by the environment after every merge) and the
 vectorized ``evaluate`` (whole plans, or batches of plans, without a Python loop over groups).
@@ -34,7 +38,7 @@ from fusiongym.graphs.workloads import LoadShare
 
 from . import _roofline
 from .backend import GroupLatency, LatencyBackend, LatencyReport, register_backend
-from .devices import DeviceProfile, get_profile
+from .devices import OP_CLASSES, DeviceProfile, get_profile, op_class
 from .plan import Plan, require_legal
 
 MODEL_VERSION = "1"
@@ -418,6 +422,7 @@ class _NodeFacts:
     compute_eff: np.ndarray      # [N] kind's share of peak
     bandwidth_eff: np.ndarray    # [N] kind's share of bandwidth
     heavy: np.ndarray            # [N] bool, OUT_ELEMWISE_FUSABLE
+    op_class: np.ndarray         # [N] intp, index into OP_CLASSES
     half: np.ndarray             # [N] bool, fp16/bf16 output
     reduction_len: np.ndarray    # [N] FLOPs per output element / 2 (K of a matmul)
     elem_bytes: np.ndarray       # [N] bytes per output element
@@ -429,7 +434,7 @@ def _node_facts(graph: ComputeGraph, structure: "_CostStructure", tensor_elems: 
     flops = graph.arrays.flops
     return _NodeFacts(
         flops=flops, compute_eff=structure.compute_eff, bandwidth_eff=structure.bandwidth_eff,
-        heavy=structure.heavy, half=structure.half,
+        heavy=structure.heavy, op_class=structure.op_class, half=structure.half,
         reduction_len=np.maximum(1.0, flops / (2.0 * out_elems)), elem_bytes=structure.elem_bytes,
     )
 
@@ -452,11 +457,16 @@ def _schedule_rates(profile: DeviceProfile, model: ScheduleModel, facts: _NodeFa
     if model.cache_tile:
         bandwidth_mult = np.where(facts.heavy & ~_tile_fits_cache(profile, model.cache_tile, facts),
                                   bandwidth_mult * TILE_SPILL_BANDWIDTH, bandwidth_mult)
-    efficiency = profile.efficiency_of(model.name)
+    efficiency = profile.efficiency_of(model.name) * _class_factors(profile, model.name)[facts.op_class]
     flops_per_s = peak_flops_per_s * facts.compute_eff * compute_mult * efficiency
     bytes_per_s = (bandwidth_bytes_per_s * facts.bandwidth_eff * bandwidth_mult * efficiency
                    * (1.0 - load.bandwidth))
     return flops_per_s, bytes_per_s
+
+
+def _class_factors(profile: DeviceProfile, schedule: str) -> np.ndarray:
+    """[len(OP_CLASSES)] the profile's time scale of each op class under ``schedule``."""
+    return np.array([profile.class_factor(schedule, name) for name in OP_CLASSES])
 
 
 def _tile_fits_cache(profile: DeviceProfile, tile: int, facts: _NodeFacts) -> np.ndarray:
@@ -557,6 +567,7 @@ class _CostStructure:
     compute_eff: np.ndarray         # [N] kind's share of peak
     bandwidth_eff: np.ndarray       # [N] kind's share of bandwidth
     heavy: np.ndarray               # [N] bool, OUT_ELEMWISE_FUSABLE
+    op_class: np.ndarray            # [N] intp, index into OP_CLASSES
     half: np.ndarray                # [N] bool, fp16/bf16 first output
     elem_bytes: np.ndarray          # [N] bytes per element of the first output
     neighbors: list[frozenset[int]]  # [N] producers and consumers
@@ -601,6 +612,7 @@ def cost_structure(graph: ComputeGraph) -> _CostStructure:
         compute_eff=np.array([KIND_COMPUTE_EFFICIENCY[k] for k in kinds]),
         bandwidth_eff=np.array([KIND_BANDWIDTH_EFFICIENCY[k] for k in kinds]),
         heavy=np.array([k == OpKind.OUT_ELEMWISE_FUSABLE for k in kinds], dtype=bool),
+        op_class=np.array([OP_CLASSES.index(op_class(n.op)) for n in nodes], dtype=np.intp),
         half=np.array([d in ("float16", "bfloat16") for d in first_dtype], dtype=bool),
         elem_bytes=np.array([dtype_bytes(d) for d in first_dtype], dtype=np.float64),
         neighbors=_neighbors(graph),

@@ -15,6 +15,8 @@ import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .store import atomic_output
+
 # Schedule menus; the names are shared with the TVM backend, which implements them for real.
 # CPU "default" is TVM's unscheduled llvm kernel: one thread, scalar code.
 CPU_SCHEDULES = ("default", "parallel", "parallel_vectorize", "tiled_16", "tiled_32", "tiled_64")
@@ -22,6 +24,16 @@ CPU_SCHEDULES = ("default", "parallel", "parallel_vectorize", "tiled_16", "tiled
 GPU_SCHEDULES = ("default", "threads_64", "threads_128", "threads_512")
 
 DEVICE_KINDS = ("cpu", "gpu")
+# Op classes a profile may time apart under each schedule (``class_efficiency``; fitted only
+# by ``profile --calibrate --op-classes``). Why: one schedule treats them differently. On the
+# EPYC (README, "One efficiency per op class"), vectorizing the innermost output loop runs a
+# matmul about 3x faster than the roofline's shared efficiency says and a convolution about
+# 2x slower, and every element of a transcendental op is a libm call (exp, erf, tanh) that
+# FLOP counting prices at one FLOP.
+OP_CLASSES = ("other", "window", "matmul", "transcendental")
+MATMUL_OPS = frozenset({"matmul", "dense", "linear", "batch_matmul", "einsum"})
+TRANSCENDENTAL_OPS = frozenset({"softmax", "log_softmax", "gelu", "gelu_tanh", "silu", "sigmoid", "tanh",
+                                "exp", "log", "erf"})
 PROFILE_FORMAT = "fusiongym.DeviceProfile/1"
 CPU_PROFILE_ENV_VAR = "FUSIONGYM_CPU_PROFILE"
 DEFAULT_CPU_PROFILE_PATH = Path("~/.cache/fusiongym/cpu_profile.json")
@@ -40,7 +52,9 @@ class DeviceProfile:
     no faster path. ``vector_width`` is the number of fp32 SIMD lanes of a CPU core (scalar
     code reaches 1/vector_width of the peak); GPUs use 1, their schedules pick thread counts.
     ``schedule_efficiency`` scales the roofline time of a schedule (1.0 when absent): it is
-    what a calibration fits beyond peak, bandwidth and overheads.
+    what a calibration fits beyond peak, bandwidth and overheads. ``class_efficiency`` holds
+    (schedule, op class, factor) triples that further scale the ops of one class
+    (``OP_CLASSES``, ``op_class``) under one schedule; 1.0 when absent, and always for "other".
     """
 
     name: str
@@ -54,6 +68,7 @@ class DeviceProfile:
     vector_width: int = 1
     parallel_launch_us: float = 0.0
     schedule_efficiency: tuple[tuple[str, float], ...] = ()
+    class_efficiency: tuple[tuple[str, str, float], ...] = ()
     source: str = ""
 
     def __post_init__(self) -> None:
@@ -78,6 +93,16 @@ class DeviceProfile:
                                    f"{self.kind} menu {self.schedules}")
             if not efficiency > 0:
                 raise ProfileError(f"profile {self.name}: efficiency of {schedule!r} must be > 0")
+        object.__setattr__(self, "class_efficiency",
+                           tuple(sorted((str(s), str(c), float(e)) for s, c, e in self.class_efficiency)))
+        for schedule, op_class_name, factor in self.class_efficiency:
+            if schedule not in self.schedules or op_class_name not in OP_CLASSES[1:]:
+                raise ProfileError(f"profile {self.name}: class efficiency ({schedule!r}, {op_class_name!r}) "
+                                   f"needs a schedule of the {self.kind} menu {self.schedules} and a class of "
+                                   f"{OP_CLASSES[1:]}")
+            if not factor > 0:
+                raise ProfileError(f"profile {self.name}: efficiency of {op_class_name!r} ops under "
+                                   f"{schedule!r} must be > 0")
 
     @property
     def schedules(self) -> tuple[str, ...]:
@@ -88,9 +113,19 @@ class DeviceProfile:
         """Fitted time scale of ``schedule`` (1.0 unless a calibration said otherwise)."""
         return dict(self.schedule_efficiency).get(schedule, 1.0)
 
+    def class_factor(self, schedule: str, op_class_name: str) -> float:
+        """Fitted time scale of ``op_class_name`` ops under ``schedule``, on top of ``efficiency_of``."""
+        return next((factor for s, c, factor in self.class_efficiency if s == schedule and c == op_class_name), 1.0)
+
     def to_dict(self) -> dict:
         data = asdict(self)
         data["schedule_efficiency"] = dict(self.schedule_efficiency)
+        # {schedule: {class: factor}}; left out when empty, so a profile without class factors
+        # keeps the dict, and the digest, it had before they existed
+        data["class_efficiency"] = {schedule: {c: factor for s, c, factor in self.class_efficiency if s == schedule}
+                                    for schedule in dict.fromkeys(s for s, _, _ in self.class_efficiency)}
+        if not data["class_efficiency"]:
+            del data["class_efficiency"]
         data["format"] = PROFILE_FORMAT
         return data
 
@@ -100,6 +135,13 @@ class DeviceProfile:
             raise ProfileError(f"not a fusiongym device profile (format={data.get('format')!r})")
         fields = {k: v for k, v in data.items() if k != "format"}
         fields["schedule_efficiency"] = tuple(dict(fields.get("schedule_efficiency", {})).items())
+        try:
+            fields["class_efficiency"] = tuple((schedule, op_class_name, factor) for schedule, factors
+                                               in dict(fields.get("class_efficiency", {})).items()
+                                               for op_class_name, factor in dict(factors).items())
+        except (TypeError, ValueError) as error:
+            raise ProfileError(f"malformed device profile: class_efficiency must map schedule -> "
+                               f"{{class: factor}} ({error})") from None
         try:
             return DeviceProfile(**fields)
         except TypeError as error:
@@ -156,6 +198,19 @@ CPU = DeviceProfile(
 PROFILES: dict[str, DeviceProfile] = {p.name: p for p in (H100_SXM, A100, L4, CPU)}
 
 
+def op_class(op: str) -> str:
+    """The class of ``OP_CLASSES`` an op (by its Relax name) belongs to: "window" for
+    convolutions and pooling (a sliding window over the input), "matmul" for dense
+    contractions, "transcendental" for ops that call a libm function per element."""
+    if "conv" in op or "pool" in op:
+        return "window"
+    if op in MATMUL_OPS:
+        return "matmul"
+    if op in TRANSCENDENTAL_OPS:
+        return "transcendental"
+    return "other"
+
+
 def profile_names() -> list[str]:
     return sorted(PROFILES)
 
@@ -180,8 +235,8 @@ def get_profile(name: str, use_calibrated: bool = True) -> DeviceProfile:
 def save_profile(profile: DeviceProfile, path: str | Path | None = None) -> Path:
     """Write ``profile`` as JSON (default: the calibrated CPU profile path); returns the path."""
     target = Path(path).expanduser() if path is not None else calibrated_profile_path()
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(json.dumps(profile.to_dict(), indent=2, sort_keys=True) + "\n")
+    with atomic_output(target) as temporary:
+        temporary.write_text(json.dumps(profile.to_dict(), indent=2, sort_keys=True) + "\n")
     return target
 
 

@@ -61,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--store", default=None, help="measurement store (default ~/.cache/fusiongym/measurements.db)")
     parser.add_argument("--calibrate", action="store_true", help="fit and save the analytical CPU profile")
     parser.add_argument("--holdout", type=float, default=0.3, help="share of groups kept out of the fit")
+    parser.add_argument("--op-classes", action="store_true",
+                        help="also fit one time scale per op class (convolution/pooling, matmul, "
+                             "transcendental) under each schedule: held-out groups fit better, whole "
+                             "plans rank worse (README, 'One efficiency per op class')")
     parser.add_argument("--report", default=None, help="write the calibration report as JSON here")
     plans = parser.add_argument_group("plan mode (data for the learned cost model)")
     plans.add_argument("--plans", type=int, default=None, help="plans to sample and measure per graph")
@@ -91,6 +95,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.op_classes and not args.calibrate:
+        raise ValueError("--op-classes shapes the calibration's fit: give it with --calibrate")
     if args.plans is not None or args.takes_only or args.plans_from:
         return _profile_plans(args)
     from tqdm import tqdm
@@ -108,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"measured {len(samples)} groups on {backend.device} "
           f"(store hit rate {backend.store.stats.hit_rate:.0%})")
     if args.calibrate:
-        report = calibrate(samples, args.holdout, args.seed)
+        report = calibrate(samples, args.holdout, args.seed, args.op_classes)
         print(json.dumps(report, indent=2))
         if args.report:
             with atomic_output(Path(args.report)) as tmp:
@@ -342,7 +348,7 @@ def _take_pass(backend_name: str, store: str, log_path: str, graph_hashes: list[
     return backend.stats.measurements, backend.stats.cached
 
 
-def calibrate(samples: list, holdout: float, seed: int) -> dict:
+def calibrate(samples: list, holdout: float, seed: int, op_classes: bool = False) -> dict:
     """Fit on one share of the samples, score rank correlation on the rest, save the profile."""
     from fusiongym.reward import get_backend
     from fusiongym.reward.calibrate import fit_cpu_profile, kendall_tau
@@ -351,7 +357,7 @@ def calibrate(samples: list, holdout: float, seed: int) -> dict:
     order = np.random.default_rng(seed).permutation(len(samples))
     cut = max(1, int(len(samples) * holdout))
     held_out, fitted_on = [samples[i] for i in order[:cut]], [samples[i] for i in order[cut:]]
-    profile, report = fit_cpu_profile(fitted_on)
+    profile, report = fit_cpu_profile(fitted_on, op_classes=op_classes)
     path = save_profile(profile)
     measured = np.array([s.measured_us for s in held_out])
     models = np.array([s.graph.name for s in held_out])

@@ -15,8 +15,8 @@ from fusiongym.graphs.workloads import LoadShare
 from fusiongym.reward.analytical import (CPU_SCHEDULE_MODELS, GPU_SCHEDULE_MODELS, KIND_BANDWIDTH_EFFICIENCY,
                                          KIND_COMPUTE_EFFICIENCY, AnalyticalBackend, build_graph_costs, load_of)
 from fusiongym.reward.calibrate import PRIOR_LOG_STD, Sample, collect_samples, fit_cpu_profile, kendall_tau, mape
-from fusiongym.reward.devices import (CPU_SCHEDULES, GPU_SCHEDULES, DeviceProfile, ProfileError, get_profile,
-                                      load_profile, save_profile)
+from fusiongym.reward.devices import (CPU_SCHEDULES, GPU_SCHEDULES, OP_CLASSES, DeviceProfile, ProfileError,
+                                      get_profile, load_profile, op_class, save_profile)
 
 MiB = 2**20
 
@@ -84,6 +84,14 @@ def random_graph(seed: int, num_nodes: int = 60) -> ComputeGraph:
     return ComputeGraph(nodes, edges, outputs, name=f"random{seed}")
 
 
+def class_mix_graph(seed: int) -> ComputeGraph:
+    """``random_graph`` with its ops named in turn as a convolution, a matmul, a transcendental op and an add."""
+    graph = random_graph(seed, 80)
+    names = ("conv2d", "matmul", "gelu", "add")
+    nodes = [replace(node, op=names[node.id % len(names)]) for node in graph.nodes]
+    return ComputeGraph(nodes, list(graph.edges), list(graph.outputs), name=f"classes{seed}")
+
+
 # -------------------------------------------------------------------- profiles
 def test_profiles_carry_the_datasheet_numbers():
     h100, a100, l4 = get_profile("h100_sxm"), get_profile("a100"), get_profile("l4")
@@ -130,6 +138,44 @@ def test_profile_json_round_trip_and_calibrated_cpu_profile(tmp_path, monkeypatc
     assert get_profile("cpu") == fitted
     assert get_profile("cpu", use_calibrated=False).fp32_flops_per_s == 160e9
     assert AnalyticalBackend("cpu").profile == fitted
+
+
+def test_ops_fall_into_the_classes_a_profile_may_time_apart():
+    assert OP_CLASSES == ("other", "window", "matmul", "transcendental")
+    assert [op_class(op) for op in ("conv2d", "conv1d", "max_pool2d", "adaptive_avg_pool2d")] == ["window"] * 4
+    assert [op_class(op) for op in ("matmul", "dense")] == ["matmul"] * 2
+    assert [op_class(op) for op in ("softmax", "gelu", "silu", "exp")] == ["transcendental"] * 4
+    assert [op_class(op) for op in ("add", "reshape", "layer_norm", "op7")] == ["other"] * 4
+
+
+def test_profile_class_efficiency_round_trips_and_is_checked(tmp_path):
+    fitted = replace(TOY_CPU, class_efficiency=(("tiled_16", "window", 0.4), ("default", "matmul", 2.5)))
+    assert load_profile(save_profile(fitted, tmp_path / "p.json")) == fitted
+    assert fitted.to_dict()["class_efficiency"] == {"default": {"matmul": 2.5}, "tiled_16": {"window": 0.4}}
+    assert fitted.class_factor("tiled_16", "window") == 0.4 and fitted.class_factor("tiled_32", "window") == 1.0
+    assert "class_efficiency" not in TOY_CPU.to_dict()    # a profile without factors keeps its dict and digest
+    assert fitted.digest() != TOY_CPU.digest()
+    for triple in (("tiled_16", "other", 2.0), ("threads_64", "window", 1.0), ("tiled_16", "vector", 1.0)):
+        with pytest.raises(ProfileError, match="needs a schedule of the cpu menu"):
+            replace(TOY_CPU, class_efficiency=(triple,))
+    with pytest.raises(ProfileError, match="efficiency of 'matmul' ops under 'default' must be > 0"):
+        replace(TOY_CPU, class_efficiency=(("default", "matmul", 0.0),))
+    with pytest.raises(ProfileError, match="class_efficiency must map schedule"):
+        DeviceProfile.from_dict({**TOY_CPU.to_dict(), "class_efficiency": {"tiled_16": 0.4}})
+
+
+def test_class_factor_scales_only_its_class_under_its_schedule():
+    graph = class_mix_graph(0)
+    base = AnalyticalBackend(TOY_CPU)
+    scaled = AnalyticalBackend(replace(TOY_CPU, class_efficiency=(("tiled_16", "matmul", 2.0),)))
+    for node in graph.nodes:
+        for schedule in ("tiled_16", "tiled_32"):
+            before, after = (b.group_terms(graph, [node.id], schedule) for b in (base, scaled))
+            share = 0.5 if node.op == "matmul" and schedule == "tiled_16" else 1.0
+            assert after.compute_us == pytest.approx(before.compute_us * share, rel=1e-12)
+            assert after.memory_us == pytest.approx(before.memory_us * share, rel=1e-12)
+    plan = Plan.singletons(graph, "tiled_16")
+    assert scaled.latency(graph, plan).total_us < base.latency(graph, plan).total_us
 
 
 def test_registry_builds_the_analytical_backend():
@@ -535,6 +581,28 @@ def test_calibration_prior_recovers_what_the_samples_determine_and_reports_its_e
     assert max(report.log_std_error[f"schedule_efficiency.{s}"] for s in CPU_SCHEDULES if s != "default") < 0.01
     # tiny kernels are few here: the launch overhead is the one parameter the samples leave loose
     assert report.log_std_error["launch_overhead_us"] > 50 * report.log_std_error["fp32_flops_per_s"]
+
+
+def test_calibration_recovers_class_factors_when_asked():
+    """``op_classes=True`` fits a factor per op class under each schedule: from exact samples of a
+    profile that has them, least squares recovers them; without it the report names none."""
+    truth = replace(_true_cpu_profile(), class_efficiency=(
+        ("default", "window", 2.5), ("parallel", "matmul", 0.6), ("tiled_16", "matmul", 3.0),
+        ("tiled_16", "window", 0.4), ("tiled_64", "transcendental", 0.5)))
+    graphs = [class_mix_graph(seed) for seed in range(3)] + [chain_graph(256, 1024)]
+    samples = collect_samples(graphs, AnalyticalBackend(truth), max_groups=400, seed=0)
+    fitted, report = fit_cpu_profile(samples, prior_log_std=None, op_classes=True)
+    assert fitted.fp32_flops_per_s == pytest.approx(64e9, rel=1e-6)
+    for schedule in CPU_SCHEDULES:
+        assert fitted.efficiency_of(schedule) == pytest.approx(truth.efficiency_of(schedule), rel=1e-6)
+        for name in OP_CLASSES[1:]:
+            assert fitted.class_factor(schedule, name) == pytest.approx(truth.class_factor(schedule, name), rel=1e-6)
+    assert report.mape_after < 1e-9
+    assert "class_efficiency.tiled_16.matmul" in report.log_std_error
+    assert report.parameters["class_efficiency"]["tiled_16"]["window"] == pytest.approx(0.4, rel=1e-6)
+    plain, plain_report = fit_cpu_profile(samples, prior_log_std=None)
+    assert plain.class_efficiency == () and not any(k.startswith("class") for k in plain_report.log_std_error)
+    assert plain_report.mape_after > 0.05      # one efficiency per schedule cannot fit these samples
 
 
 def test_calibration_prior_holds_a_parameter_no_sample_determines():

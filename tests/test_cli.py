@@ -124,6 +124,12 @@ def test_bench_prices_the_cost_model_on_connected_pairs_too():
     assert 2 * len(pairs) > 0.8 * graph.num_nodes
 
 
+def test_op_classes_needs_calibrate(tmp_path, capsys):
+    assert main(["profile", "--op-classes", "--groups", "5", "--store", str(tmp_path / "store.db")]) == 2
+    assert "--op-classes shapes the calibration's fit: give it with --calibrate" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())   # refused before anything was measured
+
+
 def test_calibrate_fits_the_cpu_profile_to_real_tvm_timings(tmp_path, monkeypatch, capsys):
     """``profile --calibrate`` end to end on real TVM kernels: a saved, loadable profile and a report."""
     from fusiongym.reward.devices import get_profile
