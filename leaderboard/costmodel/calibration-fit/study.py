@@ -30,16 +30,18 @@ MAX_NODES = 4
 SETTINGS = ((105, None), (105, PRIOR_LOG_STD), (315, None), (315, PRIOR_LOG_STD))   # (groups fitted, prior)
 
 
-def store_samples(store: str) -> list[Sample]:
-    """Every logged group of at most MAX_NODES nodes that the store holds, with its stored latency."""
+def store_samples(store: str, max_nodes: int = MAX_NODES, exclude: frozenset[str] = frozenset()) -> list[Sample]:
+    """Every logged group of at most ``max_nodes`` nodes that the store holds, with its stored latency,
+    except those of the models in ``exclude``."""
     with MeasurementStore(store) as measured:
         latency = {(m.key.signature, m.key.schedule): m.median_us for m in measured.iter_all()}
     log = f"{store}.plans.jsonl"
-    graphs, groups = _logged_groups(log, ProfileLog(log).known()[0])
+    model_of = {r["graph_hash"]: r["model"] for r in ProfileLog(log).records() if r["kind"] == "graph"}
+    graphs, groups = _logged_groups(log, [h for h in ProfileLog(log).known()[0] if model_of.get(h) not in exclude])
     samples, seen = [], set()
     for graph_hash, nodes, schedule in sorted(groups):
         key = (group_signature(graphs[graph_hash], list(nodes)), schedule)
-        if len(nodes) <= MAX_NODES and key in latency and key not in seen:
+        if len(nodes) <= max_nodes and key in latency and key not in seen:
             seen.add(key)
             samples.append(Sample(graphs[graph_hash], nodes, schedule, latency[key]))
     return samples

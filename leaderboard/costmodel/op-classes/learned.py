@@ -1,0 +1,39 @@
+"""Experiment (README, "One efficiency per op class"): the learned models on each profile's prior.
+
+The GNN (``--loss plans``, 8 seeds) takes the analytical backend's estimate as its prior, so
+the calibrated profile is one of its inputs. For each profile the same store was exported
+(runs/t10/a: "The EPYC again"'s store, its test split at 10 takes) with FUSIONGYM_CPU_PROFILE
+set to it, and ``costmodel seeds`` trained and scored 8 seeds:
+
+    FUSIONGYM_CPU_PROFILE=P fusiongym dataset export --store runs/t10/a/measurements.db --out D \\
+        --test-models resnet50,vit --val-models bert
+    fusiongym costmodel seeds --data D --out DIR --loss plans --seeds 8     # DIR/seeds-plans.csv
+
+This prints, per split and metric, each seed's value on each profile's prior and how many
+seeds the op-class profile won against the plain one (same seed, same data otherwise):
+
+    python learned.py > learned.txt
+"""
+import csv
+
+import numpy as np
+
+RUNS = {"plain": "learned-seeds-plain.csv", "op-classes": "learned-seeds-op-classes.csv",
+        "store op-classes": "learned-seeds-store-op-classes.csv"}
+METRICS = {"plan_tau": "plan Kendall tau", "mape_pct": "group MAPE %", "rmse_pct_of_delta": "plan RMSE % of delta"}
+SEEDS = 8
+
+
+def main() -> None:
+    rows = {name: {row["model"]: row for row in csv.DictReader(open(path))} for name, path in RUNS.items()}
+    for split in ("val", "test", "resnet50", "vit"):
+        for metric, label in METRICS.items():
+            values = {name: np.array([float(rows[name][f"seed {s}, {split}"][metric]) for s in range(SEEDS)])
+                      for name in RUNS}
+            better = values["op-classes"] > values["plain"] if metric == "plan_tau" else values["op-classes"] < values["plain"]
+            print(f"{split:8s} {label:22s} " + "   ".join(f"{name} {v.mean():7.3f}" for name, v in values.items())
+                  + f"   op-classes better in {better.sum()}/{SEEDS} seeds")
+
+
+if __name__ == "__main__":
+    main()
