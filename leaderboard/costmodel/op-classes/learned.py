@@ -10,7 +10,9 @@ set to it, and ``costmodel seeds`` trained and scored 8 seeds:
     fusiongym costmodel seeds --data D --out DIR --loss plans --seeds 8     # DIR/seeds-plans.csv
 
 This prints, per split and metric, each seed's value on each profile's prior and how many
-seeds the op-class profile won against the plain one (same seed, same data otherwise):
+seeds the op-class profile won against the plain one (same seed, same data otherwise). Then
+LightGBM, mean of 8 seeds at each setting of its grid (``costmodel tune --data D --out DIR
+--seeds 8``; DIR/tune-lightgbm.csv copied to lightgbm-tune-*.csv), on both priors:
 
     python learned.py > learned.txt
 """
@@ -22,6 +24,7 @@ RUNS = {"plain": "learned-seeds-plain.csv", "op-classes": "learned-seeds-op-clas
         "store op-classes": "learned-seeds-store-op-classes.csv"}
 METRICS = {"plan_tau": "plan Kendall tau", "mape_pct": "group MAPE %", "rmse_pct_of_delta": "plan RMSE % of delta"}
 SEEDS = 8
+LIGHTGBM = {"plain": "lightgbm-tune-plain.csv", "op-classes": "lightgbm-tune-op-classes.csv"}
 
 
 def main() -> None:
@@ -33,6 +36,14 @@ def main() -> None:
             better = values["op-classes"] > values["plain"] if metric == "plan_tau" else values["op-classes"] < values["plain"]
             print(f"{split:8s} {label:22s} " + "   ".join(f"{name} {v.mean():7.3f}" for name, v in values.items())
                   + f"   op-classes better in {better.sum()}/{SEEDS} seeds")
+    tuned = {name: {row["model"]: row for row in csv.DictReader(open(path))} for name, path in LIGHTGBM.items()}
+    print("LightGBM, mean of 8 seeds: plan tau / plan RMSE % of delta / group MAPE %, val and test")
+    for setting in dict.fromkeys(model.rsplit(", ", 1)[0] for model in tuned["plain"]):
+        print(f"  {setting:36s} " + "   ".join(
+            f"{name} " + "  ".join(f"{tuned[name][f'{setting}, {split}']['plan_tau'][:5]} / "
+                                   f"{float(tuned[name][f'{setting}, {split}']['rmse_pct_of_delta']):.0f} / "
+                                   f"{float(tuned[name][f'{setting}, {split}']['mape_pct']):.1f}" for split in ("val", "test"))
+            for name in LIGHTGBM))
 
 
 if __name__ == "__main__":
