@@ -244,6 +244,9 @@ def load_profile(path: str | Path) -> DeviceProfile:
     path = Path(path).expanduser()
     try:
         data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ProfileError(f"no device profile at {path}: `fusiongym profile --calibrate` writes one "
+                           f"(to $FUSIONGYM_CPU_PROFILE when set)") from None
     except json.JSONDecodeError as error:
         raise ProfileError(f"{path} is not valid JSON: {error}") from None
     return DeviceProfile.from_dict(data)

@@ -31,20 +31,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "e.g. 'cpu:AMD EPYC:2c:isa-5fa98f18'); needed when the log holds plans that more than "
                              "one machine or backend measured, since one dataset takes one")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="cpu",
-                        help="device profile of the analytical prior both models take as input (cpu: this "
-                             "machine's calibrated one when there is one); recorded in the dataset and in "
+    parser.add_argument("--device", default=None,
+                        help="device profile of the analytical prior both models take as input (default cpu: "
+                             "this machine's calibrated one when there is one); recorded in the dataset and in "
                              "every model trained on it")
+    parser.add_argument("--profile", default=None, metavar="FILE",
+                        help="the prior's device profile from a JSON file instead (as `profile --calibrate` writes "
+                             "it; e.g. an --op-classes fit written with $FUSIONGYM_CPU_PROFILE=FILE), so the learned "
+                             "models' prior need not be the profile the analytical backend searches on")
 
 
 def run(args: argparse.Namespace) -> int:
     from fusiongym.reward.costmodel import load_measured_set
     from fusiongym.reward.costmodel.dataset import build_dataset
-    from fusiongym.reward.devices import get_profile
+    from fusiongym.reward.devices import get_profile, load_profile
 
+    if args.profile and args.device:
+        raise ValueError("--device and --profile both name the prior's device profile: give one of them")
+    profile = load_profile(args.profile) if args.profile else get_profile(args.device or "cpu")
     measured = load_measured_set(args.store, args.log, args.measured_on)
     dataset = build_dataset(measured, _names(args.test_models), _names(args.val_models), args.seed,
-                            profile=get_profile(args.device), test_workloads=_names(args.test_workloads))
+                            profile=profile, test_workloads=_names(args.test_workloads))
     path = dataset.save(args.out)
     sizes = {split: len(dataset.indices(split)) for split in ("train", "val", "test")}
     print(f"wrote {path}: {len(dataset.samples)} groups {sizes}, {len(dataset.plans)} plans, "

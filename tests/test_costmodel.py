@@ -22,7 +22,7 @@ from fusiongym.agents import FusionPolicy, baselines
 from fusiongym.graphs import ComputeGraph, synthetic, zoo
 from fusiongym.reward import Plan, get_backend
 from fusiongym.reward.calibrate import collect_samples, kendall_tau
-from fusiongym.reward.devices import get_profile
+from fusiongym.reward.devices import get_profile, save_profile
 from fusiongym.reward.costmodel import CostModelError, MeasuredSet, ProfileLog, load_measured_set
 from fusiongym.reward.costmodel.boosted import (FEATURE_NAMES, MAX_ROUNDS, ROUNDS, TUNING_GRID, BoostedModel,
                                                 design_matrix)
@@ -861,6 +861,19 @@ def test_profile_plans_then_dataset_export_resumes_and_roundtrips(tmp_path, caps
     data = CostDataset.load(out)
     assert len(data.plans) == 3 and len({i for p in data.plans for i in p["samples"]}) == len(data.samples)
     assert json.loads(json.dumps(data.source))["models"]["train"] == ["mixtral_moe"]
+    # the prior's profile from a file (an --op-classes fit, say), not the one the analytical backend searches on
+    fitted = replace(PROFILE, class_efficiency=(("default", "transcendental", 0.5),), source="a test's fit")
+    profile_path = save_profile(fitted, tmp_path / "prior.json")
+    priced = tmp_path / "priced.pt"
+    assert main(["dataset", "export", "--store", str(store), "--out", str(priced), "--profile", str(profile_path)]) == 0
+    assert CostDataset.load(priced).source["analytical_profile"] == fitted.to_dict()
+    assert data.source["analytical_profile"] != fitted.to_dict()
+    assert main(["dataset", "export", "--store", str(store), "--out", str(priced), "--profile", str(profile_path),
+                 "--device", "cpu"]) == 2
+    assert "--device and --profile both name the prior's device profile" in capsys.readouterr().err
+    assert main(["dataset", "export", "--store", str(store), "--out", str(priced), "--profile",
+                 str(tmp_path / "none.json")]) == 2
+    assert "no device profile at" in capsys.readouterr().err
     # the log says which analytical profile the searches planned on; an export of a mix says so
     searched_on = baselines.default_backend().profile
     assert {r["searched_on"]["digest"] for r in records if r["kind"] == "plan"} == {searched_on.digest()}
