@@ -12,11 +12,16 @@ set to it, and ``costmodel seeds`` trained and scored 8 seeds:
 This prints, per split and metric, each seed's value on each profile's prior and how many
 seeds the op-class profile won against the plain one (same seed, same data otherwise). Then
 LightGBM, mean of 8 seeds at each setting of its grid (``costmodel tune --data D --out DIR
---seeds 8``; DIR/tune-lightgbm.csv copied to lightgbm-tune-*.csv), on both priors:
+--seeds 8``; DIR/tune-lightgbm.csv copied to lightgbm-tune-*.csv), on both priors. FOLDER
+holds the CSVs: ``.`` for the seven training architectures, ``nine`` for the nine (the same
+store with RegNet and Whisper profiled in, README's "More architectures" commands; exported
+with ``--profile P``):
 
-    python learned.py > learned.txt
+    python learned.py . > learned.txt; python learned.py nine > nine/learned.txt
 """
 import csv
+import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -27,16 +32,17 @@ SEEDS = 8
 LIGHTGBM = {"plain": "lightgbm-tune-plain.csv", "op-classes": "lightgbm-tune-op-classes.csv"}
 
 
-def main() -> None:
-    rows = {name: {row["model"]: row for row in csv.DictReader(open(path))} for name, path in RUNS.items()}
+def main(folder: Path) -> None:
+    rows = {name: {row["model"]: row for row in csv.DictReader(open(folder / path))}
+            for name, path in RUNS.items() if (folder / path).exists()}
     for split in ("val", "test", "resnet50", "vit"):
         for metric, label in METRICS.items():
             values = {name: np.array([float(rows[name][f"seed {s}, {split}"][metric]) for s in range(SEEDS)])
-                      for name in RUNS}
+                      for name in rows}
             better = values["op-classes"] > values["plain"] if metric == "plan_tau" else values["op-classes"] < values["plain"]
             print(f"{split:8s} {label:22s} " + "   ".join(f"{name} {v.mean():7.3f}" for name, v in values.items())
                   + f"   op-classes better in {better.sum()}/{SEEDS} seeds")
-    tuned = {name: {row["model"]: row for row in csv.DictReader(open(path))} for name, path in LIGHTGBM.items()}
+    tuned = {name: {row["model"]: row for row in csv.DictReader(open(folder / path))} for name, path in LIGHTGBM.items()}
     print("LightGBM, mean of 8 seeds: plan tau / plan RMSE % of delta / group MAPE %, val and test")
     for setting in dict.fromkeys(model.rsplit(", ", 1)[0] for model in tuned["plain"]):
         print(f"  {setting:36s} " + "   ".join(
@@ -47,4 +53,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]))
