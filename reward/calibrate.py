@@ -304,6 +304,7 @@ class _LogLatencyModel:
         self.at_base = _Parameters(0.0, 0.0, math.log(max(base.launch_overhead_us, 1e-3)),
                                    math.log(max(base.parallel_launch_us, 1e-3)), np.zeros(num_schedules),
                                    np.zeros((num_schedules, len(OP_CLASSES))))
+        self.prior_center = self.free.vector(self.at_base)   # theta at the base profile
 
     def unpack(self, theta: np.ndarray) -> _Parameters:
         return self.free.unpack(theta, len(self.base.schedules))
@@ -336,8 +337,7 @@ class _LogLatencyModel:
         residual, jacobian = np.log(t) - self.log_measured, np.stack(columns, axis=1)
         if self.prior_log_std is None:
             return residual, jacobian
-        center = self.free.vector(self.at_base)
-        return (np.concatenate([residual, (theta - center) / self.prior_log_std]),
+        return (np.concatenate([residual, (theta - self.prior_center) / self.prior_log_std]),
                 np.concatenate([jacobian, np.eye(len(theta)) / self.prior_log_std]))
 
     def starts(self) -> list[np.ndarray]:
