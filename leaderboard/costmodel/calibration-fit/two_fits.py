@@ -17,15 +17,15 @@ import numpy as np
 
 from fusiongym.graphs import zoo
 from fusiongym.reward import get_backend
-from fusiongym.reward.calibrate import PRIOR_LOG_STD, collect_samples, fit_cpu_profile
+from fusiongym.reward.calibrate import PRIOR_LOG_STD, Sample, collect_samples, fit_cpu_profile
 from fusiongym.scripts.profile import add_arguments
 
 HOLDOUT = 0.3
 WAYS = {"old: 150 groups, least squares": (150, None), "new: 450 groups, the prior": (450, PRIOR_LOG_STD)}
 
 
-def fitted(store: str, seed: int, groups: int, prior: float | None) -> tuple[dict, dict]:
-    """({parameter: value}, {parameter: reported std of ln}) of one fit, as ``profile --calibrate`` splits."""
+def calibration_samples(store: str, seed: int, groups: int) -> list[Sample]:
+    """The groups ``profile --calibrate --groups GROUPS --seed SEED`` fitted, with their timings from ``store``."""
     defaults = argparse.ArgumentParser()
     add_arguments(defaults)
     models = defaults.parse_args([]).models.split(",")
@@ -36,8 +36,12 @@ def fitted(store: str, seed: int, groups: int, prior: float | None) -> tuple[dic
         raise RuntimeError(f"{store} lacks {backend.stats.measurements} of seed {seed}'s groups: give the stores "
                            f"of --groups 450 runs in seed order")
     order = np.random.default_rng(seed).permutation(len(samples))
-    fitted_on = [samples[i] for i in order[max(1, int(len(samples) * HOLDOUT)):]]
-    _, report = fit_cpu_profile(fitted_on, prior_log_std=prior)
+    return [samples[i] for i in order[max(1, int(len(samples) * HOLDOUT)):]]
+
+
+def fitted(store: str, seed: int, groups: int, prior: float | None) -> tuple[dict, dict]:
+    """({parameter: value}, {parameter: reported std of ln}) of one fit, as ``profile --calibrate`` splits."""
+    _, report = fit_cpu_profile(calibration_samples(store, seed, groups), prior_log_std=prior)
     flat = {k: v for k, v in report.parameters.items() if k != "schedule_efficiency"}
     values = {**flat, **{f"schedule_efficiency.{s}": e for s, e in report.parameters["schedule_efficiency"].items()}}
     return values, report.log_std_error

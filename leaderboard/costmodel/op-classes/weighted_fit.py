@@ -10,32 +10,19 @@ without op classes, and prints the analytical backend's mean plan tau over the d
     cd leaderboard/costmodel/op-classes && python weighted_fit.py ../../../runs/calib/store-s0.db \\
         ../../../runs/costmodel/measurements.db.plans.jsonl ../../../runs/classfit/old/data-t10-a.pt > weighted-fit.txt
 """
-import argparse
 import sys
+from pathlib import Path
 
 import numpy as np
 
-from fusiongym.graphs import zoo
-from fusiongym.reward import calibrate, get_backend
+from fusiongym.reward import calibrate
 from fusiongym.reward.costmodel.dataset import CostDataset
-from fusiongym.scripts.profile import add_arguments
 from plan_order import logged_graphs, plan_taus
 
-HOLDOUT = 0.3
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "calibration-fit"))
+from two_fits import calibration_samples  # noqa: E402
+
 POWERS = (0.0, 0.5, 1.0)
-
-
-def calibration_samples(store: str) -> list[calibrate.Sample]:
-    """The groups ``profile --calibrate --seed 0`` fitted, with their timings from ``store``."""
-    defaults = argparse.ArgumentParser()
-    add_arguments(defaults)
-    graphs = [zoo.load(name, "small") for name in defaults.parse_args([]).models.split(",")]
-    backend = get_backend("tvm", target="llvm", store=store)
-    samples = calibrate.collect_samples(graphs, backend, max_groups=450, seed=0)
-    if backend.stats.measurements:
-        raise RuntimeError(f"{store} lacks {backend.stats.measurements} of the seed-0 calibration's groups")
-    order = np.random.default_rng(0).permutation(len(samples))
-    return [samples[i] for i in order[int(len(samples) * HOLDOUT):]]
 
 
 def weighted_fit(samples: list[calibrate.Sample], power: float, op_classes: bool):
@@ -59,7 +46,7 @@ def weighted_fit(samples: list[calibrate.Sample], power: float, op_classes: bool
 
 
 def main(store: str, log: str, data: str) -> None:
-    samples = calibration_samples(store)
+    samples = calibration_samples(store, seed=0, groups=450)
     graphs, dataset = logged_graphs(log), CostDataset.load(data)
     for op_classes in (False, True):
         for power in POWERS:
