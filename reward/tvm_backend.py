@@ -63,6 +63,12 @@ class BuiltGroup:
         return imports[0].inspect_source()
 
 
+def host_cpu_target(num_cores: int) -> tvm.target.Target:
+    """LLVM for this machine's CPU (its vector ISA), kernels run on ``num_cores`` threads."""
+    return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
+                              "num-cores": num_cores})
+
+
 class TVMBackend(MeasuredBackend):
     """Real latency: each group built with TVM for ``target`` and timed on this machine.
 
@@ -97,8 +103,7 @@ class TVMBackend(MeasuredBackend):
 
     def _make_target(self, cuda_arch: str | None) -> tvm.target.Target:
         if self.target_kind == "llvm":
-            return tvm.target.Target({"kind": "llvm", "mcpu": tvm.target.codegen.llvm_get_system_cpu(),
-                                      "num-cores": self.num_cores})
+            return host_cpu_target(self.num_cores)
         arch = cuda_arch or (_local_cuda_arch() or DEFAULT_CUDA_ARCH)
         return tvm.target.Target({"kind": "cuda", "arch": arch})
 
