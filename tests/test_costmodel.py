@@ -36,10 +36,13 @@ from fusiongym.reward.costmodel.gnn import (GroupGNN, PlanPairsLoss, PlanRanking
                                            train_gnn)
 from fusiongym.reward.costmodel.metrics import noise_ceiling, score
 from fusiongym.reward.costmodel.model import CostModel
+from fusiongym.reward.costmodel.records import MeasuringSetup
 from fusiongym.reward.costmodel.online import (OnlineBackend, OnlineConfig, OnlineLearner, moving_mean,
                                                stream_groups)
 from fusiongym.reward.store import MeasurementStore
 from fusiongym.reward.timing import TimingProtocol
+from fusiongym.reward.tvm_backend import host_cpu_target
+from fusiongym.reward.vector_share import GROUP_VECTOR_FEATURES, group_vector_share, vector_shares
 from fusiongym.scripts.cli import main
 
 FAST = TimingProtocol(warmup=1, min_repeat_ms=1.0, repeats=5, max_remeasure=0)
@@ -575,6 +578,33 @@ def test_lightgbm_sees_a_convolutions_window_stride_and_channels(dataset):
     np.testing.assert_array_equal(row[[FEATURE_NAMES.index(name) for name in CONV_GROUP_FEATURES]], mixed)
 
 
+def test_each_group_carries_how_much_of_its_kernels_llvm_vectorizes(dataset, measured):
+    """``vector``: the share of its heaviest node and the FLOP-weighted share, read for this
+    host's CPU (recorded), and LightGBM's design matrix carries both columns."""
+    assert dataset.source["vector_share"]["target"] == str(host_cpu_target(1))
+    vectors = np.concatenate([sample.vector.numpy() for sample in dataset.samples])      # [B, 2]
+    assert vectors.shape == (len(dataset.samples), len(GROUP_VECTOR_FEATURES))
+    assert ((vectors >= 0) & (vectors <= 1)).all()
+    assert vectors[:, 0].min() < 0.5 < vectors[:, 0].max()          # both kinds of kernel are among them
+    sample = max(dataset.samples, key=lambda d: len(d.nodes))
+    graph, nodes = measured.graphs[sample.graph_hash], sample.nodes.tolist()
+    np.testing.assert_allclose(sample.vector[0].numpy(),
+                               group_vector_share(graph, nodes, vector_shares(graph, nodes, {})))
+    row = design_matrix([sample])[0]
+    np.testing.assert_array_equal(row[[FEATURE_NAMES.index(name) for name in GROUP_VECTOR_FEATURES]],
+                                  sample.vector[0].numpy())
+
+
+def test_groups_another_cpu_timed_have_no_vector_share(measured):
+    """The shares describe the kernels LLVM builds for this CPU: for another's groups the columns are
+    LightGBM's missing values, and the dataset says why."""
+    elsewhere = replace(measured, measured_on=MeasuringSetup("cpu:Another CPU:64c:isa-0", "tvm-llvm-64t", "tvm-0"))
+    dataset = build_dataset(elsewhere, test_models=[HELD_OUT], profile=PROFILE)
+    assert dataset.source["vector_share"] is None
+    assert all(torch.isnan(sample.vector).all() for sample in dataset.samples)
+    assert np.isnan(design_matrix(dataset.samples[:3])[:, [FEATURE_NAMES.index(n) for n in GROUP_VECTOR_FEATURES]]).all()
+
+
 def test_learned_backend_batches_a_plan_and_runs_in_the_env(trained, measured, tmp_path, monkeypatch):
     path = trained.gnn.save(tmp_path / "model.npz")
     graph = next(g for h, g in measured.graphs.items() if measured.model_of[h] == "mixtral_moe")
@@ -941,6 +971,7 @@ def test_one_dataset_takes_one_machines_plans_and_a_store_takes_one_machines_tim
     assert "--measured-on DEVICE" in error and not data_path.exists()
     assert main(["dataset", "export", "--store", str(store), "--out", str(data_path),
                  "--measured-on", OTHER_MACHINE]) == 0
+    assert "LightGBM's vector-share columns are missing values" in capsys.readouterr().out
     there = CostDataset.load(data_path)
     assert there.source["measured_on"]["device"] == OTHER_MACHINE and len(there.plans) == len(here.plans) == 1
     np.testing.assert_allclose([float(d.y) for d in there.samples],

@@ -2,7 +2,8 @@
 
 Each group is one row: the 14 group features of ``features.GROUP_FEATURES`` (summed FLOPs
 and moved bytes, size, intensity, op-kind counts), its convolutions' geometry
-(``features.CONV_GROUP_FEATURES``: window, stride, channels), the analytical backend's ln µs
+(``features.CONV_GROUP_FEATURES``: window, stride, channels), how much of its unscheduled
+kernels LLVM vectorizes (``vector_share.GROUP_VECTOR_FEATURES``), the analytical backend's ln µs
 (what carries to models never trained on), its schedule and the op of its heaviest node (both
 categorical). Target: the residual ln µs - ln analytical µs, like the GNN's: trees cannot
 extrapolate beyond the latencies they were trained on, the roofline can, so the prior carries
@@ -21,12 +22,14 @@ import numpy as np
 from torch_geometric.data import Data
 
 from ..store import atomic_output
+from ..vector_share import GROUP_VECTOR_FEATURES
 from .features import CONV_GROUP_FEATURES, GROUP_FEATURES, PRIOR_FEATURE
 from .prior import check_residual_scale
 from .records import CostModelError
 
-BOOSTED_FORMAT = "fusiongym.BoostedCostModel/3"  # /3: convolution geometry
-FEATURE_NAMES = (*GROUP_FEATURES, *CONV_GROUP_FEATURES, PRIOR_FEATURE, "schedule", "dominant_op")
+BOOSTED_FORMAT = "fusiongym.BoostedCostModel/4"  # /4: LLVM's vector share; /3: convolution geometry
+FEATURE_NAMES = (*GROUP_FEATURES, *CONV_GROUP_FEATURES, *GROUP_VECTOR_FEATURES, PRIOR_FEATURE, "schedule",
+                 "dominant_op")
 PARAMS = {"objective": "regression", "learning_rate": 0.05, "num_leaves": 31, "min_data_in_leaf": 20,
           "lambda_l2": 1.0, "feature_fraction": 0.9, "bagging_fraction": 0.9, "bagging_freq": 1,
           "deterministic": True, "force_row_wise": True, "num_threads": 1, "verbose": -1}
@@ -51,10 +54,10 @@ def lightgbm_params(leaves: int | None = None, min_data: int | None = None) -> d
 
 
 def design_matrix(samples: Sequence[Data]) -> np.ndarray:
-    """[B, 22] float64: the 14 group features, the 5 of convolution geometry, ln analytical µs,
-    schedule id, dominant op id."""
-    return np.array([[*d.group[0].tolist(), *d.conv[0].tolist(), float(d.prior), int(d.schedule), int(d.dominant_op)]
-                     for d in samples], dtype=np.float64)
+    """[B, 24] float64: the 14 group features, the 5 of convolution geometry, the 2 of LLVM's
+    vector share, ln analytical µs, schedule id, dominant op id."""
+    return np.array([[*d.group[0].tolist(), *d.conv[0].tolist(), *d.vector[0].tolist(), float(d.prior),
+                      int(d.schedule), int(d.dominant_op)] for d in samples], dtype=np.float64)
 
 
 def _residuals(samples: Sequence[Data]) -> np.ndarray:

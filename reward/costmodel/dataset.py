@@ -5,8 +5,10 @@ One ``torch_geometric.data.Data`` per measured (group, schedule): node features 
 model has becomes ``<other>``), internal edges ``edge_index`` [2, e] and their features
 ``edge_attr`` [e, 2], group features ``group`` [1, 15], ``schedule`` [1], ``prior`` [1] =
 ln(analytical µs) (an input of both models, the GNN's baseline), target ``y`` [1] = ln(measured
-µs), and for the comparison ``analytical_us`` [1] and ``dominant_op`` [1] (LightGBM's
-categorical). The analytical profile used is recorded in ``source`` (a model trained on the
+µs), and for the comparison ``analytical_us`` [1] and LightGBM's own inputs: ``dominant_op`` [1]
+(a categorical), ``conv`` [1, 5] (convolution geometry) and ``vector`` [1, 2] (how much of the
+group's unscheduled kernels LLVM vectorizes, ``vector_share``; NaN, LightGBM's missing value, for
+groups another CPU timed, whose LLVM decisions this host cannot read). The analytical profile used is recorded in ``source`` (a model trained on the
 dataset predicts with that same profile), and so are the machine and backend that measured
 the labels (``measured_on``: one per dataset, ``records.load_measured_set``). Plans (lists of sample indices
 per graph) travel along for the plan-ranking metrics.
@@ -27,14 +29,17 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch_geometric.data import Data
+from tqdm import tqdm
 
 from ..devices import CPU_SCHEDULES, GPU_SCHEDULES, DeviceProfile, get_profile
 from ..store import atomic_output
+from ..fingerprint import cpu_fingerprint
+from ..vector_share import GROUP_VECTOR_FEATURES, group_vector_share, vector_share_setup, vector_shares
 from .features import OTHER_OP, GraphTensors, GroupExample, dominant_op, group_conv_geometry, group_example
 from .prior import AnalyticalPrior
 from .records import CostModelError, MeasuredSet
 
-DATASET_FORMAT = "fusiongym.CostModelDataset/4"  # /4: conv (LightGBM's convolution geometry); /3: edge_attr
+DATASET_FORMAT = "fusiongym.CostModelDataset/5"  # /5: vector (LLVM's vector share); /4: conv; /3: edge_attr
 SPLITS = ("train", "val", "test")
 
 
@@ -136,16 +141,20 @@ def build_dataset(measured: MeasuredSet, test_models: Sequence[str] = (), val_mo
         seen - set(CPU_SCHEDULES + GPU_SCHEDULES))
     schedule_id = {s: i for i, s in enumerate(schedules)}
     prior = AnalyticalPrior(profile or get_profile("cpu"), schedules)
+    shares = node_vector_shares(measured)
     samples = []
     for index, (sample, example) in enumerate(zip(measured.samples, examples)):
         analytical_us = prior.group_us(measured.graphs[sample.graph_hash], sample.nodes, sample.schedule)
         prior_log_us = math.log(analytical_us)
         dominant = dominant_op(tensors[sample.graph_hash], sample.nodes)
         conv = group_conv_geometry(measured.graphs[sample.graph_hash], sample.nodes)
+        vector = (np.full(len(GROUP_VECTOR_FEATURES), np.nan, dtype=np.float32) if shares is None else
+                  group_vector_share(measured.graphs[sample.graph_hash], sample.nodes, shares[sample.graph_hash]))
         data = example_data(example, op_id, schedule_id[sample.schedule], prior_log_us,
                             float(np.log(sample.measured_us)))
         data.update({"analytical_us": torch.tensor([analytical_us], dtype=torch.float64),
                      "dominant_op": torch.tensor([op_id.get(dominant, 0)]), "conv": torch.from_numpy(conv)[None],
+                     "vector": torch.from_numpy(vector)[None],
                      "nodes": torch.tensor(sample.nodes),
                      "sample_id": torch.tensor([index]), "graph_hash": sample.graph_hash,
                      "model": model_of[sample.graph_hash]})
@@ -156,8 +165,29 @@ def build_dataset(measured: MeasuredSet, test_models: Sequence[str] = (), val_mo
               "graphs": len(measured.graphs), "seed": seed, "group_holdout": group_holdout,
               "measured_on": asdict(measured.measured_on) if measured.measured_on else None,
               "analytical_profile": prior.profile.to_dict(),
+              "vector_share": vector_share_setup() if shares is not None else None,
               "search_profiles": sorted({p.searched_on for p in measured.plans if p.searched_on})}
     return CostDataset(samples, splits, op_vocab, schedules, plans, source)
+
+
+def node_vector_shares(measured: MeasuredSet) -> dict[str, dict[int, float]] | None:
+    """graph hash -> {node: vector share} of every node in a measured group (a compile each;
+    equal nodes of all graphs once), or None when another CPU timed the groups: the shares
+    describe the kernels LLVM builds for this host's CPU, and that CPU's are unknown here."""
+    if measured_elsewhere(measured):
+        return None
+    nodes_of: dict[str, set[int]] = {h: set() for h in measured.graphs}
+    for sample in measured.samples:
+        nodes_of[sample.graph_hash].update(sample.nodes)
+    known: dict[str, float] = {}
+    return {h: vector_shares(measured.graphs[h], sorted(nodes), known)
+            for h, nodes in tqdm(nodes_of.items(), desc="vector shares", unit="graph", dynamic_ncols=True)}
+
+
+def measured_elsewhere(measured: MeasuredSet) -> bool:
+    """Whether the groups were timed on a CPU other than this host's."""
+    device = measured.measured_on.device if measured.measured_on else None
+    return device is not None and device.startswith("cpu:") and device != cpu_fingerprint()
 
 
 def workload_models(measured: MeasuredSet, test_workloads: Sequence[str]) -> dict[str, str]:
