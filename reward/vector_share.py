@@ -8,7 +8,7 @@ its FLOPs tell the two apart; the kernel does. So each node is compiled alone, u
 for the TVM backend's CPU target, and the share of floating-point arithmetic instructions in
 its optimized LLVM IR that are vector instructions is its ``vector_share``. The target is this
 host's CPU, as the TVM backend builds for it: what LLVM vectorizes depends on the vector ISA it
-may use (the 1×1 convolution above stays scalar for a generic x86-64), so a share describes the
+may use (a 1×1 convolution over 32 channels stays scalar for a generic x86-64), so a share describes the
 machine it was read on, and TVM's and LLVM's versions.
 """
 
@@ -77,8 +77,8 @@ def vector_shares(graph: ComputeGraph, nodes: Iterable[int], known: dict[str, fl
 
 
 def group_vector_share(graph: ComputeGraph, nodes: Iterable[int], shares: dict[int, float]) -> np.ndarray:
-    """[len(GROUP_VECTOR_FEATURES)] float32: the vector share of the group's node with the most FLOPs (the lowest id on
-    ties), and the FLOP-weighted mean share of its nodes."""
+    """[len(GROUP_VECTOR_FEATURES)] float32: the vector share of the group's node with the most
+    FLOPs (the lowest id on ties), and the FLOP-weighted mean share of its nodes."""
     members = sorted(int(n) for n in nodes)
     flops = np.array([float(graph.nodes[n].flops) for n in members])
     share = np.array([shares[n] for n in members])

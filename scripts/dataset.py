@@ -57,9 +57,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"wrote {path}: {len(dataset.samples)} groups {sizes}, {len(dataset.plans)} plans, "
           f"models {dataset.source['models']}, measured on {measured.measured_on}, data hash {dataset.content_hash}")
     if dataset.source["vector_share"] is None:
-        print(f"note: {measured.measured_on.device} timed these groups, not this host, so LightGBM's vector-share "
-              f"columns are missing values (what LLVM vectorizes is read for this host's CPU). Fix: export on "
-              f"the machine that measured the store")
+        print(f"note: {measured.measured_on.device} timed these groups, not this host's CPU, so LightGBM's "
+              f"vector-share columns (what LLVM vectorizes for this host's CPU) are missing values. Fix: export "
+              f"a CPU's store on the machine that timed it")
     searched_on = dataset.source["search_profiles"]
     if len(searched_on) > 1:
         print(f"note: the log's plans were searched on {len(searched_on)} analytical profiles ({searched_on}), "

@@ -595,14 +595,16 @@ def test_each_group_carries_how_much_of_its_kernels_llvm_vectorizes(dataset, mea
                                   sample.vector[0].numpy())
 
 
-def test_groups_another_cpu_timed_have_no_vector_share(measured):
-    """The shares describe the kernels LLVM builds for this CPU: for another's groups the columns are
-    LightGBM's missing values, and the dataset says why."""
-    elsewhere = replace(measured, measured_on=MeasuringSetup("cpu:Another CPU:64c:isa-0", "tvm-llvm-64t", "tvm-0"))
+@pytest.mark.parametrize("device", ["cpu:Another CPU:64c:isa-0", "cuda:NVIDIA H100:sm_90"])
+def test_groups_another_device_timed_have_no_vector_share(measured, device):
+    """The shares describe the kernels LLVM builds for this CPU: for groups another CPU or a GPU
+    timed, the columns are LightGBM's missing values, and the dataset records none."""
+    elsewhere = replace(measured, measured_on=MeasuringSetup(device, "tvm-llvm-64t", "tvm-0"))
     dataset = build_dataset(elsewhere, test_models=[HELD_OUT], profile=PROFILE)
     assert dataset.source["vector_share"] is None
     assert all(torch.isnan(sample.vector).all() for sample in dataset.samples)
-    assert np.isnan(design_matrix(dataset.samples[:3])[:, [FEATURE_NAMES.index(n) for n in GROUP_VECTOR_FEATURES]]).all()
+    columns = [FEATURE_NAMES.index(name) for name in GROUP_VECTOR_FEATURES]
+    assert np.isnan(design_matrix(dataset.samples[:3])[:, columns]).all()
 
 
 def test_learned_backend_batches_a_plan_and_runs_in_the_env(trained, measured, tmp_path, monkeypatch):
@@ -971,7 +973,7 @@ def test_one_dataset_takes_one_machines_plans_and_a_store_takes_one_machines_tim
     assert "--measured-on DEVICE" in error and not data_path.exists()
     assert main(["dataset", "export", "--store", str(store), "--out", str(data_path),
                  "--measured-on", OTHER_MACHINE]) == 0
-    assert "LightGBM's vector-share columns are missing values" in capsys.readouterr().out
+    assert "vector-share columns (what LLVM vectorizes for this host's CPU) are missing values" in capsys.readouterr().out
     there = CostDataset.load(data_path)
     assert there.source["measured_on"]["device"] == OTHER_MACHINE and len(there.plans) == len(here.plans) == 1
     np.testing.assert_allclose([float(d.y) for d in there.samples],

@@ -7,9 +7,10 @@ model has becomes ``<other>``), internal edges ``edge_index`` [2, e] and their f
 ln(analytical µs) (an input of both models, the GNN's baseline), target ``y`` [1] = ln(measured
 µs), and for the comparison ``analytical_us`` [1] and LightGBM's own inputs: ``dominant_op`` [1]
 (a categorical), ``conv`` [1, 5] (convolution geometry) and ``vector`` [1, 2] (how much of the
-group's unscheduled kernels LLVM vectorizes, ``vector_share``; NaN, LightGBM's missing value, for
-groups another CPU timed, whose LLVM decisions this host cannot read). The analytical profile used is recorded in ``source`` (a model trained on the
-dataset predicts with that same profile), and so are the machine and backend that measured
+group's unscheduled kernels LLVM vectorizes for this host's CPU, ``vector_share``; NaN, LightGBM's
+missing value, for groups another device timed). The analytical profile used is recorded in
+``source`` (a model trained on the dataset predicts with that same profile), and so are the
+machine and backend that measured
 the labels (``measured_on``: one per dataset, ``records.load_measured_set``). Plans (lists of sample indices
 per graph) travel along for the plan-ranking metrics.
 
@@ -32,8 +33,8 @@ from torch_geometric.data import Data
 from tqdm import tqdm
 
 from ..devices import CPU_SCHEDULES, GPU_SCHEDULES, DeviceProfile, get_profile
-from ..store import atomic_output
 from ..fingerprint import cpu_fingerprint
+from ..store import atomic_output
 from ..vector_share import GROUP_VECTOR_FEATURES, group_vector_share, vector_share_setup, vector_shares
 from .features import OTHER_OP, GraphTensors, GroupExample, dominant_op, group_conv_geometry, group_example
 from .prior import AnalyticalPrior
@@ -172,9 +173,9 @@ def build_dataset(measured: MeasuredSet, test_models: Sequence[str] = (), val_mo
 
 def node_vector_shares(measured: MeasuredSet) -> dict[str, dict[int, float]] | None:
     """graph hash -> {node: vector share} of every node in a measured group (a compile each;
-    equal nodes of all graphs once), or None when another CPU timed the groups: the shares
-    describe the kernels LLVM builds for this host's CPU, and that CPU's are unknown here."""
-    if measured_elsewhere(measured):
+    equal nodes of all graphs once), or None when another device (another CPU, a GPU) timed the
+    groups: the shares say what LLVM builds for this host's CPU, which is not what ran there."""
+    if timed_elsewhere(measured):
         return None
     nodes_of: dict[str, set[int]] = {h: set() for h in measured.graphs}
     for sample in measured.samples:
@@ -184,10 +185,9 @@ def node_vector_shares(measured: MeasuredSet) -> dict[str, dict[int, float]] | N
             for h, nodes in tqdm(nodes_of.items(), desc="vector shares", unit="graph", dynamic_ncols=True)}
 
 
-def measured_elsewhere(measured: MeasuredSet) -> bool:
-    """Whether the groups were timed on a CPU other than this host's."""
-    device = measured.measured_on.device if measured.measured_on else None
-    return device is not None and device.startswith("cpu:") and device != cpu_fingerprint()
+def timed_elsewhere(measured: MeasuredSet) -> bool:
+    """Whether a device other than this host's CPU timed the groups (unknown counts as here)."""
+    return measured.measured_on is not None and measured.measured_on.device != cpu_fingerprint()
 
 
 def workload_models(measured: MeasuredSet, test_workloads: Sequence[str]) -> dict[str, str]:
