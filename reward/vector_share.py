@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 from typing import Iterable
 
-import numpy as np
 import tvm
 
 from fusiongym.graphs import ComputeGraph
@@ -26,7 +25,6 @@ from .signature import group_signature
 from .tvm_apply import group_module, kernel_of
 from .tvm_backend import host_cpu_target
 
-GROUP_VECTOR_FEATURES = ("vector_share_of_heaviest", "flop_weighted_vector_share")
 _FP_TYPE = r"(<\d+ x )?(?:half|bfloat|float|double)\b"
 _FLAGS = r"(?: (?:fast|reassoc|nnan|ninf|nsz|arcp|contract|afn))*"
 # An instruction that computes on floating-point values: an FP binary op or comparison, a
@@ -74,13 +72,3 @@ def vector_shares(graph: ComputeGraph, nodes: Iterable[int], known: dict[str, fl
             known[signature] = node_vector_share(graph, node)
         shares[node] = known[signature]
     return shares
-
-
-def group_vector_share(graph: ComputeGraph, nodes: Iterable[int], shares: dict[int, float]) -> np.ndarray:
-    """[len(GROUP_VECTOR_FEATURES)] float32: the vector share of the group's node with the most
-    FLOPs (the lowest id on ties), and the FLOP-weighted mean share of its nodes."""
-    members = sorted(int(n) for n in nodes)
-    flops = np.array([float(graph.nodes[n].flops) for n in members])
-    share = np.array([shares[n] for n in members])
-    weighted = float(flops @ share / flops.sum()) if flops.sum() > 0 else float(share.mean())
-    return np.array([share[int(np.argmax(flops))], weighted], dtype=np.float32)

@@ -27,8 +27,9 @@ from fusiongym.reward.costmodel import CostModelError, MeasuredSet, ProfileLog, 
 from fusiongym.reward.costmodel.boosted import (FEATURE_NAMES, MAX_ROUNDS, ROUNDS, TUNING_GRID, BoostedModel,
                                                 design_matrix)
 from fusiongym.reward.costmodel.dataset import CostDataset, build_dataset
-from fusiongym.reward.costmodel.features import (CONV_GROUP_FEATURES, GraphTensors, _group_rows, _node_features,
-                                                 group_conv_geometry, group_example, plan_features)
+from fusiongym.reward.costmodel.features import (CONV_GROUP_FEATURES, GROUP_VECTOR_FEATURES, GraphTensors, _group_rows,
+                                                 _node_features, group_conv_geometry, group_example,
+                                                 group_vector_share, plan_features)
 from fusiongym.reward.costmodel.evaluate import (compare, feed_plan, gnn_log_us, measured_us, online_plan_ranking,
                                                  provenance, remeasured_us, seed_spread, train_models,
                                                  training_model_ablation, write_bar_report, write_stream_report)
@@ -42,7 +43,7 @@ from fusiongym.reward.costmodel.online import (OnlineBackend, OnlineConfig, Onli
 from fusiongym.reward.store import MeasurementStore
 from fusiongym.reward.timing import TimingProtocol
 from fusiongym.reward.tvm_backend import host_cpu_target
-from fusiongym.reward.vector_share import GROUP_VECTOR_FEATURES, group_vector_share, vector_shares
+from fusiongym.reward.vector_share import vector_shares
 from fusiongym.scripts.cli import main
 
 FAST = TimingProtocol(warmup=1, min_repeat_ms=1.0, repeats=5, max_remeasure=0)
@@ -589,7 +590,7 @@ def test_each_group_carries_how_much_of_its_kernels_llvm_vectorizes(dataset, mea
     sample = max(dataset.samples, key=lambda d: len(d.nodes))
     graph, nodes = measured.graphs[sample.graph_hash], sample.nodes.tolist()
     np.testing.assert_allclose(sample.vector[0].numpy(),
-                               group_vector_share(graph, nodes, vector_shares(graph, nodes, {})))
+                               group_vector_share(GraphTensors.of(graph), nodes, vector_shares(graph, nodes, {})))
     row = design_matrix([sample])[0]
     np.testing.assert_array_equal(row[[FEATURE_NAMES.index(name) for name in GROUP_VECTOR_FEATURES]],
                                   sample.vector[0].numpy())

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fusiongym.graphs import from_torch
-from fusiongym.reward.vector_share import group_vector_share, ir_vector_share, vector_shares
+from fusiongym.reward.costmodel.features import GraphTensors, group_vector_share
+from fusiongym.reward.vector_share import ir_vector_share, vector_shares
 
 IR = """
 define weak dso_local half @__truncsfhf2(float %a0) local_unnamed_addr #4 section ".text.tvm.fp16.conv" {
@@ -63,7 +64,7 @@ def test_llvm_vectorizes_a_narrow_pointwise_convolution_and_not_a_wide_one():
     assert len(known) == 2
     again = vector_shares(graph, [wide], known)  # from ``known``: no compile, same share
     assert again == {wide: shares[wide]} and len(known) == 2
-    group = group_vector_share(graph, [narrow, wide], shares)
+    group = group_vector_share(GraphTensors.of(graph), [narrow, wide], shares)
     flops = np.array([float(graph.nodes[n].flops) for n in (narrow, wide)])
     assert group[0] == pytest.approx(shares[wide])  # the wide one has 2× the FLOPs
     assert flops[1] > flops[0]

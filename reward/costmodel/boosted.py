@@ -3,7 +3,7 @@
 Each group is one row: the 14 group features of ``features.GROUP_FEATURES`` (summed FLOPs
 and moved bytes, size, intensity, op-kind counts), its convolutions' geometry
 (``features.CONV_GROUP_FEATURES``: window, stride, channels), how much of its unscheduled
-kernels LLVM vectorizes (``vector_share.GROUP_VECTOR_FEATURES``), the analytical backend's ln µs
+kernels LLVM vectorizes (``features.GROUP_VECTOR_FEATURES``), the analytical backend's ln µs
 (what carries to models never trained on), its schedule and the op of its heaviest node (both
 categorical). Target: the residual ln µs - ln analytical µs, like the GNN's: trees cannot
 extrapolate beyond the latencies they were trained on, the roofline can, so the prior carries
@@ -22,8 +22,7 @@ import numpy as np
 from torch_geometric.data import Data
 
 from ..store import atomic_output
-from ..vector_share import GROUP_VECTOR_FEATURES
-from .features import CONV_GROUP_FEATURES, GROUP_FEATURES, PRIOR_FEATURE
+from .features import CONV_GROUP_FEATURES, GROUP_FEATURES, GROUP_VECTOR_FEATURES, PRIOR_FEATURE
 from .prior import check_residual_scale
 from .records import CostModelError
 

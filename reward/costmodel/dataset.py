@@ -35,8 +35,9 @@ from tqdm import tqdm
 from ..devices import CPU_SCHEDULES, GPU_SCHEDULES, DeviceProfile, get_profile
 from ..fingerprint import cpu_fingerprint
 from ..store import atomic_output
-from ..vector_share import GROUP_VECTOR_FEATURES, group_vector_share, vector_share_setup, vector_shares
-from .features import OTHER_OP, GraphTensors, GroupExample, dominant_op, group_conv_geometry, group_example
+from ..vector_share import vector_share_setup, vector_shares
+from .features import (GROUP_VECTOR_FEATURES, OTHER_OP, GraphTensors, GroupExample, dominant_op, group_conv_geometry,
+                       group_example, group_vector_share)
 from .prior import AnalyticalPrior
 from .records import CostModelError, MeasuredSet
 
@@ -150,7 +151,7 @@ def build_dataset(measured: MeasuredSet, test_models: Sequence[str] = (), val_mo
         dominant = dominant_op(tensors[sample.graph_hash], sample.nodes)
         conv = group_conv_geometry(measured.graphs[sample.graph_hash], sample.nodes)
         vector = (np.full(len(GROUP_VECTOR_FEATURES), np.nan, dtype=np.float32) if shares is None else
-                  group_vector_share(measured.graphs[sample.graph_hash], sample.nodes, shares[sample.graph_hash]))
+                  group_vector_share(tensors[sample.graph_hash], sample.nodes, shares[sample.graph_hash]))
         data = example_data(example, op_id, schedule_id[sample.schedule], prior_log_us,
                             float(np.log(sample.measured_us)))
         data.update({"analytical_us": torch.tensor([analytical_us], dtype=torch.float64),

@@ -22,7 +22,7 @@ Shapes: N nodes, E edges, G groups, S schedules. All numbers enter as ``log2(1 +
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -45,6 +45,11 @@ NODE_FEATURES = (*STATIC_NODE_FEATURES, *(f"kind_{k}" for k in range(NUM_KINDS))
 # (README, "Convolution geometry").
 CONV_GROUP_FEATURES = ("conv_log_window", "conv_log_stride", "conv_log_in_channels", "conv_log_out_channels",
                        "conv_log_groups")
+# LightGBM's alone too (``group_vector_share``): how much of the kernel of the group's heaviest node,
+# and FLOP-weighted of all its nodes, LLVM vectorizes when unscheduled (``reward.vector_share``): under
+# "default" that, not the op, decides whether a convolution or matmul runs at 3 or at 40 GFLOP/s
+# (README, "What LLVM vectorizes").
+GROUP_VECTOR_FEATURES = ("vector_share_of_heaviest", "flop_weighted_vector_share")
 # Per edge (the tensor it carries): its size, and how much more the consumer writes than this
 # input holds (> 0: a broadcast or an expansion, < 0: a reduction), which decides what fusing
 # producer and consumer into one loop nest costs.
@@ -255,7 +260,22 @@ def _conv_geometry(conv: OpNode) -> tuple[int, float, int, int, float]:
             int(data[1]) / int(weight[1]))
 
 
-def dominant_op(tensors: GraphTensors, nodes: Sequence[int]) -> str:
-    """The op of the group's node with the most FLOPs (the lowest node id on ties)."""
+def group_vector_share(tensors: GraphTensors, nodes: Sequence[int], shares: Mapping[int, float]) -> np.ndarray:
+    """[len(GROUP_VECTOR_FEATURES)] float32: the vector share (``shares``: node -> share) of the
+    group's heaviest node, and the FLOP-weighted mean share of its nodes."""
     members = np.unique(np.asarray(nodes, dtype=np.int64))
-    return tensors.op_names[int(members[np.argmax(tensors.flops[members])])]
+    flops = tensors.flops[members]
+    share = np.array([shares[int(n)] for n in members])
+    weighted = float(flops @ share / flops.sum()) if flops.sum() > 0 else float(share.mean())
+    return np.array([shares[heaviest_node(tensors, members)], weighted], dtype=np.float32)
+
+
+def dominant_op(tensors: GraphTensors, nodes: Sequence[int]) -> str:
+    """The op of the group's heaviest node."""
+    return tensors.op_names[heaviest_node(tensors, nodes)]
+
+
+def heaviest_node(tensors: GraphTensors, nodes: Sequence[int]) -> int:
+    """The group's node with the most FLOPs (the lowest node id on ties)."""
+    members = np.unique(np.asarray(nodes, dtype=np.int64))
+    return int(members[np.argmax(tensors.flops[members])])

@@ -17,8 +17,8 @@ import fusiongym.reward.costmodel.gnn as gnn
 import fusiongym.reward.costmodel.model as model
 from fusiongym.reward.costmodel.dataset import CostDataset
 from fusiongym.reward.costmodel.evaluate import seed_spread
+from fusiongym.reward.costmodel.features import GROUP_VECTOR_FEATURES
 from fusiongym.reward.costmodel.gnn import TrainConfig
-from fusiongym.reward.vector_share import GROUP_VECTOR_FEATURES
 
 SEEDS = 8
 
